@@ -1,0 +1,81 @@
+"""The ``icow`` command: worker, up, demo, infer, models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from icow import __version__, settings
+from icow.errors import IcowError
+
+
+def _redis_url(args: argparse.Namespace) -> str | None:
+    return args.redis or settings.from_env().redis_url
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from icow.workers.serve import WorkerOptions, run_worker
+
+    s = settings.from_env()
+    repo = args.repo or s.repo
+    url = _redis_url(args)
+    if not repo:
+        raise IcowError("give --repo DIR (or set ICOW_REPO)")
+    if not url:
+        raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
+    models = {m.strip() for m in args.models.split(",") if m.strip()} if args.models else None
+    return run_worker(WorkerOptions(
+        repo=repo, redis_url=url, models=models,
+        device=s.device if args.device is None else args.device,
+        threads=s.threads if args.threads is None else args.threads,
+        name=args.name, loglevel=args.loglevel, events=args.events,
+        max_tensor_bytes=s.max_tensor_bytes, inline_max_bytes=s.inline_max_bytes,
+    ))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="icow", description="Inference with Collected ONNX Weights")
+    p.add_argument("--version", action="version", version=f"icow {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run a worker serving a model repository")
+    w.add_argument("--repo", help="model repository folder (ICOW_REPO)")
+    w.add_argument("--redis", help="Redis URL (ICOW_REDIS_URL)")
+    w.add_argument("--models", help="serve only these models (comma-separated)")
+    w.add_argument("--device", type=int, help="GPU device id for CUDA (ICOW_DEVICE)")
+    w.add_argument("--threads", type=int, help="onnxruntime threads (0: all cores; use cores/workers)")
+    w.add_argument("--name", help="worker name (default icow-<pid>@<host>)")
+    w.add_argument("--loglevel", default="INFO")
+    w.add_argument("--events", action="store_true", help="send Celery task events (Flower)")
+    w.set_defaults(func=cmd_worker)
+
+    from icow.cli import demo, tools
+
+    d = sub.add_parser("demo", help="start a local fleet, run sample jobs, shut down")
+    d.add_argument("--redis", help="use this Redis instead of an embedded one")
+    d.set_defaults(func=demo.cmd_demo)
+
+    u = sub.add_parser("up", help="run a local fleet until Ctrl-C")
+    u.add_argument("--redis", help="use this Redis instead of an embedded one")
+    u.add_argument("--repo", help="model repository (default: a sample repository)")
+    u.add_argument("--workers", type=int, default=1)
+    u.add_argument("--port", type=int, help="port of the embedded Redis")
+    u.set_defaults(func=demo.cmd_up)
+
+    tools.add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "worker":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except IcowError as exc:
+        print(f"icow: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

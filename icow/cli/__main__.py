@@ -1,0 +1,5 @@
+import sys
+
+from icow.cli import main
+
+sys.exit(main())

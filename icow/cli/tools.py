@@ -1,0 +1,105 @@
+"""`icow infer` (inputs from .npy/.npz files, outputs to files) and `icow models`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icow import settings
+from icow.errors import IcowError, InvalidInput
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from icow.client import Client
+
+    url = args.redis or settings.from_env().redis_url
+    if not url:
+        raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
+    return Client(url)
+
+
+def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    """``file.npz`` (every array, by its name) or ``name=file.npy``."""
+    inputs: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if "=" in spec:
+            name, path = spec.split("=", 1)
+            inputs[name] = np.load(path, allow_pickle=False)
+        elif spec.endswith(".npz"):
+            with np.load(spec, allow_pickle=False) as z:
+                inputs.update({k: z[k] for k in z.files})
+        else:
+            raise InvalidInput(f"{spec!r}: give NAME=FILE.npy or FILE.npz")
+    return inputs
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    inputs = load_inputs(args.inputs)
+    with _client(args) as client:
+        outputs = client.infer(args.model, inputs, version=args.version, timeout_s=args.timeout)
+    out = Path(args.out)
+    if out.suffix == ".npz":
+        np.savez(out, **outputs)  # type: ignore[arg-type]
+        written = [str(out)]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, arr in outputs.items():
+            path = out / f"{name}.npy"
+            np.save(path, arr, allow_pickle=False)
+            written.append(str(path))
+    for name, arr in outputs.items():
+        print(f"{name}: {arr.dtype} {list(arr.shape)}")
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "show":
+            if not args.name:
+                raise InvalidInput("icow models show NAME")
+            info = client.model(args.name, args.version)
+            doc = {
+                "name": info.name, "version": info.version, "versions": list(info.versions),
+                "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.inputs],
+                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.outputs],
+            }
+            if args.json:
+                print(json.dumps(doc, indent=2))
+            else:
+                print(f"{info.name} v{info.version} (versions {list(info.versions)})")
+                for kind in ("inputs", "outputs"):
+                    for t in doc[kind]:  # type: ignore[attr-defined]
+                        print(f"  {kind[:-1]:6} {t['name']:20} {t['datatype']:6} {t['shape']}")
+        else:
+            models = client.models()
+            if args.json:
+                print(json.dumps(models))
+            else:
+                for name, versions in models.items():
+                    print(f"{name}\tversions {versions}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    i = sub.add_parser("infer", help="run one job: inputs from .npy/.npz, outputs to files")
+    i.add_argument("model")
+    i.add_argument("inputs", nargs="+", help="NAME=FILE.npy or FILE.npz")
+    i.add_argument("--version", type=int)
+    i.add_argument("--out", default="outputs", help="a folder (one .npy per output) or a .npz file")
+    i.add_argument("--timeout", type=float, default=60.0)
+    i.add_argument("--redis")
+    i.set_defaults(func=cmd_infer)
+
+    m = sub.add_parser("models", help="list models, or show one model's inputs and outputs")
+    m.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    m.add_argument("name", nargs="?")
+    m.add_argument("--version", type=int)
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--redis")
+    m.set_defaults(func=cmd_models)

@@ -1,0 +1,119 @@
+"""The one exception tree of ICOW, shared by the client and the workers.
+
+::
+
+    IcowError
+    ├── InvalidInput (also ValueError)        bad input caught before anything reaches Redis
+    │   └── PayloadTooLarge                   a tensor or job over the size caps
+    ├── BrokerUnavailable (also ConnectionError)  Redis unreachable or the connection broke
+    ├── QueueFull                             the model's backlog is at its limit
+    ├── JobTimeout (also TimeoutError)        no result within the caller's timeout
+    ├── NotFound (also KeyError)              unknown model, or nothing published for it
+    │   └── JobNotFound                       unknown job id, or its result has expired
+    └── RemoteError                           the job ran (or was refused) and failed remotely
+        ├── InvalidJob                        the worker rejected the job's inputs or envelope
+        ├── ModelNotFound (also NotFound)     no such model or version in the repository
+        ├── JobExpired                        the job's deadline passed before it ran
+        ├── JobCancelled                      the job was cancelled before it ran
+        └── InternalError                     an unexpected failure inside the worker
+
+A ``RemoteError`` carries ``remote_type`` (the wire name of the failure, see
+docs/PROTOCOL.md) and ``message``. :func:`remote_error` maps a wire failure to its class
+through an allowlist; unknown types become a plain ``RemoteError``.
+"""
+
+from __future__ import annotations
+
+
+class IcowError(Exception):
+    """Root of every error ICOW raises."""
+
+
+class InvalidInput(IcowError, ValueError):
+    """The inputs, model name or options are invalid; nothing was sent."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A tensor or the whole job is larger than the configured cap."""
+
+
+class BrokerUnavailable(IcowError, ConnectionError):
+    """Redis could not be reached, or the connection broke mid-call."""
+
+
+class QueueFull(IcowError):
+    """The model's queue already holds its maximum backlog; the job was not queued."""
+
+
+class JobTimeout(IcowError, TimeoutError):
+    """The job has not finished within the caller's timeout. It may still finish later."""
+
+
+class NotFound(IcowError, KeyError):
+    """The thing asked for is not known (or no longer known)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else "not found"
+
+
+class JobNotFound(NotFound):
+    """No job with this id is known: it never existed, or its record and result expired."""
+
+
+class RemoteError(IcowError):
+    """The job got a failure result from a worker."""
+
+    remote_type = "RemoteError"
+
+    def __init__(self, message: str, *, job_id: str | None = None, remote_type: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        if remote_type is not None:
+            self.remote_type = remote_type
+
+    def __str__(self) -> str:
+        return f"{self.remote_type}: {self.message}" if self.remote_type else self.message
+
+
+class InvalidJob(RemoteError):
+    """The worker refused the job: bad envelope, input names, dtypes or shapes."""
+
+    remote_type = "InvalidJob"
+
+
+class ModelNotFound(RemoteError, NotFound):
+    """The model or the requested version is not served. Raised by ``submit`` when no worker
+    has published the model, or as the job's failure when a worker lacks the version."""
+
+    remote_type = "ModelNotFound"
+
+
+class JobExpired(RemoteError):
+    """The job's deadline passed before a worker could run it."""
+
+    remote_type = "JobExpired"
+
+
+class JobCancelled(RemoteError):
+    """The job was cancelled before it started."""
+
+    remote_type = "JobCancelled"
+
+
+class InternalError(RemoteError):
+    """An unexpected failure inside the worker (the message says which)."""
+
+    remote_type = "InternalError"
+
+
+REMOTE_ERRORS: dict[str, type[RemoteError]] = {
+    cls.remote_type: cls
+    for cls in (InvalidJob, ModelNotFound, JobExpired, JobCancelled, InternalError)
+}
+
+
+def remote_error(remote_type: str, message: str, job_id: str | None = None) -> RemoteError:
+    """Build the exception for a failure result; unknown types stay a ``RemoteError``."""
+    cls = REMOTE_ERRORS.get(remote_type, RemoteError)
+    return cls(message, job_id=job_id, remote_type=remote_type)

@@ -1,0 +1,124 @@
+"""Every Redis key, channel and TTL ICOW uses. Nobody else builds key names.
+
+Key schema (``<m>`` model name, ``<id>`` job id, ``<c>`` client id, ``<w>`` worker name):
+
+=================================  ======  =========================================================
+key                                type    content
+=================================  ======  =========================================================
+``icow:q:<m>``                     list    Celery task messages for model ``<m>`` (kombu Redis
+                                           transport queue; LPUSH by clients, BRPOP by workers)
+``icow:q:<m>\\x06\\x16<p>``          list    the same queue at kombu priority step ``<p>`` (3, 6, 9;
+                                           a lower number is served first)
+``celery-task-meta-<id>``          string  the job's result: a Celery result meta map, msgpack;
+                                           written once (SET NX), expires after the job's TTL.
+                                           Also the pub/sub channel its result is published on.
+``icow:state:<id>``                string  ``queued`` / ``running``: the job's record until its
+                                           result exists (same TTL as the result)
+``icow:blob:<id>:<dir>:<n>``       string  claim-checked tensor bytes (``dir`` = ``in``/``out``,
+                                           ``n`` = tensor index) for tensors over the inline limit
+``icow:reply:<c>``                 list    results pushed for client ``<c>`` (its fast wait path);
+                                           expires after the longest result TTL pushed to it
+``icow:models``                    set     names of models some worker has published
+``icow:model:<m>``                 hash    version -> msgpack model metadata (inputs, outputs)
+``icow:workers``                   set     names of workers that have sent a heartbeat
+``icow:worker:<w>``                string  the worker's heartbeat (msgpack: host, pid, models,
+                                           providers, jobs done); expires when heartbeats stop
+``unacked``, ``unacked_index``,    kombu   kombu's ack emulation (in-flight messages), kept at
+``unacked_mutex``                          kombu's default names so stock Celery tooling agrees
+=================================  ======  =========================================================
+"""
+
+from __future__ import annotations
+
+import re
+
+from icow.errors import InvalidInput
+
+PREFIX = "icow:"
+QUEUE_PREFIX = PREFIX + "q:"
+RESULT_PREFIX = "celery-task-meta-"  # Celery's own result key: stock AsyncResult reads it
+MODELS = PREFIX + "models"
+WORKERS = PREFIX + "workers"
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10
+
+DEFAULT_RESULT_TTL_S = 24 * 3600
+MAX_RESULT_TTL_S = 30 * 24 * 3600
+
+# kombu's Redis transport: queue + sep + step is the list for a priority step.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def check_model_name(name: object) -> str:
+    """A model name is 1-128 of ``[A-Za-z0-9_.-]``, starting alphanumeric (no paths)."""
+    if not isinstance(name, str) or not MODEL_NAME_RE.match(name) or ".." in name:
+        raise InvalidInput(
+            f"invalid model name {name!r}: use 1-128 characters of A-Z a-z 0-9 _ . - "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise InvalidInput(f"invalid job id {job_id!r}")
+    return job_id
+
+
+def queue(model: str) -> str:
+    """The Celery queue (and Redis list) of a model's jobs."""
+    return QUEUE_PREFIX + model
+
+
+def queue_list(model: str, priority: int = 0) -> str:
+    """The Redis list a message of kombu ``priority`` (0-9) is pushed to."""
+    step = max(s for s in KOMBU_PRIORITY_STEPS if s <= priority)
+    base = queue(model)
+    return base if step == 0 else f"{base}{KOMBU_PRIORITY_SEP}{step}"
+
+
+def queue_lists(model: str) -> list[str]:
+    """All priority lists of a model's queue, in the order workers serve them."""
+    return [queue_list(model, s) for s in KOMBU_PRIORITY_STEPS]
+
+
+def result(job_id: str) -> str:
+    return RESULT_PREFIX + job_id
+
+
+def result_channel(job_id: str) -> str:
+    """Pub/sub channel the result is published on (Celery's convention: the key itself)."""
+    return RESULT_PREFIX + job_id
+
+
+def state(job_id: str) -> str:
+    return f"{PREFIX}state:{job_id}"
+
+
+def blob(job_id: str, direction: str, index: int) -> str:
+    return f"{PREFIX}blob:{job_id}:{direction}:{index}"
+
+
+def blob_prefix(job_id: str, direction: str) -> str:
+    """Claim-check keys of a job must start with this; the worker refuses any other key."""
+    return f"{PREFIX}blob:{job_id}:{direction}:"
+
+
+def reply(client_id: str) -> str:
+    return f"{PREFIX}reply:{client_id}"
+
+
+def model(name: str) -> str:
+    return f"{PREFIX}model:{name}"
+
+
+def job_id_from_result_key(key: str) -> str:
+    return key[len(RESULT_PREFIX):]
+
+
+def worker(name: str) -> str:
+    return f"{PREFIX}worker:{name}"

@@ -1,0 +1,248 @@
+"""The wire format: job envelopes, result envelopes, and the Celery message that carries a job.
+
+This module is the only place that builds or parses bytes that cross Redis (with
+icow.tensor for tensors and icow.keys for key names). docs/PROTOCOL.md describes the same
+format for other languages, and tests/test_protocol.py pins it with golden bytes.
+
+A job travels as a Celery protocol-2 task message on the kombu Redis transport: a JSON
+envelope whose base64 ``body`` is ``msgpack([[job], {}, embed])``. ``job`` is the ICOW job
+envelope (a msgpack map, see :func:`job_envelope`). The worker answers with a Celery result
+meta map (msgpack) under ``celery-task-meta-<id>``, see :func:`success_meta`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import msgpack
+
+from icow import keys, tensor
+from icow.errors import InvalidInput, PayloadTooLarge
+
+PROTOCOL_VERSION = 1
+TASK_NAME = "icow.infer"
+CONTENT_TYPE = "application/x-msgpack"
+
+# Tensors larger than this travel under their own key (claim check), not inside the message.
+DEFAULT_INLINE_MAX_BYTES = 256 * 1024
+# Redis refuses bulk strings over 512 MB (proto-max-bulk-len); stay clearly below.
+DEFAULT_MAX_JOB_BYTES = 480 * 1024 * 1024
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+READY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+def packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpackb(data: bytes) -> Any:
+    # strict_map_key=False is safe here: keys are validated by the readers below.
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def job_envelope(
+    *,
+    job_id: str,
+    model: str,
+    version: int | None,
+    inputs: Sequence[Mapping[str, Any]],
+    outputs: Sequence[str] | None = None,
+    result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
+    reply_to: str | None = None,
+    deadline: float | None = None,
+    created: float | None = None,
+) -> dict[str, Any]:
+    """The ICOW job: what to run, on which inputs, and where to answer."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "id": job_id,
+        "model": model,
+        "version": version,
+        "created": time.time() if created is None else created,
+        "inputs": list(inputs),
+        "outputs": None if outputs is None else list(outputs),
+        "ttl": result_ttl_s,
+        "reply_to": reply_to,
+        "deadline": deadline,
+    }
+
+
+def celery_message(job: Mapping[str, Any], *, queue: str, priority: int = 0) -> bytes:
+    """The kombu Redis-transport envelope (JSON) that a stock Celery worker consumes."""
+    job_id = job["id"]
+    body = packb([[job], {}, _EMBED])
+    envelope = {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-encoding": "binary",
+        "content-type": CONTENT_TYPE,
+        "headers": {
+            "lang": "py",
+            "task": TASK_NAME,
+            "id": job_id,
+            "root_id": job_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "timelimit": [None, None],
+            "argsrepr": f"<icow job {job['model']}>",
+            "kwargsrepr": "{}",
+            "ignore_result": False,
+        },
+        "properties": {
+            "correlation_id": job_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode("ascii")
+
+
+def parse_job(obj: Any, *, task_id: str | None = None, max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES) -> dict[str, Any]:
+    """Validate a job envelope read from the queue (the worker never trusts the queue).
+
+    Returns a normalised copy; raises InvalidInput naming the first problem.
+    """
+    if not isinstance(obj, Mapping):
+        raise InvalidInput(f"job must be a map, got {type(obj).__name__}")
+    v = obj.get("v")
+    if v != PROTOCOL_VERSION:
+        raise InvalidInput(f"unsupported protocol version {v!r}; this worker speaks {PROTOCOL_VERSION}")
+    job_id = obj.get("id", task_id)
+    keys.check_job_id(job_id)
+    if task_id is not None and job_id != task_id:
+        raise InvalidInput(f"job id {job_id!r} does not match the task id {task_id!r}")
+    model = keys.check_model_name(obj.get("model"))
+    version = obj.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise InvalidInput(f"version must be a positive integer or null, got {version!r}")
+    inputs = obj.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("inputs must be a non-empty list of tensors")
+    seen: set[str] = set()
+    for i, t in enumerate(inputs):
+        name, _, _ = tensor.check_header(t, max_bytes=max_tensor_bytes)
+        if name in seen:
+            raise InvalidInput(f"input {name!r} is given twice")
+        seen.add(name)
+        if "ref" in t:
+            ref = t["ref"]
+            if not isinstance(ref, str) or ref != keys.blob(job_id, "in", i):
+                raise InvalidInput(f"input {name!r}: claim-check ref must be {keys.blob(job_id, 'in', i)!r}")
+        elif not isinstance(t.get("data"), (bytes, bytearray)):
+            raise InvalidInput(f"input {name!r}: data must be raw bytes (msgpack bin)")
+    outputs = obj.get("outputs")
+    if outputs is not None and (
+        not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)
+    ):
+        raise InvalidInput("outputs must be a list of output names or null")
+    ttl = obj.get("ttl", keys.DEFAULT_RESULT_TTL_S)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= keys.MAX_RESULT_TTL_S:
+        raise InvalidInput(f"ttl must be an integer in 1..{keys.MAX_RESULT_TTL_S} seconds")
+    reply_to = obj.get("reply_to")
+    if reply_to is not None and (not isinstance(reply_to, str) or not reply_to.startswith(keys.reply(""))):
+        raise InvalidInput(f"reply_to must be an {keys.reply('<client>')!r} key")
+    created = obj.get("created")
+    if not isinstance(created, (int, float)) or isinstance(created, bool):
+        raise InvalidInput("created must be a unix time in seconds")
+    deadline = obj.get("deadline")
+    if deadline is not None and (not isinstance(deadline, (int, float)) or isinstance(deadline, bool)):
+        raise InvalidInput("deadline must be a unix time in seconds or null")
+    return {
+        "v": v, "id": job_id, "model": model, "version": version, "created": float(created),
+        "inputs": inputs, "outputs": outputs, "ttl": ttl, "reply_to": reply_to,
+        "deadline": None if deadline is None else float(deadline),
+    }
+
+
+def check_job_size(job: Mapping[str, Any], max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> None:
+    inline = sum(len(t.get("data", b"")) for t in job["inputs"])
+    if inline > max_job_bytes:
+        raise PayloadTooLarge(f"job carries {inline} bytes inline; the limit is {max_job_bytes}")
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def success_meta(
+    job_id: str, *, model: str, version: int, outputs: list[dict[str, Any]], worker: str,
+    timing: Mapping[str, float],
+) -> dict[str, Any]:
+    """A Celery result meta map (status SUCCESS) carrying the ICOW result envelope."""
+    return {
+        "status": "SUCCESS",
+        "result": {
+            "v": PROTOCOL_VERSION, "id": job_id, "model": model, "version": version,
+            "outputs": outputs, "worker": worker, "timing": dict(timing),
+        },
+        "traceback": None,
+        "children": [],
+        "date_done": _now_iso(),
+        "task_id": job_id,
+    }
+
+
+def failure_meta(
+    job_id: str, *, error_type: str, message: str, model: str | None = None,
+    version: int | None = None, worker: str = "",
+) -> dict[str, Any]:
+    """A Celery result meta map (status FAILURE). Stock Celery clients rebuild the exception
+    from exc_type/exc_message/exc_module; ICOW clients map ``exc_type`` via icow.errors."""
+    return {
+        "status": "FAILURE",
+        "result": {
+            "exc_type": error_type,
+            "exc_message": [message],
+            "exc_module": "icow.errors",
+            "v": PROTOCOL_VERSION, "id": job_id, "model": model, "version": version,
+            "worker": worker,
+        },
+        "traceback": None,
+        "children": [],
+        "date_done": _now_iso(),
+        "task_id": job_id,
+    }
+
+
+def parse_meta(data: bytes) -> dict[str, Any]:
+    meta = unpackb(data)
+    if not isinstance(meta, dict) or meta.get("status") not in (*READY_STATES, "PENDING", "STARTED", "RETRY"):
+        raise InvalidInput("not a result meta map")
+    return meta
+
+
+def failure_of(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """(error type, message) of a FAILURE/REVOKED meta."""
+    res = meta.get("result")
+    if meta.get("status") == "REVOKED":
+        return "JobCancelled", "the job was revoked"
+    if isinstance(res, Mapping):
+        msg = res.get("exc_message")
+        if isinstance(msg, list):
+            msg = " ".join(str(m) for m in msg)
+        return str(res.get("exc_type", "RemoteError")), str(msg or "")
+    return "RemoteError", str(res)

@@ -1,0 +1,57 @@
+"""Settings read from ``ICOW_*`` environment variables. The only module that reads them.
+
+==========================  ==================================================  =============
+variable                    meaning                                             default
+==========================  ==================================================  =============
+``ICOW_REDIS_URL``          Redis URL (``redis://``, ``rediss://``, ``unix://``)  none: embedded
+``ICOW_REPO``               model repository folder for workers                 none
+``ICOW_RESULT_TTL_S``       how long results are kept                            86400
+``ICOW_INLINE_MAX_BYTES``   tensors above this travel under their own key        262144
+``ICOW_MAX_TENSOR_BYTES``   largest tensor accepted                             268435456
+``ICOW_THREADS``            onnxruntime intra-op threads per worker (0 = auto)   0
+``ICOW_DEVICE``             GPU device id for the CUDA execution provider        0
+==========================  ==================================================  =============
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from icow import keys, protocol, tensor
+from icow.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    repo: str | None = None
+    result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S
+    inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES
+    max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES
+    threads: int = 0
+    device: int = 0
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer, got {raw!r}") from None
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    return Settings(
+        redis_url=env.get("ICOW_REDIS_URL") or None,
+        repo=env.get("ICOW_REPO") or None,
+        result_ttl_s=_int(env, "ICOW_RESULT_TTL_S", keys.DEFAULT_RESULT_TTL_S),
+        inline_max_bytes=_int(env, "ICOW_INLINE_MAX_BYTES", protocol.DEFAULT_INLINE_MAX_BYTES),
+        max_tensor_bytes=_int(env, "ICOW_MAX_TENSOR_BYTES", tensor.DEFAULT_MAX_TENSOR_BYTES),
+        threads=_int(env, "ICOW_THREADS", 0),
+        device=_int(env, "ICOW_DEVICE", 0),
+    )

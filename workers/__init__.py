@@ -1,0 +1,1 @@
+"""The Celery side of ICOW: model repository, runtime, runner, result writer, worker."""

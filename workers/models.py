@@ -1,0 +1,103 @@
+"""The worker's warm models: which models it serves, their sessions, their published metadata."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from icow import keys, protocol
+from icow.errors import ModelNotFound
+from icow.workers.repository import ModelEntry, Repository
+from icow.workers.runtime import OnnxModel
+
+log = logging.getLogger("icow.models")
+
+
+class ModelManager:
+    """Holds one session per (model, version) for the life of the process.
+
+    Preloaded models are loaded by :meth:`start`; others on first use.
+    """
+
+    def __init__(self, repo: Repository, *, only: set[str] | None = None, device: int = 0, threads: int = 0):
+        self.repo = repo
+        self.only = only
+        self.device = device
+        self.threads = threads
+        self.entries: dict[str, ModelEntry] = repo.scan(only)
+        self._sessions: dict[tuple[str, int], OnnxModel] = {}
+        self._lock = threading.Lock()
+        self.load_times_s: dict[tuple[str, int], float] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def start(self) -> None:
+        """Load every preloaded model version now (the worker is ready after this)."""
+        for entry in self.entries.values():
+            if entry.config.preload:
+                for v in entry.versions:
+                    self.get(entry.name, v)
+
+    def entry(self, name: str) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} is not served by this worker")
+        return entry
+
+    def get(self, name: str, version: int | None = None) -> OnnxModel:
+        entry = self.entry(name)
+        v = entry.latest if version is None else version
+        if v not in entry.versions:
+            raise ModelNotFound(f"model {name!r} has no version {v}; served versions: {list(entry.versions)}")
+        model = self._sessions.get((name, v))
+        if model is not None:
+            return model
+        with self._lock:
+            model = self._sessions.get((name, v))
+            if model is None:
+                t0 = time.perf_counter()
+                model = OnnxModel(
+                    name, v, entry.file(v), providers=entry.config.providers, device=self.device,
+                    threads=entry.config.threads or self.threads,
+                )
+                self.load_times_s[(name, v)] = time.perf_counter() - t0
+                log.info(
+                    "loaded %s v%s in %.3f s on %s", name, v, self.load_times_s[(name, v)], model.providers[0]
+                )
+                self._sessions[(name, v)] = model
+        return model
+
+    def loaded(self) -> list[OnnxModel]:
+        return list(self._sessions.values())
+
+    def metadata(self) -> list[dict[str, Any]]:
+        """Signature of every served version (loading, then dropping, sessions not preloaded)."""
+        out = []
+        for entry in self.entries.values():
+            for v in entry.versions:
+                model = self._sessions.get((entry.name, v))
+                if model is None:
+                    # Not preloaded: read the signature on the CPU and let the session go.
+                    model = OnnxModel(entry.name, v, entry.file(v), providers=("cpu",), threads=1)
+                    meta = model.metadata()
+                    meta["providers"] = []
+                    model.unload()
+                else:
+                    meta = model.metadata()
+                out.append(meta)
+        return out
+
+    def publish(self, r: redis.Redis) -> None:
+        """Write every served model's metadata where clients read it (icow.keys)."""
+        metas = self.metadata()
+        pipe = r.pipeline(transaction=False)
+        for meta in metas:
+            pipe.sadd(keys.MODELS, meta["name"])
+            pipe.hset(keys.model(meta["name"]), str(meta["version"]), protocol.packb(meta))
+        pipe.execute()

@@ -1,0 +1,64 @@
+"""The one writer of results. A result is written once per job id: the first write wins, so a
+duplicate run (redelivery) can never overwrite or corrupt it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from icow import keys, protocol
+
+# KEYS: result key, state key, reply list ('' for none). ARGV: meta, ttl.
+# SET NX decides the winner; only the winner publishes, pushes the reply and drops the state.
+_WRITE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('PUBLISH', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  if KEYS[3] ~= '' then
+    redis.call('RPUSH', KEYS[3], ARGV[1])
+    if redis.call('TTL', KEYS[3]) < tonumber(ARGV[2]) then
+      redis.call('EXPIRE', KEYS[3], ARGV[2])
+    end
+  end
+  return 1
+end
+return 0
+"""
+
+
+class ResultWriter:
+    def __init__(self, r: redis.Redis):
+        self._r = r
+        self._write = r.register_script(_WRITE)
+
+    def write(
+        self, job_id: str, meta: Mapping[str, Any], *, ttl_s: int, reply_to: str | None,
+        blobs: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store, publish and push one result; False when a result already existed."""
+        return self.write_many([(job_id, meta, ttl_s, reply_to, blobs or {})])[0]
+
+    def write_many(
+        self, items: list[tuple[str, Mapping[str, Any], int, str | None, Mapping[str, Any]]],
+        delete: list[str] | None = None,
+    ) -> list[bool]:
+        """Write several results in one round trip, then drop ``delete`` (consumed inputs)."""
+        pipe = self._r.pipeline(transaction=False)
+        at: list[int] = []
+        n = 0
+        for job_id, meta, ttl_s, reply_to, blobs in items:
+            for key, data in blobs.items():
+                pipe.set(key, data, ex=ttl_s)
+                n += 1
+            at.append(n)
+            n += 1
+            self._write(
+                keys=[keys.result(job_id), keys.state(job_id), reply_to or ""],
+                args=[protocol.packb(meta), ttl_s], client=pipe,
+            )
+        if delete:
+            pipe.delete(*delete)
+        out = pipe.execute()
+        return [bool(out[i]) for i in at]
