@@ -45,8 +45,7 @@ class ModelInfo:
     def from_wire(meta: Mapping[str, Any], versions: Sequence[int] = ()) -> ModelInfo:
         def specs(items: Any) -> tuple[TensorSpec, ...]:
             return tuple(
-                TensorSpec(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"]))
-                for t in items
+                TensorSpec(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"])) for t in items
             )
 
         return ModelInfo(
@@ -134,9 +133,15 @@ def prepare(
         raise PayloadTooLarge(f"the job's inputs total {total} bytes; the limit is {protocol.DEFAULT_MAX_JOB_BYTES}")
     now = time.time()
     job = protocol.job_envelope(
-        job_id=job_id, model=model, version=version, inputs=wire, outputs=outputs,
-        result_ttl_s=result_ttl_s, reply_to=reply_to,
-        deadline=None if deadline_s is None else now + deadline_s, created=now,
+        job_id=job_id,
+        model=model,
+        version=version,
+        inputs=wire,
+        outputs=outputs,
+        result_ttl_s=result_ttl_s,
+        reply_to=reply_to,
+        deadline=None if deadline_s is None else now + deadline_s,
+        created=now,
     )
     queue = keys.queue(model)
     message = protocol.celery_message(job, queue=queue, priority=priority)
@@ -150,7 +155,7 @@ def output_refs(meta: Mapping[str, Any]) -> list[str]:
     return [t["ref"] for t in meta["result"].get("outputs", ()) if "ref" in t]
 
 
-def decode_result(meta: Mapping[str, Any], blobs: Mapping[str, bytes | None] | None = None) -> Outputs:
+def decode_result(meta: Mapping[str, Any], blobs: Mapping[str, Any] | None = None) -> Outputs:
     """Outputs by name from a READY result meta, or raise the remote error it carries."""
     status = meta.get("status")
     job_id = meta.get("task_id")
@@ -168,7 +173,7 @@ def decode_result(meta: Mapping[str, Any], blobs: Mapping[str, bytes | None] | N
     return out
 
 
-def status_of(meta: Mapping[str, Any] | None, state: bytes | None, job_id: str) -> JobStatus:
+def status_of(meta: Mapping[str, Any] | None, state: Any, job_id: str) -> JobStatus:
     if meta is not None:
         return "succeeded" if meta.get("status") == "SUCCESS" else "failed"
     if state is None:
@@ -176,7 +181,7 @@ def status_of(meta: Mapping[str, Any] | None, state: bytes | None, job_id: str) 
     return "running" if state == b"running" else "queued"
 
 
-def model_info(name: str, raw: Mapping[bytes, bytes], version: int | None) -> ModelInfo:
+def model_info(name: str, raw: Mapping[Any, Any], version: int | None) -> ModelInfo:
     if not raw:
         raise NotFound(f"model {name!r} is not published by any worker")
     metas = {int(k): protocol.unpackb(v) for k, v in raw.items()}
@@ -184,3 +189,7 @@ def model_info(name: str, raw: Mapping[bytes, bytes], version: int | None) -> Mo
     if chosen not in metas:
         raise NotFound(f"model {name!r} has no version {version}; published: {sorted(metas)}")
     return ModelInfo.from_wire(metas[chosen], versions=list(metas))
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -83,7 +83,7 @@ class _ReplyReader:
             self._task = asyncio.ensure_future(self._read())
         try:
             return await asyncio.wait_for(fut, _SLICE_S if left is None else min(left, _SLICE_S))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         finally:
             waiting = self._waiters.get(job_id, [])
@@ -179,8 +179,12 @@ class AsyncClient:
         if kw.get("result_ttl_s") is None:
             kw["result_ttl_s"] = self.result_ttl_s
         return _core.prepare(
-            model, inputs, reply_to=self._replies.key, inline_max_bytes=self.inline_max_bytes,
-            max_tensor_bytes=self.max_tensor_bytes, **kw,
+            model,
+            inputs,
+            reply_to=self._replies.key,
+            inline_max_bytes=self.inline_max_bytes,
+            max_tensor_bytes=self.max_tensor_bytes,
+            **kw,
         )
 
     async def _check_published(self, model: str) -> None:
@@ -189,11 +193,9 @@ class AsyncClient:
             return
         async with _redis_errors("checking the model is published"):
             names = await self._r.smembers(keys.MODELS)
-        self._published = {n.decode() for n in names}
+        self._published = {_core.text(n) for n in names}
         if model not in self._published:
-            raise ModelNotFound(
-                f"no worker has published model {model!r}; published: {sorted(self._published)}"
-            )
+            raise ModelNotFound(f"no worker has published model {model!r}; published: {sorted(self._published)}")
 
     @staticmethod
     def _queue(pipe: Any, job: _core.PreparedJob) -> None:
@@ -216,8 +218,14 @@ class AsyncClient:
     ) -> AsyncJob:
         await self._check_published(model)
         job = self._prepare(
-            model, inputs, version=version, outputs=outputs, priority=priority,
-            deadline_s=deadline_s, job_id=job_id, result_ttl_s=result_ttl_s,
+            model,
+            inputs,
+            version=version,
+            outputs=outputs,
+            priority=priority,
+            deadline_s=deadline_s,
+            job_id=job_id,
+            result_ttl_s=result_ttl_s,
         )
         async with _redis_errors("submitting a job"):
             pipe = self._r.pipeline(transaction=False)
@@ -251,8 +259,13 @@ class AsyncClient:
         await self._check_published(model)
         for inputs in batch:
             job = self._prepare(
-                model, inputs, version=version, outputs=outputs, priority=priority,
-                deadline_s=deadline_s, result_ttl_s=result_ttl_s,
+                model,
+                inputs,
+                version=version,
+                outputs=outputs,
+                priority=priority,
+                deadline_s=deadline_s,
+                result_ttl_s=result_ttl_s,
             )
             pending.append(job)
             jobs.append(AsyncJob(self, job.job_id, model, via_reply=True))
@@ -274,7 +287,11 @@ class AsyncClient:
     ) -> Outputs:
         _core.check_timeout(timeout_s)
         job = await self.submit(
-            model, inputs, version=version, outputs=outputs, priority=priority,
+            model,
+            inputs,
+            version=version,
+            outputs=outputs,
+            priority=priority,
             deadline_s=timeout_s if timeout_s else None,
         )
         return await job.result(timeout_s)
@@ -285,9 +302,7 @@ class AsyncClient:
     async def as_completed(self, jobs: Iterable[AsyncJob], timeout_s: float | None = None) -> AsyncIterator[AsyncJob]:
         """Yield jobs as their results arrive."""
         deadline = _core.deadline_of(_core.check_timeout(timeout_s))
-        pending = {
-            asyncio.ensure_future(self._settle(j, deadline, timeout_s)): j for j in jobs
-        }
+        pending = {asyncio.ensure_future(self._settle(j, deadline, timeout_s)): j for j in jobs}
         try:
             while pending:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -304,7 +319,7 @@ class AsyncClient:
             left = _core.remaining(deadline)
             job._meta = await self._wait_meta(job.id, left, via_reply=job._via_reply, shown_timeout=timeout_s)
 
-    async def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
+    async def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, Any]:
         async with _redis_errors("reading a job's state"):
             data, state = await self._r.mget([keys.result(job_id), keys.state(job_id)])
         return (None if data is None else protocol.parse_meta(data)), state
@@ -316,7 +331,12 @@ class AsyncClient:
         return meta
 
     async def _wait_meta(
-        self, job_id: str, timeout_s: float | None, *, via_reply: bool, shown_timeout: float | None = None,
+        self,
+        job_id: str,
+        timeout_s: float | None,
+        *,
+        via_reply: bool,
+        shown_timeout: float | None = None,
     ) -> dict[str, Any]:
         shown = timeout_s if shown_timeout is None else shown_timeout
         deadline = _core.deadline_of(timeout_s)
@@ -352,7 +372,7 @@ class AsyncClient:
 
     async def _decode(self, meta: Mapping[str, Any]) -> Outputs:
         refs = _core.output_refs(meta)
-        blobs: dict[str, bytes | None] = {}
+        blobs: dict[str, Any] = {}
         if refs:
             async with _redis_errors("reading large outputs"):
                 blobs = dict(zip(refs, await self._r.mget(refs)))
@@ -360,7 +380,7 @@ class AsyncClient:
 
     async def models(self) -> dict[str, list[int]]:
         async with _redis_errors("listing models"):
-            names = sorted(n.decode() for n in await self._r.smembers(keys.MODELS))
+            names = sorted(_core.text(n) for n in await self._r.smembers(keys.MODELS))
             pipe = self._r.pipeline(transaction=False)
             for n in names:
                 pipe.hkeys(keys.model(n))

@@ -175,8 +175,12 @@ class Client:
     def _prepare(self, model: str, inputs: Mapping[str, Any], **kw: Any) -> _core.PreparedJob:
         kw.setdefault("result_ttl_s", self.result_ttl_s)
         return _core.prepare(
-            model, inputs, reply_to=self._replies.key, inline_max_bytes=self.inline_max_bytes,
-            max_tensor_bytes=self.max_tensor_bytes, **kw,
+            model,
+            inputs,
+            reply_to=self._replies.key,
+            inline_max_bytes=self.inline_max_bytes,
+            max_tensor_bytes=self.max_tensor_bytes,
+            **kw,
         )
 
     def _check_published(self, model: str) -> None:
@@ -185,11 +189,9 @@ class Client:
             return
         with _redis_errors("checking the model is published"):
             names = self._r.smembers(keys.MODELS)
-        self._published = {n.decode() for n in names}
+        self._published = {_core.text(n) for n in names}
         if model not in self._published:
-            raise ModelNotFound(
-                f"no worker has published model {model!r}; published: {sorted(self._published)}"
-            )
+            raise ModelNotFound(f"no worker has published model {model!r}; published: {sorted(self._published)}")
 
     @staticmethod
     def _queue(pipe: Any, job: _core.PreparedJob) -> None:
@@ -213,8 +215,13 @@ class Client:
         """Queue one job and return its handle at once (fire-and-forget)."""
         self._check_published(model)
         job = self._prepare(
-            model, inputs, version=version, outputs=outputs, priority=priority,
-            deadline_s=deadline_s, job_id=job_id,
+            model,
+            inputs,
+            version=version,
+            outputs=outputs,
+            priority=priority,
+            deadline_s=deadline_s,
+            job_id=job_id,
             **({} if result_ttl_s is None else {"result_ttl_s": result_ttl_s}),
         )
         with _redis_errors("submitting a job"):
@@ -251,8 +258,13 @@ class Client:
         self._check_published(model)
         for inputs in batch:
             job = self._prepare(
-                model, inputs, version=version, outputs=outputs, priority=priority,
-                deadline_s=deadline_s, **extra,
+                model,
+                inputs,
+                version=version,
+                outputs=outputs,
+                priority=priority,
+                deadline_s=deadline_s,
+                **extra,
             )
             pending.append(job)
             jobs.append(Job(self, job.job_id, model, via_reply=True))
@@ -276,7 +288,11 @@ class Client:
         _core.check_timeout(timeout_s)
         deadline_s = timeout_s if timeout_s else None
         return self.submit(
-            model, inputs, version=version, outputs=outputs, priority=priority,
+            model,
+            inputs,
+            version=version,
+            outputs=outputs,
+            priority=priority,
             deadline_s=deadline_s,
         ).result(timeout_s)
 
@@ -321,7 +337,7 @@ class Client:
             job._meta = meta
             yield job
 
-    def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
+    def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, Any]:
         with _redis_errors("reading a job's state"):
             data, state = self._r.mget([keys.result(job_id), keys.state(job_id)])
         return (None if data is None else protocol.parse_meta(data)), state
@@ -371,7 +387,7 @@ class Client:
 
     def _decode(self, meta: Mapping[str, Any]) -> Outputs:
         refs = _core.output_refs(meta)
-        blobs: dict[str, bytes | None] = {}
+        blobs: dict[str, Any] = {}
         if refs:
             with _redis_errors("reading large outputs"):
                 blobs = dict(zip(refs, self._r.mget(refs)))
@@ -382,7 +398,7 @@ class Client:
     def models(self) -> dict[str, list[int]]:
         """Every published model and its versions."""
         with _redis_errors("listing models"):
-            names = sorted(n.decode() for n in self._r.smembers(keys.MODELS))
+            names = sorted(_core.text(n) for n in self._r.smembers(keys.MODELS))
             pipe = self._r.pipeline(transaction=False)
             for n in names:
                 pipe.hkeys(keys.model(n))
@@ -399,4 +415,3 @@ class Client:
     def ping(self) -> None:
         with _redis_errors("pinging"):
             self._r.ping()
-

@@ -108,8 +108,7 @@ class InternalError(RemoteError):
 
 
 REMOTE_ERRORS: dict[str, type[RemoteError]] = {
-    cls.remote_type: cls
-    for cls in (InvalidJob, ModelNotFound, JobExpired, JobCancelled, InternalError)
+    cls.remote_type: cls for cls in (InvalidJob, ModelNotFound, JobExpired, JobCancelled, InternalError)
 }
 
 

@@ -57,8 +57,7 @@ def check_model_name(name: object) -> str:
     """A model name is 1-128 of ``[A-Za-z0-9_.-]``, starting alphanumeric (no paths)."""
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name) or ".." in name:
         raise InvalidInput(
-            f"invalid model name {name!r}: use 1-128 characters of A-Z a-z 0-9 _ . - "
-            "starting with a letter or digit"
+            f"invalid model name {name!r}: use 1-128 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
         )
     return name
 
@@ -117,7 +116,7 @@ def model(name: str) -> str:
 
 
 def job_id_from_result_key(key: str) -> str:
-    return key[len(RESULT_PREFIX):]
+    return key[len(RESULT_PREFIX) :]
 
 
 def worker(name: str) -> str:

@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -43,7 +43,7 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
+def unpackb(data: Any) -> Any:
     # strict_map_key=False is safe here: keys are validated by the readers below.
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
@@ -82,7 +82,13 @@ def job_envelope(
     }
 
 
-def celery_message(job: Mapping[str, Any], *, queue: str, priority: int = 0) -> bytes:
+def celery_message(
+    job: Mapping[str, Any],
+    *,
+    queue: str,
+    priority: int = 0,
+    delivery_tag: str | None = None,
+) -> bytes:
     """The kombu Redis-transport envelope (JSON) that a stock Celery worker consumes."""
     job_id = job["id"]
     body = packb([[job], {}, _EMBED])
@@ -112,13 +118,18 @@ def celery_message(job: Mapping[str, Any], *, queue: str, priority: int = 0) -> 
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": priority,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": delivery_tag or str(uuid.uuid4()),
         },
     }
     return json.dumps(envelope, separators=(",", ":")).encode("ascii")
 
 
-def parse_job(obj: Any, *, task_id: str | None = None, max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES) -> dict[str, Any]:
+def parse_job(
+    obj: Any,
+    *,
+    task_id: str | None = None,
+    max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
+) -> dict[str, Any]:
     """Validate a job envelope read from the queue (the worker never trusts the queue).
 
     Returns a normalised copy; raises InvalidInput naming the first problem.
@@ -152,9 +163,7 @@ def parse_job(obj: Any, *, task_id: str | None = None, max_tensor_bytes: int = t
         elif not isinstance(t.get("data"), (bytes, bytearray)):
             raise InvalidInput(f"input {name!r}: data must be raw bytes (msgpack bin)")
     outputs = obj.get("outputs")
-    if outputs is not None and (
-        not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)
-    ):
+    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
         raise InvalidInput("outputs must be a list of output names or null")
     ttl = obj.get("ttl", keys.DEFAULT_RESULT_TTL_S)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= keys.MAX_RESULT_TTL_S:
@@ -169,8 +178,15 @@ def parse_job(obj: Any, *, task_id: str | None = None, max_tensor_bytes: int = t
     if deadline is not None and (not isinstance(deadline, (int, float)) or isinstance(deadline, bool)):
         raise InvalidInput("deadline must be a unix time in seconds or null")
     return {
-        "v": v, "id": job_id, "model": model, "version": version, "created": float(created),
-        "inputs": inputs, "outputs": outputs, "ttl": ttl, "reply_to": reply_to,
+        "v": v,
+        "id": job_id,
+        "model": model,
+        "version": version,
+        "created": float(created),
+        "inputs": inputs,
+        "outputs": outputs,
+        "ttl": ttl,
+        "reply_to": reply_to,
         "deadline": None if deadline is None else float(deadline),
     }
 
@@ -185,19 +201,29 @@ def check_job_size(job: Mapping[str, Any], max_job_bytes: int = DEFAULT_MAX_JOB_
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def success_meta(
-    job_id: str, *, model: str, version: int, outputs: list[dict[str, Any]], worker: str,
+    job_id: str,
+    *,
+    model: str,
+    version: int,
+    outputs: list[dict[str, Any]],
+    worker: str,
     timing: Mapping[str, float],
 ) -> dict[str, Any]:
     """A Celery result meta map (status SUCCESS) carrying the ICOW result envelope."""
     return {
         "status": "SUCCESS",
         "result": {
-            "v": PROTOCOL_VERSION, "id": job_id, "model": model, "version": version,
-            "outputs": outputs, "worker": worker, "timing": dict(timing),
+            "v": PROTOCOL_VERSION,
+            "id": job_id,
+            "model": model,
+            "version": version,
+            "outputs": outputs,
+            "worker": worker,
+            "timing": dict(timing),
         },
         "traceback": None,
         "children": [],
@@ -207,8 +233,13 @@ def success_meta(
 
 
 def failure_meta(
-    job_id: str, *, error_type: str, message: str, model: str | None = None,
-    version: int | None = None, worker: str = "",
+    job_id: str,
+    *,
+    error_type: str,
+    message: str,
+    model: str | None = None,
+    version: int | None = None,
+    worker: str = "",
 ) -> dict[str, Any]:
     """A Celery result meta map (status FAILURE). Stock Celery clients rebuild the exception
     from exc_type/exc_message/exc_module; ICOW clients map ``exc_type`` via icow.errors."""
@@ -218,7 +249,10 @@ def failure_meta(
             "exc_type": error_type,
             "exc_message": [message],
             "exc_module": "icow.errors",
-            "v": PROTOCOL_VERSION, "id": job_id, "model": model, "version": version,
+            "v": PROTOCOL_VERSION,
+            "id": job_id,
+            "model": model,
+            "version": version,
             "worker": worker,
         },
         "traceback": None,
@@ -228,7 +262,7 @@ def failure_meta(
     }
 
 
-def parse_meta(data: bytes) -> dict[str, Any]:
+def parse_meta(data: Any) -> dict[str, Any]:
     meta = unpackb(data)
     if not isinstance(meta, dict) or meta.get("status") not in (*READY_STATES, "PENDING", "STARTED", "RETRY"):
         raise InvalidInput("not a result meta map")

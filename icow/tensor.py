@@ -56,23 +56,17 @@ def datatype_of(array: np.ndarray) -> str:
     if kind == "O":
         if all(isinstance(x, (bytes, str)) for x in array.flat):
             return BYTES
-        raise InvalidInput(
-            "object arrays are only accepted when every element is str or bytes (BYTES)"
-        )
+        raise InvalidInput("object arrays are only accepted when every element is str or bytes (BYTES)")
     name = _BY_KIND_SIZE.get((kind, array.dtype.itemsize))
     if name is None:
-        raise InvalidInput(
-            f"dtype {array.dtype} is not supported; use one of {', '.join(ALL_DATATYPES)}"
-        )
+        raise InvalidInput(f"dtype {array.dtype} is not supported; use one of {', '.join(ALL_DATATYPES)}")
     return name
 
 
 def encode(name: str, array: Any, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> dict[str, Any]:
     """Encode one named numpy array as a wire tensor."""
     if not isinstance(array, np.ndarray):
-        raise InvalidInput(
-            f"input {name!r} must be a numpy.ndarray, got {type(array).__name__}"
-        )
+        raise InvalidInput(f"input {name!r} must be a numpy.ndarray, got {type(array).__name__}")
     if array.ndim > MAX_RANK:
         raise InvalidInput(f"input {name!r} has rank {array.ndim}; at most {MAX_RANK} is allowed")
     datatype = datatype_of(array)
@@ -86,9 +80,7 @@ def encode(name: str, array: Any, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) 
         # A memoryview avoids copying large arrays; msgpack and redis-py both take it.
         data = memoryview(array.reshape(-1)).cast("B") if array.size else b""
     if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"input {name!r} is {len(data)} bytes; the limit is {max_bytes} bytes"
-        )
+        raise PayloadTooLarge(f"input {name!r} is {len(data)} bytes; the limit is {max_bytes} bytes")
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
 
 
@@ -168,7 +160,6 @@ def decode(tensor: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_TENSOR_BYT
     expected = count * dtype.itemsize
     if len(data) != expected:
         raise InvalidInput(
-            f"tensor {name!r}: {len(data)} bytes of data but shape {shape} x {datatype} "
-            f"needs {expected}"
+            f"tensor {name!r}: {len(data)} bytes of data but shape {shape} x {datatype} needs {expected}"
         )
     return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -35,6 +35,7 @@ app.conf.update(
     task_default_queue="icow:q:_default",
     worker_send_task_events=False,
     task_send_sent_event=False,
+    worker_consumer="icow.workers.consumer:IcowConsumer",
 )
 
 _runner: JobRunner | None = None
@@ -61,8 +62,9 @@ def _runner_from_env() -> JobRunner:
     manager.start()
     r = redis.Redis.from_url(s.redis_url or app.conf.broker_url)
     manager.publish(r)
-    return JobRunner(manager, r, worker=f"{os.getpid()}", max_tensor_bytes=s.max_tensor_bytes,
-                     inline_max_bytes=s.inline_max_bytes)
+    return JobRunner(
+        manager, r, worker=f"{os.getpid()}", max_tensor_bytes=s.max_tensor_bytes, inline_max_bytes=s.inline_max_bytes
+    )
 
 
 @signals.worker_process_init.connect

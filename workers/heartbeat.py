@@ -23,14 +23,23 @@ log = logging.getLogger("icow.heartbeat")
 
 
 class Heartbeat:
-    def __init__(self, r: redis.Redis, name: str, info: dict[str, Any],
-                 stats: Callable[[], dict[str, Any]] | None = None):
+    def __init__(
+        self, r: redis.Redis, name: str, info: dict[str, Any], stats: Callable[[], dict[str, Any]] | None = None
+    ):
         self._r = r
         self._stats = stats
         self.name = name
-        self.info = {"name": name, "host": socket.gethostname(), "pid": os.getpid(),
-                     "started": time.time(), "ready": False, "jobs": 0, "failures": 0,
-                     "last_error": None, **info}
+        self.info = {
+            "name": name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "ready": False,
+            "jobs": 0,
+            "failures": 0,
+            "last_error": None,
+            **info,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -75,7 +84,7 @@ class Heartbeat:
 
 def live_workers(r: redis.Redis) -> list[dict[str, Any]]:
     """Heartbeats of workers alive now; names whose key expired are dropped from the set."""
-    names = sorted(n.decode() for n in r.smembers(keys.WORKERS))
+    names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in r.smembers(keys.WORKERS))
     if not names:
         return []
     beats = r.mget([keys.worker(n) for n in names])

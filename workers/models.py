@@ -63,13 +63,15 @@ class ModelManager:
             if model is None:
                 t0 = time.perf_counter()
                 model = OnnxModel(
-                    name, v, entry.file(v), providers=entry.config.providers, device=self.device,
+                    name,
+                    v,
+                    entry.file(v),
+                    providers=entry.config.providers,
+                    device=self.device,
                     threads=entry.config.threads or self.threads,
                 )
                 self.load_times_s[(name, v)] = time.perf_counter() - t0
-                log.info(
-                    "loaded %s v%s in %.3f s on %s", name, v, self.load_times_s[(name, v)], model.providers[0]
-                )
+                log.info("loaded %s v%s in %.3f s on %s", name, v, self.load_times_s[(name, v)], model.providers[0])
                 self._sessions[(name, v)] = model
         return model
 

@@ -99,7 +99,8 @@ class Repository:
             if not d.is_dir() or not keys.MODEL_NAME_RE.match(d.name) or (only and d.name not in only):
                 continue
             present = sorted(
-                int(v.name) for v in d.iterdir()
+                int(v.name)
+                for v in d.iterdir()
                 if v.is_dir() and v.name.isdigit() and int(v.name) >= 1 and (v / MODEL_FILE).is_file()
             )
             if not present:

@@ -34,14 +34,20 @@ class ResultWriter:
         self._write = r.register_script(_WRITE)
 
     def write(
-        self, job_id: str, meta: Mapping[str, Any], *, ttl_s: int, reply_to: str | None,
+        self,
+        job_id: str,
+        meta: Mapping[str, Any],
+        *,
+        ttl_s: int,
+        reply_to: str | None,
         blobs: Mapping[str, Any] | None = None,
     ) -> bool:
         """Store, publish and push one result; False when a result already existed."""
         return self.write_many([(job_id, meta, ttl_s, reply_to, blobs or {})])[0]
 
     def write_many(
-        self, items: list[tuple[str, Mapping[str, Any], int, str | None, Mapping[str, Any]]],
+        self,
+        items: list[tuple[str, Mapping[str, Any], int, str | None, Mapping[str, Any]]],
         delete: list[str] | None = None,
     ) -> list[bool]:
         """Write several results in one round trip, then drop ``delete`` (consumed inputs)."""
@@ -56,7 +62,8 @@ class ResultWriter:
             n += 1
             self._write(
                 keys=[keys.result(job_id), keys.state(job_id), reply_to or ""],
-                args=[protocol.packb(meta), ttl_s], client=pipe,
+                args=[protocol.packb(meta), ttl_s],
+                client=pipe,
             )
         if delete:
             pipe.delete(*delete)

@@ -62,7 +62,11 @@ def _salvage(raw: Any) -> tuple[int, str | None]:
 
 class JobRunner:
     def __init__(
-        self, manager: ModelManager, r: redis.Redis, *, worker: str,
+        self,
+        manager: ModelManager,
+        r: redis.Redis,
+        *,
+        worker: str,
         max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
         inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
     ):
@@ -78,6 +82,13 @@ class JobRunner:
 
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "failures": self.failures, "last_error": self.last_error}
+
+    def fail_now(self, task_id: str, error_type: str, message: str) -> None:
+        """Answer a message that never reached the task (e.g. an undecodable body)."""
+        meta = protocol.failure_meta(task_id, error_type=error_type, message=message, worker=self.worker)
+        self.failures += 1
+        self.last_error = f"{error_type}: {message}"[:500]
+        self.writer.write(task_id, meta, ttl_s=keys.DEFAULT_RESULT_TTL_S, reply_to=None)
 
     def handle(self, task_id: str, raw: Any) -> None:
         self.handle_many([(task_id, raw)])
@@ -102,8 +113,12 @@ class JobRunner:
         error_type, message = _error_type(exc)
         job = j.job or {}
         j.meta = protocol.failure_meta(
-            j.task_id, error_type=error_type, message=message, model=job.get("model"),
-            version=job.get("version"), worker=self.worker,
+            j.task_id,
+            error_type=error_type,
+            message=message,
+            model=job.get("model"),
+            version=job.get("version"),
+            worker=self.worker,
         )
         j.blobs = {}
         self.failures += 1
@@ -180,7 +195,11 @@ class JobRunner:
                 t["ref"] = ref
             wire.append(t)
         j.meta = protocol.success_meta(
-            j.task_id, model=model.name, version=model.version, outputs=wire, worker=self.worker,
+            j.task_id,
+            model=model.name,
+            version=model.version,
+            outputs=wire,
+            worker=self.worker,
             timing={"queued_s": max(0.0, j.received - job["created"]), "compute_s": compute_s},
         )
 
@@ -189,8 +208,10 @@ class JobRunner:
         self.jobs += len(items)
         refs = [
             keys.blob(j.task_id, "in", i)
-            for j in jobs if isinstance(j.raw, Mapping) and isinstance(j.raw.get("inputs"), list)
-            for i, t in enumerate(j.raw["inputs"]) if isinstance(t, Mapping) and "ref" in t
+            for j in jobs
+            if isinstance(j.raw, Mapping) and isinstance(j.raw.get("inputs"), list)
+            for i, t in enumerate(j.raw["inputs"])
+            if isinstance(t, Mapping) and "ref" in t
         ]
         written = self.writer.write_many(items, delete=refs)  # type: ignore[arg-type]
         for (job_id, *_), ok in zip(items, written):

@@ -18,11 +18,17 @@ log = logging.getLogger("icow.runtime")
 # onnxruntime element type -> Open Inference Protocol datatype
 ORT_TYPES = {
     "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8", "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
 _ORT_PROVIDERS = {
@@ -74,8 +80,14 @@ class OnnxModel:
     """One ONNX Runtime InferenceSession, with its signature and the provider that really runs."""
 
     def __init__(
-        self, name: str, version: int, path: Path, *, providers: tuple[str, ...] = ("cuda", "cpu"),
-        device: int = 0, threads: int = 0,
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        *,
+        providers: tuple[str, ...] = ("cuda", "cpu"),
+        device: int = 0,
+        threads: int = 0,
     ):
         ort = _import_ort()
         self.name = name
@@ -98,7 +110,10 @@ class OnnxModel:
         if self.providers[0] != self.requested[0]:
             log.warning(
                 "model %s v%s: %s was requested but %s runs (onnxruntime fell back)",
-                name, version, self.requested[0], self.providers[0],
+                name,
+                version,
+                self.requested[0],
+                self.providers[0],
             )
         self.inputs = tuple(
             TensorMeta(i.name, ORT_TYPES.get(i.type, i.type), _dims(i.shape)) for i in self.session.get_inputs()
@@ -125,16 +140,13 @@ class OnnxModel:
         extra = sorted(set(inputs) - set(want))
         if missing or extra:
             raise InvalidInput(
-                f"model {self.name} v{self.version} takes inputs {sorted(want)}; "
-                f"missing {missing}, unexpected {extra}"
+                f"model {self.name} v{self.version} takes inputs {sorted(want)}; missing {missing}, unexpected {extra}"
             )
         for name, arr in inputs.items():
             meta = want[name]
             if datatypes[name] != meta.datatype:
                 raise InvalidInput(f"input {name!r} must be {meta.datatype}, got {datatypes[name]}")
-            if len(arr.shape) != len(meta.shape) or any(
-                d != -1 and d != s for d, s in zip(meta.shape, arr.shape)
-            ):
+            if len(arr.shape) != len(meta.shape) or any(d != -1 and d != s for d, s in zip(meta.shape, arr.shape)):
                 raise InvalidInput(
                     f"input {name!r} has shape {list(arr.shape)}; the model expects {list(meta.shape)} (-1: any)"
                 )

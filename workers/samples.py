@@ -51,7 +51,8 @@ def mlp(path: Path, sizes: tuple[int, ...] = (4, 8, 3), *, seed: int = 0) -> Pat
             nodes.append(helper.make_node("Relu", [f"a{i}"], [out]))
         prev = out
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])],
         inits,
@@ -75,9 +76,9 @@ def mlp_reference(x: np.ndarray, sizes: tuple[int, ...] = (4, 8, 3), *, seed: in
 def multi_io(path: Path) -> Path:
     """Several inputs and outputs of different datatypes, dynamic batch::
 
-        x FP32 [N, 3], ids INT64 [N, 2], mask BOOL [N]
-        -> total FP32 [N] (sum of x over axis 1), doubled INT64 [N, 2] (ids * 2),
-           flipped BOOL [N] (not mask), half FP16 [N, 3] (x as float16 / 2)
+    x FP32 [N, 3], ids INT64 [N, 2], mask BOOL [N]
+    -> total FP32 [N] (sum of x over axis 1), doubled INT64 [N, 2] (ids * 2),
+       flipped BOOL [N] (not mask), half FP16 [N, 3] (x as float16 / 2)
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -94,7 +95,8 @@ def multi_io(path: Path) -> Path:
         helper.make_node("Mul", ["x16", "half_c"], ["half"]),
     ]
     graph = helper.make_graph(
-        nodes, "multi_io",
+        nodes,
+        "multi_io",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
             helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 2]),
@@ -118,7 +120,8 @@ def identity(path: Path, datatype: int | None = None, rank: int = 1) -> Path:
     dt = TensorProto.FLOAT if datatype is None else datatype
     dims: list[Any] = [f"d{i}" for i in range(rank)]
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "identity",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
         [helper.make_tensor_value_info("x", dt, dims)],
         [helper.make_tensor_value_info("y", dt, dims)],
     )
@@ -130,7 +133,8 @@ def scale(path: Path, factor: float) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        "scale",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
         [numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")],

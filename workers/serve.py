@@ -48,21 +48,28 @@ def run_worker(opts: WorkerOptions) -> int:
         raise InvalidInput(f"no models{wanted} in repository {opts.repo}")
     name = hostname(opts.name)
     manager.start()
-    r = redis.Redis.from_url(opts.redis_url, socket_connect_timeout=5, socket_keepalive=True,
-                             health_check_interval=30)
+    r = redis.Redis.from_url(opts.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30)
     manager.publish(r)
     for m in manager.loaded():
         log.info("serving %s v%s on %s", m.name, m.version, ", ".join(m.providers))
     runner = JobRunner(
-        manager, r, worker=name, max_tensor_bytes=opts.max_tensor_bytes,
+        manager,
+        r,
+        worker=name,
+        max_tensor_bytes=opts.max_tensor_bytes,
         inline_max_bytes=opts.inline_max_bytes,
     )
     app_module.configure(runner)
-    heartbeat = Heartbeat(r, name, {
-        "models": {m: list(e.versions) for m, e in manager.entries.items()},
-        "providers": {f"{m.name}:{m.version}": m.providers[0] for m in manager.loaded()},
-        "device": opts.device,
-    }, stats=runner.stats)
+    heartbeat = Heartbeat(
+        r,
+        name,
+        {
+            "models": {m: list(e.versions) for m, e in manager.entries.items()},
+            "providers": {f"{m.name}:{m.version}": m.providers[0] for m in manager.loaded()},
+            "device": opts.device,
+        },
+        stats=runner.stats,
+    )
     heartbeat.start()
 
     def _ready(**_: object) -> None:

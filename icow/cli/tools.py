@@ -43,7 +43,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         outputs = client.infer(args.model, inputs, version=args.version, timeout_s=args.timeout)
     out = Path(args.out)
     if out.suffix == ".npz":
-        np.savez(out, **outputs)  # type: ignore[arg-type]
+        np.savez(out, **outputs)
         written = [str(out)]
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 raise InvalidInput("icow models show NAME")
             info = client.model(args.name, args.version)
             doc = {
-                "name": info.name, "version": info.version, "versions": list(info.versions),
+                "name": info.name,
+                "version": info.version,
+                "versions": list(info.versions),
                 "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.inputs],
                 "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.outputs],
             }
@@ -74,7 +76,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             else:
                 print(f"{info.name} v{info.version} (versions {list(info.versions)})")
                 for kind in ("inputs", "outputs"):
-                    for t in doc[kind]:  # type: ignore[attr-defined]
+                    for t in doc[kind]:
                         print(f"  {kind[:-1]:6} {t['name']:20} {t['datatype']:6} {t['shape']}")
         else:
             models = client.models()

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Everything a fresh machine with Python 3.11+ needs, in one file.
+
+    python3 dev.py demo    # make .venv, install ICOW, run `icow demo` (embedded Redis, a worker,
+                           # a sample model, real inferences)
+    python3 dev.py test    # make .venv, install ICOW + dev tools, run ruff, mypy and the tests
+    python3 dev.py bench   # the comparison benchmark (bench/compare.py)
+
+CI (.ci/run) runs `python3 dev.py test` on a clean clone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("ICOW_VENV", ROOT / ".venv"))
+BIN = VENV / "bin"
+PY_PATHS = [
+    "icow/__init__.py",
+    "icow/errors.py",
+    "icow/keys.py",
+    "icow/protocol.py",
+    "icow/settings.py",
+    "icow/tensor.py",
+    "icow/cli",
+    "client",
+    "workers",
+    "tests",
+    "bench",
+    "dev.py",
+]
+
+
+def run(*cmd: str, **kw: object) -> int:
+    print("+ " + " ".join(cmd), flush=True)
+    return subprocess.call(list(cmd), cwd=ROOT, **kw)  # type: ignore[call-overload]
+
+
+def ensure_venv(extras: str) -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 (run by any python3)
+        sys.exit(f"ICOW needs Python 3.11+, this is {sys.version.split()[0]}")
+    if not (BIN / "python").exists():
+        print(f"creating {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    stamp = VENV / f".icow-installed-{extras or 'base'}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    target = f".[{extras}]" if extras else "."
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if run(*pip, "--upgrade", "pip") or run(*pip, "-e", target):
+        sys.exit("installing ICOW failed")
+    stamp.write_text(digest)
+
+
+def cmd_demo() -> int:
+    ensure_venv("")
+    return run(str(BIN / "icow"), "demo")
+
+
+def node_tests() -> int:
+    node_dir = ROOT / "clients" / "node"
+    if not (node_dir / "package.json").exists():
+        return 0
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        print("node/npm not found: the Node.js client tests need Node.js 18+", flush=True)
+        return 1
+    npm_install = ["npm", "ci"] if (node_dir / "package-lock.json").exists() else ["npm", "install"]
+    if subprocess.call([*npm_install, "--no-audit", "--no-fund", "--silent"], cwd=node_dir):
+        return 1
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "ICOW_PYTHON": str(BIN / "python")}
+    return subprocess.call(["npm", "test", "--silent"], cwd=node_dir, env=env)
+
+
+def cmd_test(pytest_args: list[str]) -> int:
+    ensure_venv("dev")
+    paths = [p for p in PY_PATHS if (ROOT / p).exists()]
+    for step in (
+        [str(BIN / "ruff"), "check", *paths],
+        [str(BIN / "ruff"), "format", "--check", *paths],
+        [str(BIN / "mypy")],
+    ):
+        if run(*step):
+            return 1
+    code = run(str(BIN / "python"), "-m", "pytest", *(pytest_args or ["-q"]))
+    if code == 5:
+        print("pytest collected no tests: that is a failure, not a pass", flush=True)
+        return 1
+    if code:
+        return code
+    return node_tests()
+
+
+def cmd_bench(args: list[str]) -> int:
+    ensure_venv("dev")
+    return run(str(BIN / "python"), "bench/compare.py", *args)
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "bench"):
+        print(__doc__)
+        return 2
+    cmd, rest = sys.argv[1], sys.argv[2:]
+    if cmd == "demo":
+        return cmd_demo()
+    if cmd == "bench":
+        return cmd_bench(rest)
+    return cmd_test(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
