@@ -23,6 +23,9 @@ key                                type    content
 ``icow:workers``                   set     names of workers that have sent a heartbeat
 ``icow:worker:<w>``                string  the worker's heartbeat (msgpack: host, pid, models,
                                            providers, jobs done); expires when heartbeats stop
+``icow:failures``                  list    recent failures, newest first (msgpack: id, model,
+                                           version, worker, error, message, time); capped at
+                                           ``RECENT_FAILURES_MAX`` by the result writer (LPUSH+LTRIM)
 ``unacked``, ``unacked_index``,    kombu   kombu's ack emulation (in-flight messages), kept at
 ``unacked_mutex``                          kombu's default names so stock Celery tooling agrees
 =================================  ======  =========================================================
@@ -41,6 +44,9 @@ MODELS = PREFIX + "models"
 WORKERS = PREFIX + "workers"
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10
+RECENT_FAILURES = PREFIX + "failures"
+RECENT_FAILURES_MAX = 200
+RESCAN_INTERVAL_S = 5.0  # how often a worker rescans its model repository for new versions
 
 DEFAULT_RESULT_TTL_S = 24 * 3600
 MAX_RESULT_TTL_S = 30 * 24 * 3600

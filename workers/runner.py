@@ -18,6 +18,7 @@ import redis
 from icow import keys, protocol, tensor
 from icow.errors import IcowError, InvalidInput, JobExpired, RemoteError
 from icow.workers.models import ModelManager
+from icow.workers.observer import JobObserver, outcome_of
 from icow.workers.results import ResultWriter
 
 log = logging.getLogger("icow.runner")
@@ -69,8 +70,10 @@ class JobRunner:
         worker: str,
         max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
         inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
+        observer: JobObserver | None = None,
     ):
         self.manager = manager
+        self.observer = observer  # told about every answered job (metrics, heartbeat stats)
         self.r = r
         self.worker = worker
         self.max_tensor_bytes = max_tensor_bytes
@@ -106,6 +109,8 @@ class JobRunner:
                 if j.meta is None:
                     self._fail(j, exc)
         self._write(jobs)
+        if self.observer is not None:
+            self._observe(jobs)
 
     # -- steps
 
@@ -217,3 +222,15 @@ class JobRunner:
         for (job_id, *_), ok in zip(items, written):
             if not ok:
                 log.warning("job %s already had a result; this run's result was dropped", job_id)
+
+    # -- observer hook (workers/observer.py): metrics and heartbeat stats, never fails a job
+
+    def _observe(self, jobs: Sequence[_Job]) -> None:
+        assert self.observer is not None
+        done = time.time()
+        try:
+            self.observer.jobs_done(
+                [outcome_of(j.task_id, j.meta, j.job, j.received, done) for j in jobs if j.meta is not None]
+            )
+        except Exception:
+            log.exception("a job observer failed")
