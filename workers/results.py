@@ -3,6 +3,7 @@ duplicate run (redelivery) can never overwrite or corrupt it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,7 +66,28 @@ class ResultWriter:
                 args=[protocol.packb(meta), ttl_s],
                 client=pipe,
             )
+        failures = [_failure_record(meta) for _, meta, *_ in items if meta.get("status") == "FAILURE"]
+        if failures:  # "recent failures" for `icow status` (a capped list, not a dead-letter queue)
+            pipe.lpush(keys.RECENT_FAILURES, *failures)
+            pipe.ltrim(keys.RECENT_FAILURES, 0, keys.RECENT_FAILURES_MAX - 1)
         if delete:
             pipe.delete(*delete)
         out = pipe.execute()
         return [bool(out[i]) for i in at]
+
+
+def _failure_record(meta: Mapping[str, Any]) -> bytes:
+    res = meta.get("result") if isinstance(meta.get("result"), Mapping) else {}
+    assert isinstance(res, Mapping)
+    msg = res.get("exc_message")
+    return protocol.packb(
+        {
+            "id": meta.get("task_id"),
+            "model": res.get("model"),
+            "version": res.get("version"),
+            "worker": res.get("worker"),
+            "error": res.get("exc_type"),
+            "message": (" ".join(map(str, msg)) if isinstance(msg, list) else str(msg or ""))[:500],
+            "time": time.time(),
+        }
+    )
