@@ -8,12 +8,17 @@ A job travels as a Celery protocol-2 task message on the kombu Redis transport: 
 envelope whose base64 ``body`` is ``msgpack([[job], {}, embed])``. ``job`` is the ICOW job
 envelope (a msgpack map, see :func:`job_envelope`). The worker answers with a Celery result
 meta map (msgpack) under ``celery-task-meta-<id>``, see :func:`success_meta`.
+
+The JSON form: clients that can only send JSON task bodies (Celery clients in other languages)
+send the same job with ``content-type: application/json`` and each tensor's ``data`` as a
+standard base64 string; :func:`parse_job` accepts both. Results are always msgpack.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -151,8 +156,9 @@ def parse_job(
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("inputs must be a non-empty list of tensors")
     seen: set[str] = set()
+    checked: list[Any] = []
     for i, t in enumerate(inputs):
-        name, _, _ = tensor.check_header(t, max_bytes=max_tensor_bytes)
+        name, datatype, shape = tensor.check_header(t, max_bytes=max_tensor_bytes)
         if name in seen:
             raise InvalidInput(f"input {name!r} is given twice")
         seen.add(name)
@@ -160,8 +166,12 @@ def parse_job(
             ref = t["ref"]
             if not isinstance(ref, str) or ref != keys.blob(job_id, "in", i):
                 raise InvalidInput(f"input {name!r}: claim-check ref must be {keys.blob(job_id, 'in', i)!r}")
-        elif not isinstance(t.get("data"), (bytes, bytearray)):
-            raise InvalidInput(f"input {name!r}: data must be raw bytes (msgpack bin)")
+        else:
+            data = _tensor_data(name, t.get("data"))
+            _check_data_size(name, datatype, shape, data)
+            t = {**t, "data": data} if data is not t.get("data") else t
+        checked.append(t)
+    inputs = checked
     outputs = obj.get("outputs")
     if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
         raise InvalidInput("outputs must be a list of output names or null")
@@ -189,6 +199,28 @@ def parse_job(
         "reply_to": reply_to,
         "deadline": None if deadline is None else float(deadline),
     }
+
+
+def _tensor_data(name: str, data: Any) -> bytes | bytearray:
+    """Inline tensor bytes: msgpack bin, or (the JSON form) a standard base64 string."""
+    if isinstance(data, (bytes, bytearray)):
+        return data
+    if isinstance(data, str):
+        try:
+            return base64.b64decode(data, validate=True)
+        except ValueError as exc:  # binascii.Error is a ValueError
+            raise InvalidInput(f"input {name!r}: data is not valid base64 ({exc})") from exc
+    raise InvalidInput(f"input {name!r}: data must be raw bytes (msgpack bin) or a base64 string (JSON form)")
+
+
+def _check_data_size(name: str, datatype: str, shape: list[int], data: bytes | bytearray) -> None:
+    count = math.prod(shape)
+    if datatype == tensor.BYTES:
+        tensor.unpack_bytes(bytes(data), count)  # every length prefix must fit exactly
+        return
+    expected = count * tensor.DATATYPES[datatype].itemsize
+    if len(data) != expected:
+        raise InvalidInput(f"input {name!r}: {len(data)} bytes of data but shape {shape} x {datatype} needs {expected}")
 
 
 def check_job_size(job: Mapping[str, Any], max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> None:

@@ -67,7 +67,7 @@ def test_parse_job_accepts_the_golden_job() -> None:
         ({"version": 0}, "positive integer"),
         ({"version": "1"}, "positive integer"),
         ({"inputs": []}, "non-empty list"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": "abcd"}]}, "raw bytes"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": 1234}]}, "raw bytes"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "ref": "icow:blob:other:in:0"}]}, "claim-check"),
         ({"ttl": 0}, "ttl"),
         ({"reply_to": "celery"}, "reply_to"),

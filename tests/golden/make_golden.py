@@ -1,0 +1,409 @@
+"""Write the golden wire vectors of docs/PROTOCOL.md (protocol version 1) into this folder.
+
+    .venv/bin/python tests/golden/make_golden.py          # rewrite the files
+    .venv/bin/python tests/golden/make_golden.py --check  # exit 1 if a file would change
+
+Every vector is built with icow.protocol and icow.tensor from fixed ids, times and delivery
+tags, so the output is byte-for-byte reproducible. For each vector ``<name>.json`` says what
+the bytes mean, and the bytes themselves sit beside it:
+
+* ``<name>.job.msgpack``: the job envelope (msgpack map) a client puts in the task body;
+* ``<name>.message.json``: the exact kombu envelope a client LPUSHes (one line of JSON);
+* ``<name>.result.msgpack``: a result meta map as stored under ``celery-task-meta-<id>``;
+* ``<name>.blob-*.bin``: claim-checked tensor bytes stored under their own key;
+* ``<name>.model.msgpack``: one model-metadata hash value.
+
+tests/test_golden.py (Python) and clients/node/test/golden.test.js (Node.js) check that both
+encoders reproduce these bytes and both decoders read them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icow import keys, protocol, tensor
+
+HERE = Path(__file__).resolve().parent
+CREATED = 1700000000.0
+DATE_DONE = "2023-11-14T22:13:20.500000+00:00"
+ID = "00000000-0000-4000-8000-0000000000{:02d}"
+
+
+def describe(wire: dict[str, Any], array: np.ndarray | None) -> dict[str, Any]:
+    """The JSON meaning of one wire tensor: header, flat values, exact bytes."""
+    out: dict[str, Any] = {"name": wire["name"], "datatype": wire["datatype"], "shape": wire["shape"]}
+    if array is not None:
+        flat = array.reshape(-1)
+        if wire["datatype"] == tensor.BYTES:
+            out["values"] = [x.decode() if isinstance(x, bytes) else str(x) for x in flat]
+        else:
+            out["values"] = flat.tolist()
+    if "ref" in wire:
+        out["ref"] = wire["ref"]
+    else:
+        out["data_hex"] = bytes(wire["data"]).hex()
+    return out
+
+
+def job_vector(
+    name: str,
+    doc: str,
+    n: int,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    *,
+    version: int | None = None,
+    outputs: list[str] | None = None,
+    ttl: int = 60,
+    reply_to: str | None = "icow:reply:golden",
+    created: float = CREATED,
+    deadline: float | None = None,
+    priority: int = 0,
+    inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
+) -> dict[str, bytes]:
+    job_id = ID.format(n)
+    wire, meanings, blobs = [], [], {}
+    for i, (tname, array) in enumerate(inputs.items()):
+        t = tensor.encode(tname, array)
+        t["data"] = bytes(t["data"])
+        if len(t["data"]) > inline_max_bytes:
+            ref = keys.blob(job_id, "in", i)
+            blobs[ref] = t.pop("data")
+            t["ref"] = ref
+        wire.append(t)
+        meanings.append(describe(t, array))
+    job = protocol.job_envelope(
+        job_id=job_id,
+        model=model,
+        version=version,
+        inputs=wire,
+        outputs=outputs,
+        result_ttl_s=ttl,
+        reply_to=reply_to,
+        deadline=deadline,
+        created=created,
+    )
+    tag = f"golden-tag-{n:02d}"
+    files = {
+        f"{name}.job.msgpack": protocol.packb(job),
+        f"{name}.message.json": protocol.celery_message(
+            job, queue=keys.queue(model), priority=priority, delivery_tag=tag
+        ),
+    }
+    blob_files = {}
+    for i, (ref, data) in enumerate(blobs.items()):
+        blob_files[ref] = f"{name}.blob-{i}.bin"
+        files[blob_files[ref]] = data
+    meaning = {
+        "kind": "job",
+        "doc": doc,
+        "job": {
+            "v": protocol.PROTOCOL_VERSION,
+            "id": job_id,
+            "model": model,
+            "version": version,
+            "created": created,
+            "inputs": meanings,
+            "outputs": outputs,
+            "ttl": ttl,
+            "reply_to": reply_to,
+            "deadline": deadline,
+        },
+        "priority": priority,
+        "delivery_tag": tag,
+        "queue_list": keys.queue_list(model, priority),
+        "inline_max_bytes": inline_max_bytes,
+        "blobs": blob_files,
+        "files": {"job": f"{name}.job.msgpack", "message": f"{name}.message.json"},
+    }
+    files[f"{name}.json"] = _json(meaning)
+    return files
+
+
+def result_vector(
+    name: str,
+    doc: str,
+    n: int,
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray] | None = None,
+    blobs: dict[str, bytes] | None = None,
+) -> dict[str, bytes]:
+    meta["date_done"] = DATE_DONE
+    files = {f"{name}.result.msgpack": protocol.packb(meta)}
+    blob_files = {}
+    for i, (ref, data) in enumerate((blobs or {}).items()):
+        blob_files[ref] = f"{name}.blob-{i}.bin"
+        files[blob_files[ref]] = data
+    res = dict(meta["result"])
+    if meta["status"] == "SUCCESS":
+        res["outputs"] = [describe(t, (arrays or {}).get(t["name"])) for t in res["outputs"]]
+    meaning = {
+        "kind": "result",
+        "doc": doc,
+        "key": keys.result(meta["task_id"]),
+        "meta": {**meta, "result": res},
+        "blobs": blob_files,
+        "files": {"result": f"{name}.result.msgpack"},
+    }
+    if meta["status"] != "SUCCESS":
+        meaning["error"] = dict(zip(("type", "message"), protocol.failure_of(meta)))
+    files[f"{name}.json"] = _json(meaning)
+    return files
+
+
+def _outputs(job_id: str, arrays: dict[str, np.ndarray], inline_max_bytes: int) -> tuple[list[Any], dict[str, bytes]]:
+    wire, blobs = [], {}
+    for i, (name, array) in enumerate(arrays.items()):
+        t = tensor.encode(name, array)
+        t["data"] = bytes(t["data"])
+        if len(t["data"]) > inline_max_bytes:
+            ref = keys.blob(job_id, "out", i)
+            blobs[ref] = t.pop("data")
+            t["ref"] = ref
+        wire.append(t)
+    return wire, blobs
+
+
+def success(
+    name: str,
+    doc: str,
+    n: int,
+    model: str,
+    version: int,
+    arrays: dict[str, np.ndarray],
+    inline_max_bytes: int = 1 << 18,
+) -> dict[str, bytes]:
+    job_id = ID.format(n)
+    wire, blobs = _outputs(job_id, arrays, inline_max_bytes)
+    meta = protocol.success_meta(
+        job_id,
+        model=model,
+        version=version,
+        outputs=wire,
+        worker="golden@host",
+        timing={"queued_s": 0.25, "compute_s": 0.5},
+    )
+    return result_vector(name, doc, n, meta, arrays, blobs)
+
+
+def failure(name: str, doc: str, n: int, error_type: str, message: str, model: str | None) -> dict[str, bytes]:
+    meta = protocol.failure_meta(
+        ID.format(n), error_type=error_type, message=message, model=model, version=None, worker="golden@host"
+    )
+    return result_vector(name, doc, n, meta)
+
+
+def json_form(name: str, doc: str, n: int) -> dict[str, bytes]:
+    """A job as a JSON-only Celery client sends it: JSON body, tensor data as base64 text."""
+    job_id = ID.format(n)
+    x = np.array([[0.5, -1.0, 2.0, 0.0]], np.float32)
+    job = {
+        "v": protocol.PROTOCOL_VERSION,
+        "id": job_id,
+        "model": "mlp",
+        "version": None,
+        "created": CREATED,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": base64.b64encode(x.tobytes()).decode()}],
+        "outputs": None,
+        "ttl": 60,
+        "reply_to": None,
+        "deadline": None,
+    }
+    body = json.dumps([[job], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    message = {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "js", "task": protocol.TASK_NAME, "id": job_id, "root_id": job_id},
+        "properties": {
+            "correlation_id": job_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": keys.queue("mlp")},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": f"golden-tag-{n:02d}",
+        },
+    }
+    meaning = {
+        "kind": "json_job",
+        "doc": doc,
+        "job": job,
+        "inputs": [describe(tensor.encode("x", x) | {"data": x.tobytes()}, x)],
+        "queue_list": keys.queue("mlp"),
+        "files": {"message": f"{name}.message.json"},
+    }
+    return {f"{name}.message.json": json.dumps(message, separators=(",", ":")).encode(), f"{name}.json": _json(meaning)}
+
+
+def model_metadata(name: str, doc: str) -> dict[str, bytes]:
+    meta = {
+        "name": "multi",
+        "version": 1,
+        "platform": "onnxruntime",
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "ids", "datatype": "INT64", "shape": [-1, 2]},
+            {"name": "mask", "datatype": "BOOL", "shape": [-1]},
+        ],
+        "outputs": [
+            {"name": "total", "datatype": "FP32", "shape": [-1]},
+            {"name": "doubled", "datatype": "INT64", "shape": [-1, 2]},
+            {"name": "flipped", "datatype": "BOOL", "shape": [-1]},
+            {"name": "half", "datatype": "FP16", "shape": [-1, 3]},
+        ],
+        "providers": ["CPUExecutionProvider"],
+    }
+    meaning = {
+        "kind": "model",
+        "doc": doc,
+        "key": keys.model("multi"),
+        "field": "1",
+        "meta": meta,
+        "files": {"model": f"{name}.model.msgpack"},
+    }
+    return {f"{name}.model.msgpack": protocol.packb(meta), f"{name}.json": _json(meaning)}
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def vectors() -> dict[str, bytes]:
+    """Every golden file: name -> bytes."""
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [-0.5, 0.0, 0.25, 1e-3]], np.float32)
+    files: dict[str, bytes] = {}
+    files |= job_vector("job_mlp", "FP32 input, latest version, reply list", 1, "mlp", {"x": x})
+    files |= job_vector(
+        "job_multi",
+        "FP32/INT64/BOOL inputs, pinned version, chosen outputs, deadline, priority 5 (list suffix 3)",
+        2,
+        "multi",
+        {
+            "x": np.array([[1, 2, 3], [4, 5, 6]], np.float32),
+            "ids": np.array([[1, -2], [300, -40000]], np.int64),
+            "mask": np.array([True, False]),
+        },
+        version=1,
+        outputs=["total", "half"],
+        ttl=3600,
+        created=1700000000.125,
+        deadline=1700000030.125,
+        priority=5,
+    )
+    files |= job_vector(
+        "job_text",
+        "BYTES input: 4-byte little-endian length before each element",
+        3,
+        "text",
+        {"x": np.array(["hello", "", "héllo wörld"], dtype=object)},
+        reply_to=None,
+    )
+    files |= job_vector(
+        "job_all_datatypes",
+        "one input of every numeric datatype (FP16 as raw IEEE half bits)",
+        4,
+        "any",
+        {
+            "b": np.array([True, False, True]),
+            "u8": np.array([0, 255], np.uint8),
+            "u16": np.array([1, 65535], np.uint16),
+            "u32": np.array([1, 4294967295], np.uint32),
+            "u64": np.array([1, 2**53], np.uint64),
+            "i8": np.array([-128, 127], np.int8),
+            "i16": np.array([-32768, 32767], np.int16),
+            "i32": np.array([-(2**31), 2**31 - 1], np.int32),
+            "i64": np.array([-(2**53), 2**53], np.int64),
+            "f16": np.array([1.0, -2.5, 0.0], np.float16),
+            "f32": np.array([[1.5], [-0.0]], np.float32),
+            "f64": np.array([3.141592653589793], np.float64),
+            "empty": np.zeros((0, 3), np.float32),
+        },
+        reply_to=None,
+    )
+    files |= job_vector(
+        "job_claim_check",
+        "a tensor over the inline limit travels under icow:blob:<id>:in:<n> (limit lowered to 16 bytes here)",
+        5,
+        "ident",
+        {"x": np.arange(8, dtype=np.float32)},
+        inline_max_bytes=16,
+    )
+    files |= json_form("job_json_form", "the JSON form a JSON-only Celery client sends", 6)
+    files |= success(
+        "result_mlp", "SUCCESS with one FP32 output", 1, "mlp", 1, {"y": np.array([[0.5, -1.25, 2.0]], np.float32)}
+    )
+    files |= success(
+        "result_multi",
+        "SUCCESS with FP32, INT64, BOOL and FP16 outputs",
+        2,
+        "multi",
+        1,
+        {
+            "total": np.array([6, 15], np.float32),
+            "doubled": np.array([[2, -4], [600, -80000]], np.int64),
+            "flipped": np.array([False, True]),
+            "half": np.array([[0.5, 1, 1.5], [2, 2.5, 3]], np.float16),
+        },
+    )
+    files |= success(
+        "result_text", "SUCCESS with a BYTES output", 3, "text", 1, {"y": np.array([b"hello", b"", "héllo".encode()])}
+    )
+    files |= success(
+        "result_claim_check",
+        "an output over the inline limit comes back as a ref to icow:blob:<id>:out:<n> (limit lowered here)",
+        5,
+        "ident",
+        1,
+        {"y": np.arange(8, dtype=np.float32)},
+        inline_max_bytes=16,
+    )
+    files |= failure(
+        "result_invalid_job",
+        "FAILURE: the worker refused the job",
+        7,
+        "InvalidJob",
+        "input 'x' must be FP32, got FP64",
+        "mlp",
+    )
+    files |= failure(
+        "result_model_not_found",
+        "FAILURE: no such version",
+        8,
+        "ModelNotFound",
+        "model 'scale' has no version 7",
+        "scale",
+    )
+    files |= failure(
+        "result_job_expired", "FAILURE: deadline passed", 9, "JobExpired", "the job's deadline passed", "mlp"
+    )
+    files |= model_metadata("model_multi", "the icow:model:multi hash value of version 1")
+    return files
+
+
+def main(argv: list[str]) -> int:
+    files = vectors()
+    check = "--check" in argv
+    stale = []
+    for name, data in sorted(files.items()):
+        path = HERE / name
+        if path.exists() and path.read_bytes() == data:
+            continue
+        stale.append(name)
+        if not check:
+            path.write_bytes(data)
+    if check and stale:
+        print("golden files out of date: " + ", ".join(stale))
+        return 1
+    print(f"{len(files)} golden files, {len(stale)} {'stale' if check else 'written'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

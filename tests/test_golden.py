@@ -1,0 +1,216 @@
+"""The golden wire vectors (tests/golden, docs/PROTOCOL.md): our encoder reproduces their bytes,
+our decoder reads them. clients/node/test/golden.test.js checks the same files from Node.js."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from icow import keys, protocol, tensor
+from icow.client import _core
+from icow.errors import REMOTE_ERRORS, InvalidInput
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def _load(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(GOLDEN.glob("*.json")):
+        if path.name.endswith(".message.json"):
+            continue
+        meaning = json.loads(path.read_text())
+        if meaning["kind"] == kind:
+            out.append((path.stem, meaning))
+    return out
+
+
+def _ids(vectors: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [name for name, _ in vectors]
+
+
+JOBS = _load("job")
+RESULTS = _load("result")
+
+
+def _array(t: dict[str, Any]) -> np.ndarray:
+    """A tensor's values as numpy, from its JSON meaning alone."""
+    if t["datatype"] == tensor.BYTES:
+        arr = np.empty(len(t["values"]), dtype=object)
+        arr[:] = [v.encode() for v in t["values"]]
+        return arr.reshape(t["shape"])
+    return np.array(t["values"], dtype=tensor.DATATYPES[t["datatype"]]).reshape(t["shape"])
+
+
+def _file(name: str) -> bytes:
+    return (GOLDEN / name).read_bytes()
+
+
+def test_the_generator_reproduces_every_committed_file() -> None:
+    spec = importlib.util.spec_from_file_location("make_golden", GOLDEN / "make_golden.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files = module.vectors()
+    committed = {p.name for p in GOLDEN.iterdir() if p.is_file() and p.name != "make_golden.py"}
+    assert committed == set(files)
+    for name, data in files.items():
+        assert _file(name) == data, f"{name} differs: run tests/golden/make_golden.py and review the diff"
+
+
+def test_there_are_vectors_of_every_kind() -> None:
+    assert len(JOBS) >= 5 and len(RESULTS) >= 6
+    assert {m["meta"]["status"] for _, m in RESULTS} == {"SUCCESS", "FAILURE"}
+    datatypes = {t["datatype"] for _, m in JOBS for t in m["job"]["inputs"]}
+    assert datatypes == set(tensor.ALL_DATATYPES)
+
+
+@pytest.mark.parametrize(("name", "meaning"), JOBS, ids=_ids(JOBS))
+def test_our_encoder_reproduces_the_job_bytes(name: str, meaning: dict[str, Any]) -> None:
+    job = meaning["job"]
+    wire, blobs = [], {}
+    for i, t in enumerate(job["inputs"]):
+        encoded = tensor.encode(t["name"], _array(t))
+        encoded["data"] = bytes(encoded["data"])
+        if len(encoded["data"]) > meaning["inline_max_bytes"]:
+            blobs[keys.blob(job["id"], "in", i)] = encoded.pop("data")
+            encoded["ref"] = keys.blob(job["id"], "in", i)
+        else:
+            assert encoded["data"].hex() == t["data_hex"]
+        wire.append(encoded)
+    envelope = protocol.job_envelope(
+        job_id=job["id"],
+        model=job["model"],
+        version=job["version"],
+        inputs=wire,
+        outputs=job["outputs"],
+        result_ttl_s=job["ttl"],
+        reply_to=job["reply_to"],
+        deadline=job["deadline"],
+        created=job["created"],
+    )
+    assert protocol.packb(envelope) == _file(meaning["files"]["job"])
+    message = protocol.celery_message(
+        envelope, queue=keys.queue(job["model"]), priority=meaning["priority"], delivery_tag=meaning["delivery_tag"]
+    )
+    assert message == _file(meaning["files"]["message"])
+    assert keys.queue_list(job["model"], meaning["priority"]) == meaning["queue_list"]
+    assert {ref: _file(f) for ref, f in meaning["blobs"].items()} == blobs
+
+
+@pytest.mark.parametrize(("name", "meaning"), JOBS, ids=_ids(JOBS))
+def test_our_decoder_reads_the_job_bytes(name: str, meaning: dict[str, Any]) -> None:
+    message = json.loads(_file(meaning["files"]["message"]))
+    assert message["headers"]["task"] == "icow.infer"
+    assert message["properties"]["delivery_info"]["routing_key"] == keys.queue(meaning["job"]["model"])
+    args, kwargs, _embed = protocol.unpackb(base64.b64decode(message["body"]))
+    assert kwargs == {} and protocol.packb(args[0]) == _file(meaning["files"]["job"])
+    parsed = protocol.parse_job(args[0], task_id=message["headers"]["id"])
+    blobs = {ref: _file(f) for ref, f in meaning["blobs"].items()}
+    for t, want in zip(parsed["inputs"], meaning["job"]["inputs"]):
+        data = blobs[t["ref"]] if "ref" in t else t["data"]
+        arr = tensor.decode({**t, "data": data})
+        expected = _array(want)
+        assert arr.shape == expected.shape
+        np.testing.assert_array_equal(arr, expected)
+    for field in ("id", "model", "version", "outputs", "ttl", "reply_to", "deadline", "created"):
+        assert parsed[field] == meaning["job"][field]
+
+
+@pytest.mark.parametrize(("name", "meaning"), RESULTS, ids=_ids(RESULTS))
+def test_our_decoder_reads_the_result_bytes(name: str, meaning: dict[str, Any]) -> None:
+    meta = protocol.parse_meta(_file(meaning["files"]["result"]))
+    assert meta["task_id"] == meaning["meta"]["task_id"] and keys.result(meta["task_id"]) == meaning["key"]
+    if meta["status"] == "SUCCESS":
+        blobs = {ref: _file(f) for ref, f in meaning["blobs"].items()}
+        assert _core.output_refs(meta) == list(blobs)
+        outputs = _core.decode_result(meta, blobs)
+        for want in meaning["meta"]["result"]["outputs"]:
+            np.testing.assert_array_equal(outputs[want["name"]], _array(want))
+            assert outputs[want["name"]].shape == tuple(want["shape"])
+        assert meta["result"]["model"] == meaning["meta"]["result"]["model"]
+    else:
+        err = meaning["error"]
+        with pytest.raises(REMOTE_ERRORS[err["type"]]) as info:
+            _core.decode_result(meta)
+        assert info.value.message == err["message"] and info.value.job_id == meta["task_id"]
+
+
+@pytest.mark.parametrize(("name", "meaning"), RESULTS, ids=_ids(RESULTS))
+def test_our_encoder_reproduces_the_result_bytes(name: str, meaning: dict[str, Any]) -> None:
+    want = meaning["meta"]
+    res = want["result"]
+    if want["status"] == "SUCCESS":
+        wire = []
+        for i, t in enumerate(res["outputs"]):
+            encoded = tensor.encode(t["name"], _array(t))
+            encoded["data"] = bytes(encoded["data"])
+            if "ref" in t:
+                assert _file(meaning["blobs"][t["ref"]]) == encoded.pop("data")
+                encoded["ref"] = keys.blob(want["task_id"], "out", i)
+            wire.append(encoded)
+        meta = protocol.success_meta(
+            want["task_id"],
+            model=res["model"],
+            version=res["version"],
+            outputs=wire,
+            worker=res["worker"],
+            timing=res["timing"],
+        )
+    else:
+        meta = protocol.failure_meta(
+            want["task_id"],
+            error_type=res["exc_type"],
+            message=res["exc_message"][0],
+            model=res["model"],
+            version=res["version"],
+            worker=res["worker"],
+        )
+    meta["date_done"] = want["date_done"]
+    assert protocol.packb(meta) == _file(meaning["files"]["result"])
+
+
+def test_the_json_form_decodes_to_the_same_job() -> None:
+    (_, meaning), *_ = _load("json_job")
+    message = json.loads(_file(meaning["files"]["message"]))
+    assert message["content-type"] == "application/json"
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    parsed = protocol.parse_job(args[0], task_id=message["headers"]["id"])
+    (want,) = meaning["inputs"]
+    assert parsed["inputs"][0]["data"] == bytes.fromhex(want["data_hex"])
+    np.testing.assert_array_equal(tensor.decode(parsed["inputs"][0]), _array(want))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("AACAPw==!", "not valid base64"),
+        ("AACA", "3 bytes of data"),
+        ("AACAPwAAgD8=", "8 bytes of data but shape \\[1\\] x FP32 needs 4"),
+        (None, "raw bytes"),
+    ],
+)
+def test_the_json_form_refuses_bad_base64_and_wrong_sizes(data: object, message: str) -> None:
+    job = {
+        "v": 1,
+        "id": "j1",
+        "model": "m",
+        "created": 1.0,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+    }
+    job["inputs"][0]["data"] = data  # type: ignore[index]
+    with pytest.raises(InvalidInput, match=message):
+        protocol.parse_job(job, task_id="j1")
+
+
+def test_model_metadata_value() -> None:
+    (_, meaning), *_ = _load("model")
+    raw = {meaning["field"].encode(): _file(meaning["files"]["model"])}
+    info = _core.model_info("multi", raw, None)
+    assert info.version == 1 and [t.datatype for t in info.outputs] == ["FP32", "INT64", "BOOL", "FP16"]
+    assert protocol.unpackb(raw[b"1"]) == meaning["meta"]
