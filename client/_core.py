@@ -6,6 +6,7 @@ do Redis I/O around these functions, so both behave identically.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from icow import keys, protocol, tensor
-from icow.errors import InvalidInput, JobNotFound, NotFound, PayloadTooLarge, remote_error
+from icow.errors import InvalidInput, JobNotFound, NotFound, PayloadTooLarge, QueueFull, remote_error
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 Outputs = dict[str, np.ndarray]
@@ -67,6 +68,66 @@ class PreparedJob:
     message: bytes
     blobs: dict[str, Any]
     ttl_s: int
+    model: str = ""
+
+
+# The submit script: checks the model's backlog limit and queues jobs in one atomic step, so
+# a full queue refuses jobs without anything half-written. docs/RELIABILITY.md specifies it.
+# KEYS: limits hash, the model's 4 priority lists, then per job: its list, its state key and
+#       its claim-checked blob keys (already SET by the caller in the same round trip).
+# ARGV: model, number of jobs, then per job: message, ttl, number of blob keys.
+# Returns {queued, depth, limit}: jobs 1..queued were queued (a prefix, in order); the blobs
+# of the others are deleted; depth is the backlog after queuing; limit -1 means none.
+SUBMIT_SCRIPT = """
+local limit = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '')
+local depth = 0
+if limit then
+  for i = 2, 5 do depth = depth + redis.call('LLEN', KEYS[i]) end
+end
+local k, a, queued = 6, 3, 0
+for j = 1, tonumber(ARGV[2]) do
+  local nblobs = tonumber(ARGV[a + 2])
+  if limit and depth >= limit then
+    for b = 1, nblobs do redis.call('DEL', KEYS[k + 1 + b]) end
+  else
+    redis.call('SET', KEYS[k + 1], 'queued', 'EX', ARGV[a + 1])
+    redis.call('LPUSH', KEYS[k], ARGV[a])
+    depth = depth + 1
+    queued = queued + 1
+  end
+  k = k + 2 + nblobs
+  a = a + 3
+end
+return {queued, depth, limit or -1}
+"""
+SUBMIT_SHA = hashlib.sha1(SUBMIT_SCRIPT.encode()).hexdigest()
+
+
+def submit_call(model: str, jobs: Sequence[PreparedJob]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one submit script call queuing ``jobs`` (all for ``model``)."""
+    script_keys = [keys.LIMITS, *keys.queue_lists(model)]
+    args: list[Any] = [model, len(jobs)]
+    for job in jobs:
+        script_keys += [job.queue_list, keys.state(job.job_id), *job.blobs]
+        args += [job.message, job.ttl_s, len(job.blobs)]
+    return script_keys, args
+
+
+def submit_reply(reply: Any) -> tuple[int, int, int]:
+    """(queued, depth, limit) from the submit script's reply."""
+    queued, depth, limit = (int(x) for x in reply)
+    return queued, depth, limit
+
+
+def queue_full(model: str, depth: int, limit: int, queued: list[Any]) -> QueueFull:
+    done = f"; {len(queued)} jobs of this call were queued before the limit (QueueFull.queued)" if queued else ""
+    return QueueFull(
+        f"model {model!r} already has {depth} jobs waiting, its limit is {limit}: not queued{done}",
+        model=model,
+        depth=depth,
+        limit=limit,
+        queued=queued,
+    )
 
 
 def new_client_id() -> str:
@@ -145,7 +206,7 @@ def prepare(
     )
     queue = keys.queue(model)
     message = protocol.celery_message(job, queue=queue, priority=priority)
-    return PreparedJob(job_id, keys.queue_list(model, priority), message, blobs, result_ttl_s)
+    return PreparedJob(job_id, keys.queue_list(model, priority), message, blobs, result_ttl_s, model)
 
 
 def output_refs(meta: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,8 @@ async def _redis_errors(what: str) -> AsyncIterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise BrokerUnavailable(f"Redis is unavailable while {what}: {exc}") from exc
+    except redis.exceptions.NoPermissionError as exc:  # an ACL user without the needed rights
+        raise BrokerUnavailable(f"Redis refused {what} (check the ACL user's permissions): {exc}") from exc
 
 
 class AsyncJob:
@@ -197,12 +199,25 @@ class AsyncClient:
         if model not in self._published:
             raise ModelNotFound(f"no worker has published model {model!r}; published: {sorted(self._published)}")
 
-    @staticmethod
-    def _queue(pipe: Any, job: _core.PreparedJob) -> None:
-        for key, data in job.blobs.items():
-            pipe.set(key, data, ex=job.ttl_s)
-        pipe.set(keys.state(job.job_id), b"queued", ex=job.ttl_s)
-        pipe.lpush(job.queue_list, job.message)
+    async def _queue(self, model: str, jobs: Sequence[_core.PreparedJob]) -> tuple[int, int, int]:
+        """One round trip: blobs, then the submit script (see Client._queue)."""
+        script_keys, args = _core.submit_call(model, jobs)
+        pipe = self._r.pipeline(transaction=False)
+        for job in jobs:
+            for key, data in job.blobs.items():
+                pipe.set(key, data, ex=job.ttl_s)
+        pipe.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        reply = replies[-1]
+        if isinstance(reply, redis.exceptions.NoScriptError):  # first use, or Redis restarted
+            await self._r.script_load(_core.SUBMIT_SCRIPT)
+            reply = await self._r.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
+        if isinstance(reply, Exception):
+            raise reply
+        return _core.submit_reply(reply)
 
     async def submit(
         self,
@@ -228,9 +243,9 @@ class AsyncClient:
             result_ttl_s=result_ttl_s,
         )
         async with _redis_errors("submitting a job"):
-            pipe = self._r.pipeline(transaction=False)
-            self._queue(pipe, job)
-            await pipe.execute()
+            queued, depth, limit = await self._queue(model, [job])
+        if not queued:
+            raise _core.queue_full(model, depth, limit, [])
         return AsyncJob(self, job.job_id, model, via_reply=True)
 
     async def submit_many(
@@ -245,15 +260,16 @@ class AsyncClient:
         result_ttl_s: int | None = None,
         chunk: int = 500,
     ) -> list[AsyncJob]:
+        """Queue many jobs in few round trips; QueueFull as in Client.submit_many."""
         jobs: list[AsyncJob] = []
         pending: list[_core.PreparedJob] = []
 
         async def flush() -> None:
             async with _redis_errors("submitting jobs"):
-                pipe = self._r.pipeline(transaction=False)
-                for job in pending:
-                    self._queue(pipe, job)
-                await pipe.execute()
+                queued, depth, limit = await self._queue(model, pending)
+            jobs.extend(AsyncJob(self, job.job_id, model, via_reply=True) for job in pending[:queued])
+            if queued < len(pending):
+                raise _core.queue_full(model, depth, limit, jobs)
             pending.clear()
 
         await self._check_published(model)
@@ -268,7 +284,6 @@ class AsyncClient:
                 result_ttl_s=result_ttl_s,
             )
             pending.append(job)
-            jobs.append(AsyncJob(self, job.job_id, model, via_reply=True))
             if len(pending) >= chunk:
                 await flush()
         if pending:

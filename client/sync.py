@@ -27,6 +27,8 @@ def _redis_errors(what: str) -> Iterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise BrokerUnavailable(f"Redis is unavailable while {what}: {exc}") from exc
+    except redis.exceptions.NoPermissionError as exc:  # an ACL user without the needed rights
+        raise BrokerUnavailable(f"Redis refused {what} (check the ACL user's permissions): {exc}") from exc
 
 
 class Job:
@@ -193,12 +195,26 @@ class Client:
         if model not in self._published:
             raise ModelNotFound(f"no worker has published model {model!r}; published: {sorted(self._published)}")
 
-    @staticmethod
-    def _queue(pipe: Any, job: _core.PreparedJob) -> None:
-        for key, data in job.blobs.items():
-            pipe.set(key, data, ex=job.ttl_s)
-        pipe.set(keys.state(job.job_id), b"queued", ex=job.ttl_s)
-        pipe.lpush(job.queue_list, job.message)
+    def _queue(self, model: str, jobs: Sequence[_core.PreparedJob]) -> tuple[int, int, int]:
+        """One round trip: SET the claim-checked blobs, then the submit script checks the
+        model's backlog limit and queues the jobs. Returns (queued, depth, limit)."""
+        script_keys, args = _core.submit_call(model, jobs)
+        pipe = self._r.pipeline(transaction=False)
+        for job in jobs:
+            for key, data in job.blobs.items():
+                pipe.set(key, data, ex=job.ttl_s)
+        pipe.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        reply = replies[-1]
+        if isinstance(reply, redis.exceptions.NoScriptError):  # first use, or Redis restarted
+            self._r.script_load(_core.SUBMIT_SCRIPT)
+            reply = self._r.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
+        if isinstance(reply, Exception):
+            raise reply
+        return _core.submit_reply(reply)
 
     def submit(
         self,
@@ -212,7 +228,9 @@ class Client:
         result_ttl_s: int | None = None,
         job_id: str | None = None,
     ) -> Job:
-        """Queue one job and return its handle at once (fire-and-forget)."""
+        """Queue one job and return its handle at once (fire-and-forget).
+
+        Raises QueueFull (nothing queued) when the model's backlog is at its limit."""
         self._check_published(model)
         job = self._prepare(
             model,
@@ -225,9 +243,9 @@ class Client:
             **({} if result_ttl_s is None else {"result_ttl_s": result_ttl_s}),
         )
         with _redis_errors("submitting a job"):
-            pipe = self._r.pipeline(transaction=False)
-            self._queue(pipe, job)
-            pipe.execute()
+            queued, depth, limit = self._queue(model, [job])
+        if not queued:
+            raise _core.queue_full(model, depth, limit, [])
         return Job(self, job.job_id, model, via_reply=True)
 
     def submit_many(
@@ -242,17 +260,21 @@ class Client:
         result_ttl_s: int | None = None,
         chunk: int = 500,
     ) -> list[Job]:
-        """Queue many jobs in few round trips (one pipeline per ``chunk`` jobs)."""
+        """Queue many jobs in few round trips (one submit script call per ``chunk`` jobs).
+
+        When the model's backlog limit is reached, raises QueueFull whose ``queued`` lists the
+        handles of the jobs queued so far (a prefix of ``batch``); the rest were not queued.
+        """
         extra = {} if result_ttl_s is None else {"result_ttl_s": result_ttl_s}
         jobs: list[Job] = []
         pending: list[_core.PreparedJob] = []
 
         def flush() -> None:
             with _redis_errors("submitting jobs"):
-                pipe = self._r.pipeline(transaction=False)
-                for job in pending:
-                    self._queue(pipe, job)
-                pipe.execute()
+                queued, depth, limit = self._queue(model, pending)
+            jobs.extend(Job(self, job.job_id, model, via_reply=True) for job in pending[:queued])
+            if queued < len(pending):
+                raise _core.queue_full(model, depth, limit, jobs)
             pending.clear()
 
         self._check_published(model)
@@ -267,7 +289,6 @@ class Client:
                 **extra,
             )
             pending.append(job)
-            jobs.append(Job(self, job.job_id, model, via_reply=True))
             if len(pending) >= chunk:
                 flush()
         if pending:

@@ -24,6 +24,8 @@ through an allowlist; unknown types become a plain ``RemoteError``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class IcowError(Exception):
     """Root of every error ICOW raises."""
@@ -42,7 +44,21 @@ class BrokerUnavailable(IcowError, ConnectionError):
 
 
 class QueueFull(IcowError):
-    """The model's queue already holds its maximum backlog; the job was not queued."""
+    """The model's queue already holds its maximum backlog; the job was not queued.
+
+    ``depth`` and ``limit`` are the backlog seen and the model's limit. From ``submit_many``,
+    ``queued`` holds the handles of the jobs queued before the limit was reached (in input
+    order); none of the others were queued.
+    """
+
+    def __init__(
+        self, message: str, *, model: str = "", depth: int = 0, limit: int = 0, queued: list[Any] | None = None
+    ):
+        super().__init__(message)
+        self.model = model
+        self.depth = depth
+        self.limit = limit
+        self.queued: list[Any] = [] if queued is None else queued
 
 
 class JobTimeout(IcowError, TimeoutError):

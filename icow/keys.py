@@ -20,6 +20,9 @@ key                                type    content
                                            expires after the longest result TTL pushed to it
 ``icow:models``                    set     names of models some worker has published
 ``icow:model:<m>``                 hash    version -> msgpack model metadata (inputs, outputs)
+``icow:limits``                    hash    model -> most jobs its queue lists may hold (backpressure;
+                                           written by workers from ``max_queue``, checked by the
+                                           submit script, see docs/RELIABILITY.md)
 ``icow:workers``                   set     names of workers that have sent a heartbeat
 ``icow:worker:<w>``                string  the worker's heartbeat (msgpack: host, pid, models,
                                            providers, jobs done); expires when heartbeats stop
@@ -41,6 +44,7 @@ PREFIX = "icow:"
 QUEUE_PREFIX = PREFIX + "q:"
 RESULT_PREFIX = "celery-task-meta-"  # Celery's own result key: stock AsyncResult reads it
 MODELS = PREFIX + "models"
+LIMITS = PREFIX + "limits"  # hash: model -> max backlog; absent: unbounded
 WORKERS = PREFIX + "workers"
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10

@@ -10,6 +10,10 @@ variable                    meaning                                             
 ``ICOW_MAX_TENSOR_BYTES``   largest tensor accepted                             268435456
 ``ICOW_THREADS``            onnxruntime intra-op threads per worker (0 = auto)   0
 ``ICOW_DEVICE``             GPU device id for the CUDA execution provider        0
+``ICOW_MAX_QUEUE``          fleet default backlog limit per model (0: none)      0
+``ICOW_REDIS_CA``           CA bundle that verifies a ``rediss://`` server         system CAs
+``ICOW_REDIS_CERT``         client certificate for ``rediss://`` (mutual TLS)      none
+``ICOW_REDIS_KEY``          its private key                                      none
 ==========================  ==================================================  =============
 """
 
@@ -32,6 +36,10 @@ class Settings:
     max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES
     threads: int = 0
     device: int = 0
+    max_queue: int = 0
+    redis_ca: str | None = None
+    redis_cert: str | None = None
+    redis_key: str | None = None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -54,4 +62,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_tensor_bytes=_int(env, "ICOW_MAX_TENSOR_BYTES", tensor.DEFAULT_MAX_TENSOR_BYTES),
         threads=_int(env, "ICOW_THREADS", 0),
         device=_int(env, "ICOW_DEVICE", 0),
+        max_queue=_int(env, "ICOW_MAX_QUEUE", 0),
+        redis_ca=env.get("ICOW_REDIS_CA") or None,
+        redis_cert=env.get("ICOW_REDIS_CERT") or None,
+        redis_key=env.get("ICOW_REDIS_KEY") or None,
     )

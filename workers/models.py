@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from icow import keys, protocol
+from icow import keys, protocol, settings
 from icow.errors import ModelNotFound
 from icow.workers.repository import ModelEntry, Repository
 from icow.workers.runtime import OnnxModel
@@ -95,11 +95,26 @@ class ModelManager:
                 out.append(meta)
         return out
 
-    def publish(self, r: redis.Redis) -> None:
-        """Write every served model's metadata where clients read it (icow.keys)."""
+    def max_queue(self, name: str, default: int | None = None) -> int:
+        """The model's backlog limit: its config.toml ``max_queue``, else the fleet default
+        (``ICOW_MAX_QUEUE``); 0 means unbounded."""
+        own = self.entry(name).config.max_queue
+        if own:
+            return own
+        return settings.from_env().max_queue if default is None else default
+
+    def publish(self, r: redis.Redis, *, default_max_queue: int | None = None) -> None:
+        """Write every served model's metadata and backlog limit where clients read them
+        (icow.keys). The last worker to publish a model sets its limit."""
         metas = self.metadata()
         pipe = r.pipeline(transaction=False)
         for meta in metas:
             pipe.sadd(keys.MODELS, meta["name"])
             pipe.hset(keys.model(meta["name"]), str(meta["version"]), protocol.packb(meta))
+        for name in self.entries:
+            limit = self.max_queue(name, default_max_queue)
+            if limit > 0:
+                pipe.hset(keys.LIMITS, name, limit)
+            else:
+                pipe.hdel(keys.LIMITS, name)
         pipe.execute()

@@ -9,6 +9,7 @@ Versions are positive integers; the highest is "latest". A model may have a
     threads = 0                 # onnxruntime intra-op threads (0: the worker's setting)
     max_batch = 1               # dynamic batching: most samples per session call
     max_wait_ms = 0             # how long a partial batch may wait for more jobs
+    max_queue = 0               # backpressure: most jobs waiting in the queue (0: no limit)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ModelConfig:
     threads: int = 0
     max_batch: int = 1
     max_wait_ms: float = 0.0
+    max_queue: int = 0  # 0: the fleet default (ICOW_MAX_QUEUE), itself 0 = unbounded
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -62,10 +64,13 @@ class ModelConfig:
             threads=int(raw.pop("threads", 0)),
             max_batch=int(raw.pop("max_batch", 1)),
             max_wait_ms=float(raw.pop("max_wait_ms", 0.0)),
+            max_queue=int(raw.pop("max_queue", 0)),
             extra=raw,
         )
-        if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.threads < 0:
-            raise InvalidInput(f"{path}: max_batch >= 1, max_wait_ms >= 0 and threads >= 0 are required")
+        if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.threads < 0 or cfg.max_queue < 0:
+            raise InvalidInput(
+                f"{path}: max_batch >= 1, max_wait_ms >= 0, threads >= 0 and max_queue >= 0 are required"
+            )
         return cfg
 
 
