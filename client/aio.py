@@ -100,17 +100,22 @@ class _ReplyReader:
                 popped = await self._r.blpop([self.key], timeout=_SLICE_S)
                 if popped is None:
                     continue
-                meta = protocol.parse_meta(popped[1])
-                job_id = str(meta.get("task_id"))
-                futs = self._waiters.pop(job_id, None)
-                if futs:
-                    for f in futs:
-                        if not f.done():
-                            f.set_result(meta)
-                else:
-                    self._stash[job_id] = meta
-                    while len(self._stash) > _STASH_MAX:
-                        self._stash.pop(next(iter(self._stash)))
+                raws = [popped[1]]
+                if len(self._waiters) > 1:  # more results are probably waiting: take them all
+                    more: Any = await self._r.lpop(self.key, 1000)
+                    raws += list(more or [])
+                for raw in raws:
+                    meta = protocol.parse_meta(raw)
+                    job_id = str(meta.get("task_id"))
+                    futs = self._waiters.pop(job_id, None)
+                    if futs:
+                        for f in futs:
+                            if not f.done():
+                                f.set_result(meta)
+                    else:
+                        self._stash[job_id] = meta
+                        while len(self._stash) > _STASH_MAX:
+                            self._stash.pop(next(iter(self._stash)))
         except Exception as exc:  # wake every waiter with the error
             for futs in self._waiters.values():
                 for f in futs:

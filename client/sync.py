@@ -83,6 +83,15 @@ class _ReplyRouter:
         with self._cond:
             return self._stash.pop(job_id, None)
 
+    def take_any(self, job_ids: set[str] | dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Every stashed result among ``job_ids`` (one lock, however many ids)."""
+        with self._cond:
+            if len(self._stash) <= len(job_ids):
+                hits = [i for i in self._stash if i in job_ids]
+            else:
+                hits = [i for i in job_ids if i in self._stash]
+            return {i: self._stash.pop(i) for i in hits}
+
     def wait(self, job_id: str, deadline: float | None) -> dict[str, Any] | None:
         """The job's result meta, or None when the deadline or one read slice passes."""
         while True:
@@ -110,8 +119,13 @@ class _ReplyRouter:
             got = str(meta.get("task_id"))
             if got == job_id:
                 return meta
+            # Not ours: more results are probably waiting; take them all in one round trip.
+            more = self._r.lpop(self.key, 1000) or []
             with self._cond:
                 self._stash[got] = meta
+                for raw in more:
+                    m = protocol.parse_meta(raw)
+                    self._stash[str(m.get("task_id"))] = m
                 while len(self._stash) > _STASH_MAX:  # results nobody waits for stay in their keys
                     self._stash.pop(next(iter(self._stash)))
                 self._cond.notify_all()
@@ -333,12 +347,10 @@ class Client:
             del waiting[j.id]
             yield j
         while waiting:
-            for job_id in list(waiting):
-                meta = self._replies.take(job_id)
-                if meta is not None:
-                    job = waiting.pop(job_id)
-                    job._meta = meta
-                    yield job
+            for job_id, stashed in self._replies.take_any(waiting).items():
+                job = waiting.pop(job_id)
+                job._meta = stashed
+                yield job
             if not waiting:
                 return
             left = _core.remaining(deadline)

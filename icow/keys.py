@@ -29,6 +29,10 @@ key                                type    content
 ``icow:failures``                  list    recent failures, newest first (msgpack: id, model,
                                            version, worker, error, message, time); capped at
                                            ``RECENT_FAILURES_MAX`` by the result writer (LPUSH+LTRIM)
+``icow:tries:<id>``                string  deliveries of the job so far (poison-job detection; 10 min)
+``icow:dead:<id>``                 string  dead-letter record of a job given up on (msgpack: reason,
+                                           attempts, model); kept 7 days
+``icow:dead``                      list    ids of dead-lettered jobs, newest first (capped)
 ``unacked``, ``unacked_index``,    kombu   kombu's ack emulation (in-flight messages), kept at
 ``unacked_mutex``                          kombu's default names so stock Celery tooling agrees
 =================================  ======  =========================================================
@@ -57,6 +61,13 @@ MAX_RESULT_TTL_S = 30 * 24 * 3600
 
 # kombu's Redis transport: queue + sep + step is the list for a priority step.
 KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
+DEFAULT_LEASE_S = 15  # kombu visibility timeout: a dead worker's jobs return after this
+TRIES_TTL_S = 600
+DEAD = PREFIX + "dead"
+DEAD_TTL_S = 7 * 24 * 3600
+DEAD_MAX = 10_000
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -131,3 +142,18 @@ def job_id_from_result_key(key: str) -> str:
 
 def worker(name: str) -> str:
     return f"{PREFIX}worker:{name}"
+
+
+def tries(job_id: str) -> str:
+    return f"{PREFIX}tries:{job_id}"
+
+
+def dead(job_id: str) -> str:
+    return f"{PREFIX}dead:{job_id}"
+
+
+def model_of_queue(queue_name: str) -> str | None:
+    """The model whose queue (or priority list) this is, or None."""
+    if not queue_name.startswith(QUEUE_PREFIX):
+        return None
+    return queue_name[len(QUEUE_PREFIX) :].split(KOMBU_PRIORITY_SEP, 1)[0]

@@ -312,3 +312,41 @@ def failure_of(meta: Mapping[str, Any]) -> tuple[str, str]:
             msg = " ".join(str(m) for m in msg)
         return str(res.get("exc_type", "RemoteError")), str(msg or "")
     return "RemoteError", str(res)
+
+
+def decode_celery_message(envelope: Mapping[str, Any]) -> tuple[str, Any]:
+    """(task name, job) from a kombu envelope taken straight off a queue list.
+
+    The same decoding a Celery worker does, for messages the runner drains itself: base64
+    body, then msgpack (``application/x-msgpack``) or JSON (``application/json``); any other
+    content type (pickle, yaml) is refused. Raises InvalidInput naming the problem.
+    """
+    headers = envelope.get("headers")
+    task = headers.get("task") if isinstance(headers, Mapping) else None
+    if not isinstance(task, str):
+        raise InvalidInput("the message has no task name (headers.task)")
+    body = envelope.get("body")
+    if not isinstance(body, str):
+        raise InvalidInput("the message body must be a base64 string")
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except ValueError as exc:
+        raise InvalidInput(f"the message body is not valid base64 ({exc})") from exc
+    content_type = envelope.get("content-type")
+    try:
+        if content_type == CONTENT_TYPE:
+            decoded = unpackb(raw)
+        elif content_type == "application/json":
+            decoded = json.loads(raw)
+        else:
+            raise InvalidInput(f"content type {content_type!r} is not accepted (use msgpack or JSON)")
+    except (ValueError, TypeError, OverflowError, msgpack.exceptions.UnpackException) as exc:
+        raise InvalidInput(f"the message body could not be decoded ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(decoded, list) or len(decoded) < 2 or not isinstance(decoded[0], list):
+        raise InvalidInput("the message body must be [args, kwargs, embed]")
+    args, kwargs = decoded[0], decoded[1]
+    if len(args) == 1 and not kwargs:
+        return task, args[0]
+    if not args and isinstance(kwargs, Mapping) and "job" in kwargs:
+        return task, kwargs["job"]
+    raise InvalidInput("the task takes exactly one argument: the job")

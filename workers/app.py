@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery, signals
 
-from icow import protocol
-from icow.workers.runner import JobRunner
+from icow import keys, protocol
+from icow.workers.runner import Incoming, JobRunner
 
 log = logging.getLogger("icow.worker")
 
@@ -36,9 +36,43 @@ app.conf.update(
     worker_send_task_events=False,
     task_send_sent_event=False,
     worker_consumer="icow.workers.consumer:IcowConsumer",
+    # A short lease instead of kombu's one-hour visibility timeout: the heartbeat renews the
+    # lease of every in-flight message, so only a dead worker's jobs come back, within seconds.
+    broker_transport_options={
+        "visibility_timeout": keys.DEFAULT_LEASE_S,
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    },
 )
 
 _runner: JobRunner | None = None
+_consumer: Any = None  # Celery's consumer, known once the worker is ready
+
+
+@signals.worker_ready.connect
+def _keep_consumer(sender: Any = None, **_: Any) -> None:
+    global _consumer
+    _consumer = sender
+
+
+def delivered_tags() -> list[str]:
+    """Delivery tags of the messages Celery has handed over and not yet acked."""
+    try:
+        qos = _consumer.task_consumer.channel.qos
+        return [t for t in list(qos._delivered) if isinstance(t, str)]
+    except Exception:  # not ready yet, reconnecting, or mutated while read: next beat
+        return []
+
+
+def _tag_of(task_id: str) -> str | None:
+    try:
+        qos = _consumer.task_consumer.channel.qos
+        for tag, message in reversed(list(qos._delivered.items())):
+            if (message.headers or {}).get("id") == task_id:
+                return str(tag)
+    except Exception:
+        pass
+    return None
 
 
 def configure(runner: JobRunner) -> None:
@@ -82,4 +116,5 @@ def infer(self: Any, *args: Any, **kwargs: Any) -> None:
         configure(_runner_from_env())
     assert _runner is not None
     job = args[0] if len(args) == 1 and not kwargs else kwargs.get("job") if not args else args
-    _runner.handle(self.request.id, job)
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    _runner.serve(Incoming(self.request.id, job, _tag_of(self.request.id)), queue)

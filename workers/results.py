@@ -4,7 +4,7 @@ duplicate run (redelivery) can never overwrite or corrupt it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -50,8 +50,12 @@ class ResultWriter:
         self,
         items: list[tuple[str, Mapping[str, Any], int, str | None, Mapping[str, Any]]],
         delete: list[str] | None = None,
+        ack: Callable[[Any], None] | None = None,
+        dead: list[tuple[str, Mapping[str, Any], int]] | None = None,
     ) -> list[bool]:
-        """Write several results in one round trip, then drop ``delete`` (consumed inputs)."""
+        """Write several results in one round trip, then drop ``delete`` (consumed inputs),
+        record ``dead`` (job id, failure meta, deliveries) as dead letters, and let ``ack``
+        queue the messages' acks on the same pipeline: a job is acked only with its answer."""
         pipe = self._r.pipeline(transaction=False)
         at: list[int] = []
         n = 0
@@ -70,10 +74,36 @@ class ResultWriter:
         if failures:  # "recent failures" for `icow status` (a capped list, not a dead-letter queue)
             pipe.lpush(keys.RECENT_FAILURES, *failures)
             pipe.ltrim(keys.RECENT_FAILURES, 0, keys.RECENT_FAILURES_MAX - 1)
+        for job_id, meta, tries in dead or ():
+            pipe.set(keys.dead(job_id), _dead_record(job_id, meta, tries), ex=keys.DEAD_TTL_S)
+            pipe.lpush(keys.DEAD, job_id)
+        if dead:
+            pipe.ltrim(keys.DEAD, 0, keys.DEAD_MAX - 1)
         if delete:
             pipe.delete(*delete)
+        if ack is not None:
+            ack(pipe)
         out = pipe.execute()
         return [bool(out[i]) for i in at]
+
+
+def _dead_record(job_id: str, meta: Mapping[str, Any], tries: int) -> bytes:
+    """A dead letter: why the job was given up on, inspectable with `icow failures show`."""
+    error_type, message = protocol.failure_of(meta)
+    res = meta.get("result") if isinstance(meta.get("result"), Mapping) else {}
+    assert isinstance(res, Mapping)
+    return protocol.packb(
+        {
+            "id": job_id,
+            "error": error_type,
+            "message": message[:2000],
+            "model": res.get("model"),
+            "version": res.get("version"),
+            "worker": res.get("worker"),
+            "deliveries": tries,
+            "time": time.time(),
+        }
+    )
 
 
 def _failure_record(meta: Mapping[str, Any]) -> bytes:

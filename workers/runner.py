@@ -2,11 +2,17 @@
 
 Every job handed to :meth:`JobRunner.handle_many` gets exactly one answer: a success, or a
 structured failure naming the problem. Nothing a job contains can crash the worker.
+
+:meth:`JobRunner.serve` is the Celery task's body: it runs the job Celery delivered together
+with the jobs already waiting behind it (taken straight from Redis by workers/intake.py and
+batched by workers/batching.py), then lingers a few milliseconds for the next job before
+handing control back to Celery's event loop.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,12 +22,27 @@ import numpy as np
 import redis
 
 from icow import keys, protocol, tensor
-from icow.errors import IcowError, InvalidInput, JobExpired, RemoteError
+from icow.errors import IcowError, InternalError, InvalidInput, JobExpired, RemoteError
+from icow.workers import batching
+from icow.workers.intake import Delivery, Intake
 from icow.workers.models import ModelManager
 from icow.workers.observer import JobObserver, outcome_of
 from icow.workers.results import ResultWriter
 
 log = logging.getLogger("icow.runner")
+
+MAX_TRIES = 3  # deliveries of one job before it is dead-lettered as a poison job
+RETRY_BACKOFF_S = (0.05, 0.25)  # in-process retries of an unexpected (possibly transient) failure
+
+
+@dataclass
+class Incoming:
+    """A job as it arrived: its id, raw job map, delivery tag, or why it could not be read."""
+
+    task_id: str | None
+    raw: Any
+    tag: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -29,13 +50,14 @@ class _Job:
     task_id: str
     raw: Any
     received: float
+    tag: str | None = None
     ttl_s: int = keys.DEFAULT_RESULT_TTL_S
     reply_to: str | None = None
     job: dict[str, Any] | None = None
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)
-    datatypes: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
     blobs: dict[str, Any] = field(default_factory=dict)
+    skip: bool = False  # already answered (cancelled, or a redelivered duplicate)
+    tries: int = 1
 
 
 def _error_type(exc: BaseException) -> tuple[str, str]:
@@ -61,6 +83,22 @@ def _salvage(raw: Any) -> tuple[int, str | None]:
     return ttl, reply
 
 
+def incoming_from(d: Delivery) -> Incoming:
+    """Decode a message the runner took from a queue itself (as Celery would have)."""
+    if d.envelope is None:
+        return Incoming(None, None, d.tag, d.error)
+    task_id = d.task_id
+    headers = d.envelope.get("headers")
+    task = headers.get("task") if isinstance(headers, dict) else None
+    if task != protocol.TASK_NAME:
+        return Incoming(task_id, None, d.tag, f"unknown task {task!r}; ICOW workers run {protocol.TASK_NAME!r}")
+    try:
+        _, job = protocol.decode_celery_message(d.envelope)
+    except InvalidInput as exc:
+        return Incoming(task_id, None, d.tag, str(exc))
+    return Incoming(task_id, job, d.tag)
+
+
 class JobRunner:
     def __init__(
         self,
@@ -71,6 +109,8 @@ class JobRunner:
         max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
         inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
         observer: JobObserver | None = None,
+        linger_s: float = 0.02,
+        slice_s: float = 1.0,
     ):
         self.manager = manager
         self.observer = observer  # told about every answered job (metrics, heartbeat stats)
@@ -79,12 +119,26 @@ class JobRunner:
         self.max_tensor_bytes = max_tensor_bytes
         self.inline_max_bytes = inline_max_bytes
         self.writer = ResultWriter(r)
+        self.intake = Intake(r)
+        self.linger_s = linger_s  # how long to wait for the next job before returning to Celery
+        self.slice_s = slice_s  # longest stretch spent outside Celery's event loop
         self.jobs = 0
         self.failures = 0
         self.last_error: str | None = None
+        self._inflight: set[str] = set()
+        self._inflight_lock = threading.Lock()
+        self._bursts = 0
 
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "failures": self.failures, "last_error": self.last_error}
+
+    def inflight_tags(self) -> list[str]:
+        """Delivery tags of the messages being worked on (their leases are renewed)."""
+        with self._inflight_lock:
+            return list(self._inflight)
+
+    def renew_leases(self) -> None:
+        self.intake.renew(self.inflight_tags())
 
     def fail_now(self, task_id: str, error_type: str, message: str) -> None:
         """Answer a message that never reached the task (e.g. an undecodable body)."""
@@ -94,25 +148,89 @@ class JobRunner:
         self.writer.write(task_id, meta, ttl_s=keys.DEFAULT_RESULT_TTL_S, reply_to=None)
 
     def handle(self, task_id: str, raw: Any) -> None:
-        self.handle_many([(task_id, raw)])
+        self.handle_many([Incoming(task_id, raw)])
 
-    def handle_many(self, items: Sequence[tuple[str, Any]]) -> None:
+    # -- the burst loop (the Celery task's body)
+
+    def _lists(self, model: str) -> list[str]:
+        lists = keys.queue_lists(model)
+        # Higher priority first, but every 8th drain starts from the lowest: no starvation.
+        return list(reversed(lists)) if self._bursts % 8 == 7 else lists
+
+    def _all_lists(self) -> list[str]:
+        names = sorted(self.manager.entries)
+        return [keys.queue_list(m, step) for step in keys.KOMBU_PRIORITY_STEPS for m in names]
+
+    def _max_batch(self, model: str | None) -> int:
+        entry = self.manager.entries.get(model or "")
+        return entry.config.max_batch if entry is not None else 1
+
+    def serve(self, first: Incoming, queue: str | None) -> None:
+        """Run ``first`` and the jobs waiting behind it; linger briefly for more."""
+        end = time.monotonic() + self.slice_s
+        items = [first]
+        model = keys.model_of_queue(queue or "")
+        while items:
+            self._bursts += 1
+            if model is not None:
+                cap = self._max_batch(model)
+                if cap > 1:
+                    items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - len(items))]
+                    wait_ms = self._max_wait_ms(model)
+                    if wait_ms > 0 and 1 < len(items) < cap:  # traffic is flowing: let the batch fill
+                        time.sleep(wait_ms / 1000)
+                        items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - len(items))]
+            self.handle_many(items)
+            if time.monotonic() >= end or self.linger_s <= 0:
+                return
+            try:
+                d = self.intake.wait(self._all_lists(), self.linger_s)
+            except redis.exceptions.RedisError:
+                return
+            if d is None:
+                return
+            items = [incoming_from(d)]
+            rk = ((d.envelope or {}).get("properties") or {}).get("delivery_info") or {}
+            model = keys.model_of_queue(rk.get("routing_key", "") if isinstance(rk, dict) else "")
+
+    def _max_wait_ms(self, model: str) -> float:
+        entry = self.manager.entries.get(model)
+        return entry.config.max_wait_ms if entry is not None else 0.0
+
+    # -- one batch of jobs
+
+    def handle_many(self, items: Sequence[Incoming]) -> None:
         now = time.time()
-        jobs = [_Job(task_id, raw, now) for task_id, raw in items]
+        jobs: list[_Job] = []
+        unanswerable: list[str] = []
+        for it in items:
+            if it.task_id is None:
+                log.error("dropped a message without a usable job id: %s", it.error)
+                if it.tag:
+                    unanswerable.append(it.tag)
+                continue
+            j = _Job(it.task_id, it.raw, now, tag=it.tag)
+            if it.error is not None:
+                self._fail(j, InvalidInput(it.error))
+            jobs.append(j)
+        with self._inflight_lock:
+            self._inflight.update(j.tag for j in jobs if j.tag)
         try:
-            self._parse(jobs)
-            self._fetch(jobs)
-            self._run(jobs)
-        except Exception as exc:  # a bug or Redis trouble mid-way: still answer every job
-            log.exception("unexpected error while running jobs")
-            for j in jobs:
-                if j.meta is None:
-                    self._fail(j, exc)
-        self._write(jobs)
+            try:
+                self._parse(jobs)
+                self._fetch(jobs)
+                self._run(jobs)
+            except Exception as exc:  # a bug or Redis trouble mid-way: still answer every job
+                log.exception("unexpected error while running jobs")
+                for j in jobs:
+                    if j.meta is None and not j.skip:
+                        self._fail(j, exc)
+            self._write(jobs, unanswerable)
+        finally:
+            with self._inflight_lock:
+                self._inflight.difference_update(j.tag for j in jobs if j.tag)
         if self.observer is not None:
             self._observe(jobs)
-
-    # -- steps
 
     def _fail(self, j: _Job, exc: BaseException) -> None:
         error_type, message = _error_type(exc)
@@ -133,48 +251,79 @@ class JobRunner:
     def _parse(self, jobs: list[_Job]) -> None:
         for j in jobs:
             j.ttl_s, j.reply_to = _salvage(j.raw)
+            if j.meta is not None:
+                continue
             try:
                 j.job = protocol.parse_job(j.raw, task_id=j.task_id, max_tensor_bytes=self.max_tensor_bytes)
             except IcowError as exc:
                 self._fail(j, exc)
 
     def _fetch(self, jobs: list[_Job]) -> None:
-        """One round trip: claim-checked inputs, and mark every job running."""
+        """One round trip: is it answered already, count the delivery, mark it running, and
+        read its claim-checked inputs."""
         live = [j for j in jobs if j.meta is None and j.job is not None]
         if not live:
             return
         pipe = self.r.pipeline(transaction=False)
-        wanted: list[tuple[_Job, int]] = []
         for j in live:
             assert j.job is not None
+            pipe.exists(keys.result(j.task_id))
+            pipe.incr(keys.tries(j.task_id))
+            pipe.expire(keys.tries(j.task_id), keys.TRIES_TTL_S)
             pipe.set(keys.state(j.task_id), b"running", xx=True, keepttl=True)
-            for i, t in enumerate(j.job["inputs"]):
+            for t in j.job["inputs"]:
                 if "ref" in t:
                     pipe.get(t["ref"])
-                    wanted.append((j, i))
         replies = iter(pipe.execute())
         for j in live:
             assert j.job is not None
-            next(replies)  # the SET
+            answered, tries = next(replies), next(replies)
+            next(replies), next(replies)
+            j.skip = bool(answered)
+            j.tries = int(tries)
             for i, t in enumerate(j.job["inputs"]):
                 if "ref" in t:
                     data = next(replies)
                     if data is None:
-                        if j.meta is None:
+                        if j.meta is None and not j.skip:
                             self._fail(j, InvalidInput(f"input {t['name']!r}: its claim-checked data has expired"))
                         continue
                     j.job["inputs"][i] = {**t, "data": data}
+            if not j.skip and j.meta is None and j.tries > MAX_TRIES:
+                self._fail(
+                    j, InternalError(f"given up after {j.tries - 1} deliveries that never finished (poison job)")
+                )
 
     def _run(self, jobs: list[_Job]) -> None:
+        ready: dict[tuple[str, int], list[batching.Item]] = {}
+        models = {}
         for j in jobs:
-            if j.meta is not None or j.job is None:
+            if j.meta is not None or j.job is None or j.skip:
                 continue
             try:
-                self._run_one(j)
+                item, model = self._prepare(j)
             except Exception as exc:
                 self._fail(j, exc)
+                continue
+            ready.setdefault((model.name, model.version), []).append(item)
+            models[(model.name, model.version)] = model
+        for key, items in ready.items():
+            model = models[key]
+            cap = self._max_batch(model.name) if model.batchable else 1
+            for group in batching.plan(items, max(cap, 1)):
+                t0 = time.perf_counter()
+                results = batching.run_group(model.run, group, max(cap, 1))
+                compute_s = time.perf_counter() - t0
+                for item, res in zip(group, results):
+                    j = item.key
+                    if isinstance(res, BaseException):
+                        res = self._retry(model, item, res)
+                    if isinstance(res, BaseException):
+                        self._fail(j, res)
+                    else:
+                        self._succeed(j, model, res, compute_s, len(group))
 
-    def _run_one(self, j: _Job) -> None:
+    def _prepare(self, j: _Job) -> tuple[batching.Item, Any]:
         job = j.job
         assert job is not None
         deadline = job["deadline"]
@@ -188,12 +337,28 @@ class JobRunner:
             datatypes[t["name"]] = t["datatype"]
         model.check_inputs(inputs, datatypes)
         model.check_outputs(job["outputs"])
-        t0 = time.perf_counter()
-        outputs = model.run(inputs, job["outputs"])
-        compute_s = time.perf_counter() - t0
+        return batching.Item(j, inputs, job["outputs"]), model
+
+    def _retry(self, model: Any, item: batching.Item, exc: BaseException) -> batching.Outputs | BaseException:
+        """Retry an unexpected failure (e.g. a transient device error) with backoff."""
+        if _error_type(exc)[0] != "InternalError":
+            return exc
+        for delay in RETRY_BACKOFF_S:
+            time.sleep(delay)
+            try:
+                return batching.run_sliced(model.run, item, max(self._max_batch(model.name), 1))
+            except Exception as again:
+                exc = again
+                if _error_type(again)[0] != "InternalError":
+                    break
+        return exc
+
+    def _succeed(self, j: _Job, model: Any, outputs: batching.Outputs, compute_s: float, batch: int) -> None:
+        job = j.job
+        assert job is not None
         wire = []
         for i, (name, arr) in enumerate(outputs.items()):
-            t = tensor.encode(name, arr, max_bytes=1 << 62)
+            t = tensor.encode(name, np.ascontiguousarray(arr), max_bytes=1 << 62)
             if len(t["data"]) > self.inline_max_bytes:
                 ref = keys.blob(j.task_id, "out", i)
                 j.blobs[ref] = t.pop("data")
@@ -205,11 +370,14 @@ class JobRunner:
             version=model.version,
             outputs=wire,
             worker=self.worker,
-            timing={"queued_s": max(0.0, j.received - job["created"]), "compute_s": compute_s},
+            timing={"queued_s": max(0.0, j.received - job["created"]), "compute_s": compute_s, "batch": batch},
         )
 
-    def _write(self, jobs: list[_Job]) -> None:
-        items = [(j.task_id, j.meta, j.ttl_s, j.reply_to, j.blobs) for j in jobs if j.meta is not None]
+    def _write(self, jobs: list[_Job], unanswerable: list[str]) -> None:
+        answer = [j for j in jobs if j.meta is not None and not j.skip]
+        items: list[tuple[str, Mapping[str, Any], int, str | None, Mapping[str, Any]]] = [
+            (j.task_id, j.meta, j.ttl_s, j.reply_to, j.blobs) for j in answer if j.meta is not None
+        ]
         self.jobs += len(items)
         refs = [
             keys.blob(j.task_id, "in", i)
@@ -218,7 +386,20 @@ class JobRunner:
             for i, t in enumerate(j.raw["inputs"])
             if isinstance(t, Mapping) and "ref" in t
         ]
-        written = self.writer.write_many(items, delete=refs)  # type: ignore[arg-type]
+        dead: list[tuple[str, Mapping[str, Any], int]] = [
+            (j.task_id, j.meta, j.tries)
+            for j in answer
+            if j.meta is not None
+            and protocol.failure_of(j.meta)[0] not in ("JobCancelled", "JobExpired")
+            and j.meta.get("status") == "FAILURE"
+        ]
+        tags = [j.tag for j in jobs if j.tag] + unanswerable
+        written = self.writer.write_many(
+            items,
+            delete=refs,
+            ack=lambda pipe: self.intake.ack(pipe, tags),
+            dead=dead,
+        )
         for (job_id, *_), ok in zip(items, written):
             if not ok:
                 log.warning("job %s already had a result; this run's result was dropped", job_id)
@@ -230,7 +411,11 @@ class JobRunner:
         done = time.time()
         try:
             self.observer.jobs_done(
-                [outcome_of(j.task_id, j.meta, j.job, j.received, done) for j in jobs if j.meta is not None]
+                [
+                    outcome_of(j.task_id, j.meta, j.job, j.received, done)
+                    for j in jobs
+                    if j.meta is not None and not j.skip
+                ]
             )
         except Exception:
             log.exception("a job observer failed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,81 @@ _ORT_PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+
+
+_ARENA_STRATEGIES = ("kNextPowerOfTwo", "kSameAsRequested")
+_CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """Per-model GPU settings from config.toml, passed to the CUDA and TensorRT providers."""
+
+    gpu_mem_limit: int | None = None  # bytes the CUDA arena may grow to (None: no limit)
+    arena_extend_strategy: str | None = None  # "kNextPowerOfTwo" (default) or "kSameAsRequested"
+    cudnn_conv_algo_search: str | None = None  # "EXHAUSTIVE" (default), "HEURISTIC" or "DEFAULT"
+    tensorrt_fp16: bool = False
+    tensorrt_cache_dir: str | None = None  # where TensorRT keeps built engines (None: no cache)
+
+    @staticmethod
+    def pop_from(raw: MutableMapping[str, Any], where: str = "config.toml") -> GpuOptions:
+        """Take the GPU keys out of a parsed config.toml, validating them."""
+        limit = raw.pop("gpu_mem_limit", None)
+        if limit is not None:
+            limit = parse_bytes(limit, f"{where}: gpu_mem_limit")
+        arena = raw.pop("arena_extend_strategy", None)
+        if arena is not None and arena not in _ARENA_STRATEGIES:
+            raise InvalidInput(f"{where}: arena_extend_strategy must be one of {_ARENA_STRATEGIES}")
+        conv = raw.pop("cudnn_conv_algo_search", None)
+        if conv is not None and conv not in _CONV_SEARCH:
+            raise InvalidInput(f"{where}: cudnn_conv_algo_search must be one of {_CONV_SEARCH}")
+        fp16 = raw.pop("tensorrt_fp16", False)
+        cache = raw.pop("tensorrt_cache_dir", None)
+        if not isinstance(fp16, bool) or (cache is not None and not isinstance(cache, str)):
+            raise InvalidInput(f"{where}: tensorrt_fp16 must be true/false and tensorrt_cache_dir a path")
+        return GpuOptions(limit, arena, conv, fp16, cache)
+
+
+def parse_bytes(value: object, what: str = "size") -> int:
+    """``2147483648``, ``"2GiB"``, ``"512MB"`` -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGIB")
+        unit = text[len(digits) :]
+        if digits.replace(".", "", 1).isdigit() and unit in _SIZE_UNITS and float(digits) > 0:
+            return int(float(digits) * _SIZE_UNITS[unit])
+    raise InvalidInput(f"{what}: give a positive number of bytes or a size such as '4GiB', got {value!r}")
+
+
+def provider_list(providers: tuple[str, ...], device: int = 0, gpu: GpuOptions | None = None) -> list[Any]:
+    """The ``providers`` argument of ``InferenceSession``: names with their options."""
+    gpu = gpu or GpuOptions()
+    out: list[Any] = []
+    for p in providers:
+        ort_name = _ORT_PROVIDERS[p]
+        if p == "cuda":
+            opts: dict[str, Any] = {"device_id": device}
+            if gpu.gpu_mem_limit is not None:
+                opts["gpu_mem_limit"] = gpu.gpu_mem_limit
+            if gpu.arena_extend_strategy is not None:
+                opts["arena_extend_strategy"] = gpu.arena_extend_strategy
+            if gpu.cudnn_conv_algo_search is not None:
+                opts["cudnn_conv_algo_search"] = gpu.cudnn_conv_algo_search
+            out.append((ort_name, opts))
+        elif p == "tensorrt":
+            trt: dict[str, Any] = {"device_id": device}
+            if gpu.tensorrt_fp16:
+                trt["trt_fp16_enable"] = True
+            if gpu.tensorrt_cache_dir:
+                trt["trt_engine_cache_enable"] = True
+                trt["trt_engine_cache_path"] = gpu.tensorrt_cache_dir
+            out.append((ort_name, trt))
+        else:
+            out.append(ort_name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -88,6 +164,7 @@ class OnnxModel:
         providers: tuple[str, ...] = ("cuda", "cpu"),
         device: int = 0,
         threads: int = 0,
+        gpu: GpuOptions | None = None,
     ):
         ort = _import_ort()
         self.name = name
@@ -97,16 +174,11 @@ class OnnxModel:
         if threads > 0:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        requested: list[Any] = []
-        for p in providers:
-            ort_name = _ORT_PROVIDERS[p]
-            if p in ("cuda", "tensorrt"):
-                requested.append((ort_name, {"device_id": device}))
-            else:
-                requested.append(ort_name)
+        requested = provider_list(providers, device, gpu)
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
         self.providers = tuple(self.session.get_providers())
         self.requested = tuple(_ORT_PROVIDERS[p] for p in providers)
+        self.cpu_fallback = self.providers[0] == "CPUExecutionProvider" != self.requested[0]
         if self.providers[0] != self.requested[0]:
             log.warning(
                 "model %s v%s: %s was requested but %s runs (onnxruntime fell back)",
@@ -122,6 +194,13 @@ class OnnxModel:
             TensorMeta(o.name, ORT_TYPES.get(o.type, o.type), _dims(o.shape)) for o in self.session.get_outputs()
         )
         self._output_names = [o.name for o in self.outputs]
+
+    @property
+    def batchable(self) -> bool:
+        """Jobs can share a session call: every input and output has a dynamic first dim."""
+        from icow.workers.batching import batchable
+
+        return batchable([t.shape for t in self.inputs], [t.shape for t in self.outputs])
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,136 @@
+"""Taking jobs from the queues without going through Celery's per-message path.
+
+Celery delivers the first job of a burst; the runner then drains the jobs waiting behind it
+straight from the same Redis lists (for dynamic batching and speed). Every message taken here
+is registered in kombu's own ack-emulation structures (``unacked`` hash + ``unacked_index``
+zset, the format kombu's ``restore_visible`` understands) in the same atomic step, so a worker
+killed mid-job loses nothing: its messages are restored by any live worker once their lease
+(kombu's visibility timeout, kept short and renewed by the heartbeat) runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from icow import keys
+
+# KEYS: the lists to pop from, in order; ARGV: max messages, now, unacked key, index key.
+# Pops from the consuming (right) end and records [message, exchange, routing_key] under the
+# message's delivery tag exactly as kombu's QoS.append does.
+_POP = """
+local want = tonumber(ARGV[1])
+local out = {}
+for i, list in ipairs(KEYS) do
+  while #out < want do
+    local m = redis.call('RPOP', list)
+    if not m then break end
+    local ok, env = pcall(cjson.decode, m)
+    local tag = nil
+    local rk = list
+    if ok and type(env) == 'table' and type(env['properties']) == 'table' then
+      tag = env['properties']['delivery_tag']
+      local di = env['properties']['delivery_info']
+      if type(di) == 'table' and type(di['routing_key']) == 'string'
+         and string.sub(di['routing_key'], 1, 7) == 'icow:q:' then rk = di['routing_key'] end
+    end
+    if type(tag) == 'string' then
+      redis.call('HSET', ARGV[3], tag, '[' .. m .. ',"",' .. cjson.encode(rk) .. ']')
+      redis.call('ZADD', ARGV[4], ARGV[2], tag)
+    end
+    table.insert(out, m)
+  end
+  if #out >= want then break end
+end
+return out
+"""
+
+
+@dataclass
+class Delivery:
+    """One message taken from a queue: its raw kombu envelope and where it came from."""
+
+    tag: str | None
+    envelope: dict[str, Any] | None
+    error: str | None = None
+
+    @property
+    def task_id(self) -> str | None:
+        if self.envelope is None:
+            return None
+        headers = self.envelope.get("headers") or {}
+        tid = headers.get("id") or (self.envelope.get("properties") or {}).get("correlation_id")
+        return tid if isinstance(tid, str) else None
+
+
+def parse_delivery(raw: bytes) -> Delivery:
+    try:
+        env = json.loads(raw)
+        if not isinstance(env, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        return Delivery(None, None, f"the message is not a kombu JSON envelope ({exc})")
+    props = env.get("properties")
+    tag = props.get("delivery_tag") if isinstance(props, dict) else None
+    return Delivery(tag if isinstance(tag, str) else None, env)
+
+
+class Intake:
+    """Pops messages (registering them as unacked) and acks or renews them."""
+
+    def __init__(
+        self, r: redis.Redis, *, unacked_key: str = keys.KOMBU_UNACKED, index_key: str = keys.KOMBU_UNACKED_INDEX
+    ):
+        self._r = r
+        self.unacked_key = unacked_key
+        self.index_key = index_key
+        self._pop = r.register_script(_POP)
+
+    def pop(self, lists: Sequence[str], max_messages: int) -> list[Delivery]:
+        """Up to ``max_messages`` waiting messages, highest priority list first. Never blocks."""
+        if max_messages <= 0 or not lists:
+            return []
+        raws = self._pop(keys=list(lists), args=[max_messages, time.time(), self.unacked_key, self.index_key])
+        return [parse_delivery(m) for m in raws]
+
+    def wait(self, lists: Sequence[str], timeout_s: float) -> Delivery | None:
+        """Block up to ``timeout_s`` for one message, then register it as unacked.
+
+        Like kombu's own BRPOP path, a crash between the pop and the registration (one round
+        trip) would lose the message; callers use this only while lingering for more work.
+        """
+        got = self._r.brpop(list(lists), timeout=timeout_s)
+        if got is None:
+            return None
+        queue_list, raw = got
+        raw = raw if isinstance(raw, bytes) else str(raw).encode()
+        d = parse_delivery(raw)
+        if d.tag is not None and d.envelope is not None:
+            rk = ((d.envelope.get("properties") or {}).get("delivery_info") or {}).get("routing_key")
+            if not isinstance(rk, str) or not rk.startswith(keys.QUEUE_PREFIX):
+                rk = queue_list.decode() if isinstance(queue_list, bytes) else str(queue_list)
+            entry = "[" + raw.decode() + ',"",' + json.dumps(rk) + "]"
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hset(self.unacked_key, d.tag, entry)
+            pipe.zadd(self.index_key, {d.tag: time.time()})
+            pipe.execute()
+        return d
+
+    def ack(self, pipe: Any, tags: Iterable[str]) -> None:
+        """Queue the acks of ``tags`` on ``pipe`` (so they go with the results' round trip)."""
+        tags = [t for t in tags if t]
+        if tags:
+            pipe.zrem(self.index_key, *tags)
+            pipe.hdel(self.unacked_key, *tags)
+
+    def renew(self, tags: Iterable[str]) -> None:
+        """Extend the lease of in-flight messages (their restore clock starts again now)."""
+        tags = [t for t in tags if t]
+        if tags:
+            now = time.time()
+            self._r.zadd(self.index_key, dict.fromkeys(tags, now), xx=True)
