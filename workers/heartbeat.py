@@ -24,9 +24,17 @@ log = logging.getLogger("icow.heartbeat")
 
 class Heartbeat:
     def __init__(
-        self, r: redis.Redis, name: str, info: dict[str, Any], stats: Callable[[], dict[str, Any]] | None = None
+        self,
+        r: redis.Redis,
+        name: str,
+        info: dict[str, Any],
+        stats: Callable[[], dict[str, Any]] | None = None,
+        *,
+        ttl_s: int = keys.HEARTBEAT_TTL_S,
     ):
         self._r = r
+        self.ttl_s = ttl_s  # a worker is taken for dead this long after its last beat
+        self.interval_s = min(keys.HEARTBEAT_INTERVAL_S, ttl_s / 3)
         self._stats = stats
         self.name = name
         self.info = {
@@ -38,6 +46,7 @@ class Heartbeat:
             "jobs": 0,
             "failures": 0,
             "last_error": None,
+            "ttl_s": ttl_s,
             **info,
         }
         self._stop = threading.Event()
@@ -49,7 +58,7 @@ class Heartbeat:
             self.info.update(self._stats())
         pipe = self._r.pipeline(transaction=False)
         pipe.sadd(keys.WORKERS, self.name)
-        pipe.set(keys.worker(self.name), protocol.packb(self.info), ex=keys.HEARTBEAT_TTL_S)
+        pipe.set(keys.worker(self.name), protocol.packb(self.info), ex=self.ttl_s)
         pipe.execute()
 
     def mark_ready(self) -> None:
@@ -68,7 +77,7 @@ class Heartbeat:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(keys.HEARTBEAT_INTERVAL_S):
+        while not self._stop.wait(self.interval_s):
             self._safe_beat()
 
     def stop(self) -> None:

@@ -58,6 +58,11 @@ class ModelManager:
         model = self._sessions.get((name, v))
         if model is not None:
             return model
+        return self.load(entry, v)
+
+    def load(self, entry: ModelEntry, v: int) -> OnnxModel:
+        """The session of ``entry`` version ``v``, created now unless it exists."""
+        name = entry.name
         with self._lock:
             model = self._sessions.get((name, v))
             if model is None:
@@ -69,6 +74,7 @@ class ModelManager:
                     providers=entry.config.providers,
                     device=self.device,
                     threads=entry.config.threads or self.threads,
+                    gpu=entry.config.gpu,
                 )
                 self.load_times_s[(name, v)] = time.perf_counter() - t0
                 log.info("loaded %s v%s in %.3f s on %s", name, v, self.load_times_s[(name, v)], model.providers[0])
@@ -77,6 +83,28 @@ class ModelManager:
 
     def loaded(self) -> list[OnnxModel]:
         return list(self._sessions.values())
+
+    # -- model updates without restarts (driven by workers/reload.py)
+
+    def set_entries(self, entries: dict[str, ModelEntry]) -> None:
+        """Serve these models and versions from now on (one atomic swap; the task thread reads
+        ``entries`` without the lock)."""
+        self.entries = entries
+
+    def unload(self, name: str, version: int) -> None:
+        """Drop the session; it is freed once no running job holds it any more."""
+        with self._lock:
+            self._sessions.pop((name, version), None)
+            self.load_times_s.pop((name, version), None)
+
+    def state(self) -> dict[str, Any]:
+        """What the heartbeat reports: served versions, and the provider each session runs on."""
+        loaded = self.loaded()
+        return {
+            "models": {m: list(e.versions) for m, e in self.entries.items()},
+            "providers": {f"{m.name}:{m.version}": m.providers[0] for m in loaded},
+            "cpu_fallback": sorted(f"{m.name}:{m.version}" for m in loaded if getattr(m, "cpu_fallback", False)),
+        }
 
     def metadata(self) -> list[dict[str, Any]]:
         """Signature of every served version (loading, then dropping, sessions not preloaded)."""

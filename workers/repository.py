@@ -9,6 +9,9 @@ Versions are positive integers; the highest is "latest". A model may have a
     threads = 0                 # onnxruntime intra-op threads (0: the worker's setting)
     max_batch = 1               # dynamic batching: most samples per session call
     max_wait_ms = 0             # how long a partial batch may wait for more jobs
+    gpu_mem_limit = "4GiB"      # CUDA arena cap (bytes or a size); arena_extend_strategy =
+                                # "kSameAsRequested"; cudnn_conv_algo_search = "HEURISTIC";
+                                # tensorrt_fp16 = true; tensorrt_cache_dir = "/cache/trt"
     max_queue = 0               # backpressure: most jobs waiting in the queue (0: no limit)
 """
 
@@ -21,6 +24,7 @@ from typing import Any
 
 from icow import keys
 from icow.errors import InvalidInput
+from icow.workers.runtime import GpuOptions
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.toml"
@@ -36,6 +40,7 @@ class ModelConfig:
     max_batch: int = 1
     max_wait_ms: float = 0.0
     max_queue: int = 0  # 0: the fleet default (ICOW_MAX_QUEUE), itself 0 = unbounded
+    gpu: GpuOptions = field(default_factory=GpuOptions)  # gpu_mem_limit, arena_extend_strategy, ...
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -65,6 +70,7 @@ class ModelConfig:
             max_batch=int(raw.pop("max_batch", 1)),
             max_wait_ms=float(raw.pop("max_wait_ms", 0.0)),
             max_queue=int(raw.pop("max_queue", 0)),
+            gpu=GpuOptions.pop_from(raw, str(path)),
             extra=raw,
         )
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.threads < 0 or cfg.max_queue < 0:

@@ -14,6 +14,8 @@ from icow import keys
 from icow.errors import InvalidInput
 from icow.workers.heartbeat import Heartbeat
 from icow.workers.models import ModelManager
+from icow.workers.observer import FanOut, JobObserver, WorkerStats
+from icow.workers.reload import QueueSubscriber, RepositoryWatcher
 from icow.workers.repository import Repository
 from icow.workers.runner import JobRunner
 
@@ -32,6 +34,9 @@ class WorkerOptions:
     events: bool = False
     max_tensor_bytes: int = 256 * 1024 * 1024
     inline_max_bytes: int = 256 * 1024
+    metrics_port: int = 0  # serve Prometheus /metrics on this port (0: off)
+    rescan_s: float = keys.RESCAN_INTERVAL_S  # rescan the repository this often (0: never)
+    heartbeat_ttl_s: int = keys.HEARTBEAT_TTL_S
 
 
 def hostname(name: str | None = None) -> str:
@@ -52,25 +57,35 @@ def run_worker(opts: WorkerOptions) -> int:
     manager.publish(r)
     for m in manager.loaded():
         log.info("serving %s v%s on %s", m.name, m.version, ", ".join(m.providers))
+    stats = WorkerStats()  # per-model counts and rates for the heartbeat (`icow status`)
+    observers: list[JobObserver] = [stats]
+    metrics_server = None
+    if opts.metrics_port:
+        from icow.workers.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(manager, ready=lambda: bool(heartbeat.info.get("ready")))
+        observers.append(metrics)
+        metrics_server = metrics.serve(opts.metrics_port)
+        log.info("metrics on http://0.0.0.0:%s/metrics", opts.metrics_port)
     runner = JobRunner(
         manager,
         r,
         worker=name,
         max_tensor_bytes=opts.max_tensor_bytes,
         inline_max_bytes=opts.inline_max_bytes,
+        observer=FanOut(*observers),
     )
     app_module.configure(runner)
     heartbeat = Heartbeat(
         r,
         name,
-        {
-            "models": {m: list(e.versions) for m, e in manager.entries.items()},
-            "providers": {f"{m.name}:{m.version}": m.providers[0] for m in manager.loaded()},
-            "device": opts.device,
-        },
-        stats=runner.stats,
+        {**manager.state(), "device": opts.device},
+        stats=lambda: {**runner.stats(), **stats.snapshot(), **manager.state()},
+        ttl_s=opts.heartbeat_ttl_s,
     )
     heartbeat.start()
+    watcher = RepositoryWatcher(manager, r, interval_s=opts.rescan_s, on_new_models=QueueSubscriber.subscribe)
+    watcher.start()
 
     def _ready(**_: object) -> None:
         heartbeat.mark_ready()
@@ -79,6 +94,7 @@ def run_worker(opts: WorkerOptions) -> int:
     signals.worker_ready.connect(_ready, weak=False)
     app = app_module.app
     app.conf.broker_url = opts.redis_url
+    app.steps["consumer"].add(QueueSubscriber)  # subscribes to queues of models added later
     worker = app.Worker(
         hostname=name,
         pool="solo",
@@ -94,5 +110,8 @@ def run_worker(opts: WorkerOptions) -> int:
     try:
         worker.start()
     finally:
+        watcher.stop()
         heartbeat.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
     return int(worker.exitcode or 0)

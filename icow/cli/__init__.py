@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from icow import __version__, settings
+from icow import __version__, keys, settings
 from icow.errors import IcowError
 
 
@@ -19,8 +19,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from icow.workers.serve import WorkerOptions, run_worker
 
     s = settings.from_env()
-    repo = args.repo or s.repo
     url = _redis_url(args)
+    if args.check:  # a healthcheck of the worker named --name (default: this host's workers)
+        from icow.cli.ops import cmd_health
+
+        return cmd_health(argparse.Namespace(redis=url, worker=args.name, host=None, quiet=False))
+    repo = args.repo or s.repo
     if not repo:
         raise IcowError("give --repo DIR (or set ICOW_REPO)")
     if not url:
@@ -38,6 +42,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             events=args.events,
             max_tensor_bytes=s.max_tensor_bytes,
             inline_max_bytes=s.inline_max_bytes,
+            metrics_port=args.metrics_port or 0,
+            rescan_s=args.rescan,
+            heartbeat_ttl_s=args.heartbeat_ttl,
         )
     )
 
@@ -56,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", help="worker name (default icow-<pid>@<host>)")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument("--events", action="store_true", help="send Celery task events (Flower)")
+    w.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 or absent: off)")
+    w.add_argument(
+        "--rescan", type=float, default=keys.RESCAN_INTERVAL_S, help="rescan the repository every S s (0: off)"
+    )
+    w.add_argument("--heartbeat-ttl", type=int, default=keys.HEARTBEAT_TTL_S, help="seconds without a beat = dead")
+    w.add_argument("--check", action="store_true", help="healthcheck: exit 0 if the worker --name is alive and ready")
     w.set_defaults(func=cmd_worker)
 
-    from icow.cli import demo, tools
+    from icow.cli import demo, ops, status, tools
 
     d = sub.add_parser("demo", help="start a local fleet, run sample jobs, shut down")
     d.add_argument("--redis", help="use this Redis instead of an embedded one")
@@ -72,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=demo.cmd_up)
 
     tools.add_commands(sub)
+    status.add_commands(sub)
+    ops.add_commands(sub)
     return p
 
 

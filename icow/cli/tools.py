@@ -59,6 +59,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "push":
+        from icow.cli.ops import cmd_models_push
+
+        if not args.name or not args.push_name:
+            raise InvalidInput("icow models push FILE --name MODEL [--version V] --repo DIR")
+        return cmd_models_push(
+            argparse.Namespace(file=args.name, name=args.push_name, version=args.version, repo=args.repo)
+        )
     with _client(args) as client:
         if args.action == "show":
             if not args.name:
@@ -98,9 +106,11 @@ def add_commands(sub: Any) -> None:
     i.add_argument("--redis")
     i.set_defaults(func=cmd_infer)
 
-    m = sub.add_parser("models", help="list models, or show one model's inputs and outputs")
-    m.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    m.add_argument("name", nargs="?")
+    m = sub.add_parser("models", help="list models, show one model's signature, or push a new version")
+    m.add_argument("action", nargs="?", choices=["list", "show", "push"], default="list")
+    m.add_argument("name", nargs="?", help="the model (show), or the .onnx FILE (push)")
+    m.add_argument("--name", dest="push_name", help="push: the model's name in the repository")
+    m.add_argument("--repo", help="push: the model repository folder (ICOW_REPO)")
     m.add_argument("--version", type=int)
     m.add_argument("--json", action="store_true")
     m.add_argument("--redis")

@@ -1,0 +1,164 @@
+"""`icow status`: queues, workers and recent failures of a fleet, read from Redis.
+
+``icow status`` prints one view, ``--watch`` refreshes it in place, ``--json`` prints the
+same facts for scripts. Workers are listed while their heartbeat key lives (``icow:worker:*``,
+TTL ``keys.HEARTBEAT_TTL_S``): a killed worker disappears once its last beat expires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from icow import keys, protocol, settings
+from icow.errors import BrokerUnavailable, IcowError
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def fleet_status(r: Any, *, failures: int = 10, now: float | None = None) -> dict[str, Any]:
+    """Everything `icow status` shows, as plain data (the ``--json`` document)."""
+    from icow.workers.heartbeat import live_workers
+    from icow.workers.queues import published_models, queue_states
+
+    now = time.time() if now is None else now
+    workers = live_workers(r)
+    models = sorted(set(published_models(r)) | {m for w in workers for m in w.get("models") or {}})
+    queues = []
+    for q in queue_states(r, models, now=now):
+        serving = [w for w in workers if q.model in (w.get("models") or {})]
+        queues.append(
+            {
+                "model": q.model,
+                "backlog": q.backlog,
+                "oldest_age_s": None if q.oldest_age_s is None else round(q.oldest_age_s, 3),
+                "jobs_per_s": round(sum((w.get("jobs_per_s") or {}).get(q.model, 0.0) for w in serving), 2),
+                "workers": len(serving),
+                "ready_workers": sum(1 for w in serving if w.get("ready")),
+            }
+        )
+    out_workers = [
+        {
+            "name": w.get("name"),
+            "host": w.get("host"),
+            "pid": w.get("pid"),
+            "device": w.get("device"),
+            "ready": bool(w.get("ready")),
+            "models": w.get("models") or {},
+            "providers": w.get("providers") or {},
+            "cpu_fallback": w.get("cpu_fallback") or [],
+            "jobs": w.get("jobs", 0),
+            "failures": w.get("failures", 0),
+            "jobs_per_s": round(sum((w.get("jobs_per_s") or {}).values()), 2),
+            "last_error": w.get("last_error"),
+            "uptime_s": round(now - w["started"], 1) if isinstance(w.get("started"), float) else None,
+            "last_beat_s": round(now - w["time"], 1) if isinstance(w.get("time"), float) else None,
+        }
+        for w in workers
+    ]
+    recent = []
+    for raw in r.lrange(keys.RECENT_FAILURES, 0, max(0, failures - 1)) if failures > 0 else []:
+        try:
+            rec = protocol.unpackb(raw)
+        except Exception:
+            continue
+        if isinstance(rec, dict):
+            recent.append(rec)
+    return {"time": now, "queues": queues, "workers": out_workers, "recent_failures": recent}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render(doc: dict[str, Any]) -> Any:
+    """The rich renderable of a :func:`fleet_status` document."""
+    from rich.console import Group
+    from rich.table import Table
+
+    q = Table(title="queues", title_justify="left", expand=True)
+    for col in ("model", "backlog", "oldest", "jobs/s", "workers (ready)"):
+        q.add_column(col, justify="left" if col == "model" else "right")
+    for row in doc["queues"]:
+        q.add_row(
+            row["model"],
+            str(row["backlog"]),
+            _age(row["oldest_age_s"]),
+            f"{row['jobs_per_s']:.1f}",
+            f"{row['workers']} ({row['ready_workers']})",
+        )
+    w = Table(title="workers", title_justify="left", expand=True)
+    for col in ("worker", "host", "device / provider", "state", "models", "jobs", "failed", "last error"):
+        w.add_column(col, overflow="fold")
+    for row in doc["workers"]:
+        providers = sorted(set(row["providers"].values())) or ["-"]
+        where = f"{row['device']} / {', '.join(p.replace('ExecutionProvider', '') for p in providers)}"
+        if row["cpu_fallback"]:
+            where += f" [red](CPU fallback: {len(row['cpu_fallback'])} sessions)[/red]"
+        models = ", ".join(f"{m}:{','.join(map(str, vs))}" for m, vs in sorted(row["models"].items()))
+        w.add_row(
+            row["name"],
+            row["host"],
+            where,
+            "[green]ready[/green]" if row["ready"] else "[yellow]starting[/yellow]",
+            models,
+            str(row["jobs"]),
+            str(row["failures"]),
+            (row["last_error"] or "")[:80],
+        )
+    f = Table(title="recent failures", title_justify="left", expand=True)
+    for col in ("when", "job", "model", "error", "message"):
+        f.add_column(col, overflow="fold")
+    for rec in doc["recent_failures"]:
+        when = _age(doc["time"] - rec["time"]) + " ago" if isinstance(rec.get("time"), float) else "-"
+        model = f"{rec.get('model') or '?'}" + (f":{rec['version']}" if rec.get("version") else "")
+        f.add_row(when, _text(rec.get("id")), model, _text(rec.get("error")), _text(rec.get("message"))[:120])
+    return Group(q, w, f)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import redis
+
+    url = args.redis or settings.from_env().redis_url
+    if not url:
+        raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
+    r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    try:
+        if args.json:
+            print(json.dumps(fleet_status(r, failures=args.failures), default=str, indent=2))
+            return 0
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console()
+        if not args.watch:
+            console.print(render(fleet_status(r, failures=args.failures)))
+            return 0
+        with Live(render(fleet_status(r, failures=args.failures)), console=console, screen=False) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(fleet_status(r, failures=args.failures)))
+    except redis.exceptions.RedisError as exc:
+        raise BrokerUnavailable(f"cannot read the fleet's state from Redis: {exc}") from exc
+    finally:
+        r.close()
+
+
+def add_commands(sub: Any) -> None:
+    s = sub.add_parser("status", help="queues, workers and recent failures of the fleet")
+    s.add_argument("--redis", help="Redis URL (ICOW_REDIS_URL)")
+    s.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    s.add_argument("--json", action="store_true", help="print a JSON document instead")
+    s.add_argument("--failures", type=int, default=10, help="how many recent failures to show")
+    s.set_defaults(func=cmd_status)

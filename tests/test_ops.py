@@ -1,0 +1,227 @@
+"""Operating a fleet: `icow status`, health checks, graceful shutdown, GPU provider options,
+and `icow infer` over many inputs. Real Redis, real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from onnx import TensorProto, helper, numpy_helper
+
+from icow import keys
+from icow.client import Client
+from icow.errors import InvalidInput, InvalidJob
+from icow.workers import samples
+from icow.workers.repository import ModelConfig
+from icow.workers.runtime import GpuOptions, OnnxModel, parse_bytes, provider_list
+
+from .conftest import WorkerProcess
+
+ICOW = [sys.executable, "-m", "icow.cli"]
+
+
+def icow(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ICOW, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
+
+
+def status(url: str) -> dict[str, Any]:
+    proc = icow("status", "--redis", url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def wait_for(pred: Any, timeout_s: float = 20.0, poll_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(poll_s)
+    raise AssertionError("condition not met in time")
+
+
+# -- icow status
+
+
+def test_status_of_a_live_fleet(redis_url: str, client: Client, worker: WorkerProcess) -> None:
+    client.infer("scale", {"x": np.ones((1, 2), np.float32)}, timeout_s=30)
+    bad = client.submit("mlp", {"x": np.ones((1, 7), np.float32)})
+    with pytest.raises(InvalidJob):
+        bad.result(timeout_s=30)
+
+    def mine() -> dict[str, Any] | None:  # counters travel with the next heartbeat (every 2 s)
+        doc = status(redis_url)
+        me = next(w for w in doc["workers"] if w["name"] == worker.name)
+        return doc if me["jobs"] >= 1 and me["failures"] >= 1 else None
+
+    doc = wait_for(mine, 10)
+    me = next(w for w in doc["workers"] if w["name"] == worker.name)
+    assert me["ready"] is True
+    assert me["models"]["scale"] == [1, 2]
+    assert me["providers"]["scale:2"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert "InvalidJob" in me["last_error"]
+    queues = {q["model"]: q for q in doc["queues"]}
+    assert queues["scale"]["backlog"] == 0 and queues["scale"]["oldest_age_s"] is None
+    assert queues["scale"]["ready_workers"] >= 1
+    failure = next(f for f in doc["recent_failures"] if f["id"] == bad.id)
+    assert failure["error"] == "InvalidJob" and failure["model"] == "mlp" and "shape" in failure["message"]
+    # The terminal view renders the same facts.
+    view = icow("status", "--redis", redis_url, COLUMNS="200")
+    assert view.returncode == 0 and worker.name[:10] in view.stdout and "recent failures" in view.stdout
+
+
+def test_status_shows_waiting_jobs_and_a_killed_worker_disappears(redis_url: str, tmp_path: Path) -> None:
+    model = f"only{uuid.uuid4().hex[:6]}"
+    samples.scale(tmp_path / model / "1" / "model.onnx", 2.0)
+    name = f"doomed-{model}@local"
+    w = WorkerProcess(tmp_path, redis_url, name, ["--heartbeat-ttl", "2"])
+    alive = status(redis_url)
+    assert any(x["name"] == name and x["ready"] for x in alive["workers"])
+    w.kill()  # SIGKILL: no goodbye, the heartbeat just stops
+    with Client(redis_url) as c:
+        c.submit(model, {"x": np.ones((1, 2), np.float32)})  # waits: nobody else serves it
+
+    def gone() -> dict[str, Any] | None:
+        doc = status(redis_url)
+        return doc if all(x["name"] != name for x in doc["workers"]) else None
+
+    doc = wait_for(gone, 10)
+    waiting = next(q for q in doc["queues"] if q["model"] == model)
+    assert waiting["backlog"] == 1 and waiting["oldest_age_s"] is not None and waiting["workers"] == 0
+
+
+# -- health
+
+
+def test_health_is_ok_only_for_a_live_ready_worker(redis_url: str, model_repo: Path) -> None:
+    name = f"health-{uuid.uuid4().hex[:6]}@local"
+    assert icow("health", "--redis", redis_url, "--worker", name).returncode == 1  # not started
+    w = WorkerProcess(model_repo, redis_url, name, ["--models", "scale", "--heartbeat-ttl", "2"])
+    ok = icow("health", "--redis", redis_url, "--worker", name)
+    assert ok.returncode == 0 and "ready" in ok.stdout
+    assert icow("worker", "--check", "--name", name, "--redis", redis_url).returncode == 0
+    w.kill()
+    wait_for(lambda: icow("health", "--redis", redis_url, "--worker", name).returncode == 1, 10)
+
+
+def test_health_without_redis_fails() -> None:
+    assert icow("health", "--redis", "redis://127.0.0.1:1/0").returncode != 0
+
+
+# -- graceful shutdown
+
+
+def slow_model(path: Path, width: int = 1024, steps: int = 48) -> Path:
+    """x [N, width] -> y: ``steps`` matmuls by the identity (slow on purpose, exact result)."""
+    eye = numpy_helper.from_array(np.eye(width, dtype=np.float32), "eye")
+    nodes, prev = [], "x"
+    for i in range(steps):
+        out = "y" if i == steps - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, "eye"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])],
+        [eye],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_sigterm_finishes_the_job_in_flight(redis_url: str, tmp_path: Path, r: redis.Redis) -> None:
+    model = f"slow{uuid.uuid4().hex[:6]}"
+    slow_model(tmp_path / model / "1" / "model.onnx")
+    (tmp_path / model / "config.toml").write_text("providers = ['cpu']\n")
+    w = WorkerProcess(tmp_path, redis_url, f"{model}@local")
+    x = np.random.default_rng(0).standard_normal((2048, 1024)).astype(np.float32)  # about 2 s of work
+    with Client(redis_url) as c:
+        job = c.submit(model, {"x": x})
+        wait_for(lambda: job.status() == "running", 30, poll_s=0.01)
+        assert r.get(keys.result(job.id)) is None  # still computing when the signal arrives
+        assert w.proc.poll() is None
+        w.proc.terminate()  # SIGTERM: Celery's warm shutdown
+        out = job.result(timeout_s=60)
+        np.testing.assert_allclose(out["y"], x, rtol=1e-5)
+        assert w.proc.wait(60) == 0
+
+
+# -- GPU placement: provider options built from config.toml (no GPU needed)
+
+
+def test_cuda_and_tensorrt_provider_options_from_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        'providers = ["tensorrt", "cuda", "cpu"]\n'
+        'gpu_mem_limit = "2GiB"\n'
+        'arena_extend_strategy = "kSameAsRequested"\n'
+        'cudnn_conv_algo_search = "HEURISTIC"\n'
+        "tensorrt_fp16 = true\n"
+        'tensorrt_cache_dir = "/cache/trt"\n'
+    )
+    c = ModelConfig.load(cfg)
+    assert c.extra == {}
+    assert provider_list(c.providers, device=3, gpu=c.gpu) == [
+        (
+            "TensorrtExecutionProvider",
+            {
+                "device_id": 3,
+                "trt_fp16_enable": True,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": "/cache/trt",
+            },
+        ),
+        (
+            "CUDAExecutionProvider",
+            {
+                "device_id": 3,
+                "gpu_mem_limit": 2 * 1024**3,
+                "arena_extend_strategy": "kSameAsRequested",
+                "cudnn_conv_algo_search": "HEURISTIC",
+            },
+        ),
+        "CPUExecutionProvider",
+    ]
+    assert provider_list(("cuda", "cpu"), device=1) == [
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["gpu_mem_limit = -1", 'gpu_mem_limit = "lots"', 'arena_extend_strategy = "kAlways"', "cudnn_conv_algo_search = 1"],
+)
+def test_bad_gpu_settings_are_refused(tmp_path: Path, line: str) -> None:
+    (tmp_path / "config.toml").write_text(line + "\n")
+    with pytest.raises(InvalidInput):
+        ModelConfig.load(tmp_path / "config.toml")
+
+
+def test_sizes() -> None:
+    assert parse_bytes(1024) == 1024
+    assert parse_bytes("512MB") == 512 * 1000**2
+    assert parse_bytes("1.5 GiB") == int(1.5 * 1024**3)
+    assert GpuOptions().gpu_mem_limit is None
+
+
+def test_cuda_requested_on_a_host_without_gpu_falls_back_visibly(tmp_path: Path) -> None:
+    path = samples.scale(tmp_path / "m.onnx", 2.0)
+    m = OnnxModel("m", 1, path, providers=("cuda", "cpu"), gpu=GpuOptions(gpu_mem_limit=1 << 30))
+    if m.providers[0] == "CUDAExecutionProvider":
+        pytest.skip("this host has a GPU")
+    assert m.cpu_fallback is True
+    assert OnnxModel("m", 1, path, providers=("cpu",)).cpu_fallback is False

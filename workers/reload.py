@@ -1,0 +1,168 @@
+"""Model updates without restarts: rescan the repository, load what is new, drop what went.
+
+A background thread rescans ``<repo>`` every few seconds (``icow worker --rescan S``). A new
+version (or model) is loaded first if its config says ``preload`` (a file that does not load
+yet, e.g. still being copied, is retried at the next scan), then served and published; a
+version the policy no longer serves (``versions = "latest"`` and a newer one arrived, or its
+folder was deleted) is unpublished and its session dropped. Changing the settings of a version
+already served (providers, threads, GPU options) takes a worker restart.
+
+New models need their queue consumed. Celery's consumer is not thread-safe, so the watcher only
+hands their names over; :class:`QueueSubscriber`, a consumer bootstep, subscribes to them from
+the consumer's own event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from icow import keys
+from icow.workers.models import ModelManager
+from icow.workers.repository import ModelEntry
+from icow.workers.runtime import OnnxModel
+
+log = logging.getLogger("icow.reload")
+
+# KEYS: the model's metadata hash, the set of models. ARGV: model name, versions to drop.
+_UNPUBLISH = """
+redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+
+@dataclass
+class Changes:
+    added: list[tuple[str, int]] = field(default_factory=list)
+    removed: list[tuple[str, int]] = field(default_factory=list)
+    new_models: list[str] = field(default_factory=list)
+    failed: list[tuple[str, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def _versions(entries: dict[str, ModelEntry]) -> set[tuple[str, int]]:
+    return {(m, v) for m, e in entries.items() for v in e.versions}
+
+
+class RepositoryWatcher:
+    """Keeps a :class:`ModelManager` in step with its repository folder."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        r: redis.Redis,
+        *,
+        interval_s: float = keys.RESCAN_INTERVAL_S,
+        on_new_models: Callable[[list[str]], None] | None = None,
+    ):
+        self.manager = manager
+        self.r = r
+        self.interval_s = interval_s
+        self.on_new_models = on_new_models
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> Changes:
+        """Rescan once; load, serve and publish what is new, unpublish and drop what went."""
+        mgr = self.manager
+        try:
+            new = mgr.repo.scan(mgr.only)
+        except Exception as exc:  # a bad config.toml or an unreadable folder: keep serving
+            log.warning("model repository rescan failed, keeping the models served: %s", exc)
+            return Changes()
+        old = mgr.entries
+        ch = Changes()
+        for m, v in sorted(_versions(new) - _versions(old)):
+            if self._try_load(new[m], v):
+                ch.added.append((m, v))
+            else:
+                ch.failed.append((m, v))
+        for m, v in ch.failed:  # serve it once it loads; until then what was served before
+            keep = tuple(x for x in new[m].versions if x != v) or (old[m].versions if m in old else ())
+            if keep:
+                new[m] = dataclasses.replace(new[m], versions=keep)
+            else:
+                del new[m]
+        ch.removed = sorted(_versions(old) - _versions(new))
+        ch.new_models = sorted(set(new) - set(old))
+        if not ch:
+            return ch
+        mgr.set_entries(new)
+        for m, v in ch.removed:
+            mgr.unload(m, v)
+        if ch.added:
+            mgr.publish(self.r)
+        gone: dict[str, list[int]] = {}
+        for m, v in ch.removed:
+            gone.setdefault(m, []).append(v)
+        for m, vs in gone.items():
+            self.r.eval(_UNPUBLISH, 2, keys.model(m), keys.MODELS, m, *[str(v) for v in vs])
+        log.info("model repository changed: serving %s, dropped %s", ch.added, ch.removed)
+        if ch.new_models and self.on_new_models is not None:
+            self.on_new_models(ch.new_models)
+        return ch
+
+    def _try_load(self, entry: ModelEntry, v: int) -> bool:
+        try:
+            if entry.config.preload:
+                self.manager.load(entry, v)
+            else:  # check that the file loads at all (and is completely copied)
+                OnnxModel(entry.name, v, entry.file(v), providers=("cpu",), threads=1).unload()
+            return True
+        except Exception as exc:
+            log.warning("model %s v%s does not load (yet): %s", entry.name, v, exc)
+            return False
+
+    def start(self) -> None:
+        if self.interval_s > 0:
+            self._thread = threading.Thread(target=self._run, name="icow-rescan", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("model repository refresh failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class QueueSubscriber(bootsteps.StartStopStep):
+    """Consumer bootstep: subscribes to queues handed over by other threads, from the
+    consumer's event loop (``pending`` is filled by :meth:`RepositoryWatcher.on_new_models`)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    pending: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    @classmethod
+    def subscribe(cls, names: list[str]) -> None:
+        """Ask the consumer (from any thread) to consume these models' queues."""
+        for name in names:
+            cls.pending.put(name)
+
+    def start(self, c: Any) -> None:
+        c.timer.call_repeatedly(0.5, self._drain, (c,), priority=10)
+
+    def _drain(self, c: Any) -> None:
+        while True:
+            try:
+                name = self.pending.get_nowait()
+            except queue.Empty:
+                return
+            q = keys.queue(name)
+            if not c.task_consumer.consuming_from(q):
+                c.add_task_queue(q)
+                log.info("consuming %s", q)
