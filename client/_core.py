@@ -254,3 +254,37 @@ def model_info(name: str, raw: Mapping[Any, Any], version: int | None) -> ModelI
 
 def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Cancelling: answer a job that has not started with a JobCancelled failure, written like any
+# result (SET NX: the first answer wins), so a worker that later takes it sees it answered and
+# skips it. KEYS: result key, state key, reply list ('' for none). ARGV: meta, default ttl.
+# Returns 1 cancelled, 0 already finished, -1 already running, -2 unknown or expired.
+CANCEL_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local state = redis.call('GET', KEYS[2])
+if state == 'running' then return -1 end
+if not state then return -2 end
+local ttl = redis.call('TTL', KEYS[2])
+if ttl < 1 then ttl = tonumber(ARGV[2]) end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl)
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+if KEYS[3] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[1])
+  if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
+end
+return 1
+"""
+
+
+def cancel_call(job_id: str, reply_to: str | None) -> tuple[list[str], list[Any]]:
+    meta = protocol.failure_meta(job_id, error_type="JobCancelled", message="the job was cancelled before it ran")
+    return [keys.result(job_id), keys.state(job_id), reply_to or ""], [protocol.packb(meta), keys.DEFAULT_RESULT_TTL_S]
+
+
+def cancel_outcome(job_id: str, code: Any) -> bool:
+    """True if cancelled; False if it already started or finished; JobNotFound if unknown."""
+    if int(code) == -2:
+        raise JobNotFound(f"job {job_id} is unknown or its result has expired")
+    return int(code) == 1

@@ -53,6 +53,10 @@ class AsyncJob:
     async def done(self) -> bool:
         return await self.status() in ("succeeded", "failed")
 
+    async def cancel(self) -> bool:
+        """Cancel the job if it has not started (see icow.client.Job.cancel)."""
+        return await self._client._cancel(self.id, self._client._replies.key if self._via_reply else None)
+
     async def result(self, timeout_s: float | None = None) -> Outputs:
         _core.check_timeout(timeout_s)
         if self._meta is None:
@@ -163,6 +167,7 @@ class AsyncClient:
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, **options)
         self.client_id = _core.new_client_id()
         self._replies = _ReplyReader(self._r, keys.reply(self.client_id))
+        self._cancel_script = self._r.register_script(_core.CANCEL_SCRIPT)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> AsyncClient:
@@ -338,6 +343,16 @@ class AsyncClient:
         if job._meta is None:
             left = _core.remaining(deadline)
             job._meta = await self._wait_meta(job.id, left, via_reply=job._via_reply, shown_timeout=timeout_s)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job by id if it has not started."""
+        return await self._cancel(keys.check_job_id(job_id), None)
+
+    async def _cancel(self, job_id: str, reply_to: str | None) -> bool:
+        script_keys, args = _core.cancel_call(job_id, reply_to)
+        async with _redis_errors("cancelling a job"):
+            code = await self._cancel_script(keys=script_keys, args=args)
+        return _core.cancel_outcome(job_id, code)
 
     async def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, Any]:
         async with _redis_errors("reading a job's state"):

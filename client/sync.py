@@ -56,6 +56,11 @@ class Job:
     def done(self) -> bool:
         return self.status() in ("succeeded", "failed")
 
+    def cancel(self) -> bool:
+        """Cancel the job if it has not started: it is answered ``JobCancelled`` at once.
+        False if it is already running (its result will stand) or finished."""
+        return self._client._cancel(self.id, self._client._replies.key if self._via_reply else None)
+
     def result(self, timeout_s: float | None = None) -> Outputs:
         """Block (on Redis, no polling) until the job finishes; return outputs by name.
 
@@ -166,6 +171,7 @@ class Client:
         self._r: redis.Redis = redis.Redis.from_url(url, **options)
         self.client_id = _core.new_client_id()
         self._replies = _ReplyRouter(self._r, keys.reply(self.client_id))
+        self._cancel_script = self._r.register_script(_core.CANCEL_SCRIPT)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
@@ -369,6 +375,16 @@ class Client:
             job = waiting.pop(probe)
             job._meta = meta
             yield job
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job by id (see :meth:`Job.cancel`)."""
+        return self._cancel(keys.check_job_id(job_id), None)
+
+    def _cancel(self, job_id: str, reply_to: str | None) -> bool:
+        script_keys, args = _core.cancel_call(job_id, reply_to)
+        with _redis_errors("cancelling a job"):
+            code = self._cancel_script(keys=script_keys, args=args)
+        return _core.cancel_outcome(job_id, code)
 
     def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, Any]:
         with _redis_errors("reading a job's state"):

@@ -11,6 +11,7 @@ variable                    meaning                                             
 ``ICOW_THREADS``            onnxruntime intra-op threads per worker (0 = auto)   0
 ``ICOW_DEVICE``             GPU device id for the CUDA execution provider        0
 ``ICOW_MAX_QUEUE``          fleet default backlog limit per model (0: none)      0
+``ICOW_LEASE_S``            a dead worker's jobs are redone after this long      15
 ``ICOW_REDIS_CA``           CA bundle that verifies a ``rediss://`` server         system CAs
 ``ICOW_REDIS_CERT``         client certificate for ``rediss://`` (mutual TLS)      none
 ``ICOW_REDIS_KEY``          its private key                                      none
@@ -37,6 +38,7 @@ class Settings:
     threads: int = 0
     device: int = 0
     max_queue: int = 0
+    lease_s: int = keys.DEFAULT_LEASE_S
     redis_ca: str | None = None
     redis_cert: str | None = None
     redis_key: str | None = None
@@ -63,6 +65,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         threads=_int(env, "ICOW_THREADS", 0),
         device=_int(env, "ICOW_DEVICE", 0),
         max_queue=_int(env, "ICOW_MAX_QUEUE", 0),
+        lease_s=_int(env, "ICOW_LEASE_S", keys.DEFAULT_LEASE_S),
         redis_ca=env.get("ICOW_REDIS_CA") or None,
         redis_cert=env.get("ICOW_REDIS_CERT") or None,
         redis_key=env.get("ICOW_REDIS_KEY") or None,

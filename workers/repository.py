@@ -7,7 +7,7 @@ Versions are positive integers; the highest is "latest". A model may have a
     preload = true              # create sessions when the worker starts (default true)
     providers = ["cuda", "cpu"] # execution providers in order of preference
     threads = 0                 # onnxruntime intra-op threads (0: the worker's setting)
-    max_batch = 1               # dynamic batching: most samples per session call
+    max_batch = 32              # dynamic batching: most samples per session call (1: off)
     max_wait_ms = 0             # how long a partial batch may wait for more jobs
     gpu_mem_limit = "4GiB"      # CUDA arena cap (bytes or a size); arena_extend_strategy =
                                 # "kSameAsRequested"; cudnn_conv_algo_search = "HEURISTIC";
@@ -37,7 +37,7 @@ class ModelConfig:
     preload: bool = True
     providers: tuple[str, ...] = ("cuda", "cpu")
     threads: int = 0
-    max_batch: int = 1
+    max_batch: int = 32
     max_wait_ms: float = 0.0
     max_queue: int = 0  # 0: the fleet default (ICOW_MAX_QUEUE), itself 0 = unbounded
     gpu: GpuOptions = field(default_factory=GpuOptions)  # gpu_mem_limit, arena_extend_strategy, ...
@@ -67,7 +67,7 @@ class ModelConfig:
             preload=bool(raw.pop("preload", True)),
             providers=providers,
             threads=int(raw.pop("threads", 0)),
-            max_batch=int(raw.pop("max_batch", 1)),
+            max_batch=int(raw.pop("max_batch", 32)),
             max_wait_ms=float(raw.pop("max_wait_ms", 0.0)),
             max_queue=int(raw.pop("max_queue", 0)),
             gpu=GpuOptions.pop_from(raw, str(path)),

@@ -321,7 +321,7 @@ class JobRunner:
                     if isinstance(res, BaseException):
                         self._fail(j, res)
                     else:
-                        self._succeed(j, model, res, compute_s, len(group))
+                        self._succeed(j, model, res, compute_s, len(group), sum(it.samples for it in group))
 
     def _prepare(self, j: _Job) -> tuple[batching.Item, Any]:
         job = j.job
@@ -353,7 +353,9 @@ class JobRunner:
                     break
         return exc
 
-    def _succeed(self, j: _Job, model: Any, outputs: batching.Outputs, compute_s: float, batch: int) -> None:
+    def _succeed(
+        self, j: _Job, model: Any, outputs: batching.Outputs, compute_s: float, batch: int, samples: int
+    ) -> None:
         job = j.job
         assert job is not None
         wire = []
@@ -370,7 +372,12 @@ class JobRunner:
             version=model.version,
             outputs=wire,
             worker=self.worker,
-            timing={"queued_s": max(0.0, j.received - job["created"]), "compute_s": compute_s, "batch": batch},
+            timing={
+                "queued_s": max(0.0, j.received - job["created"]),
+                "compute_s": compute_s,
+                "batch": batch,  # jobs that shared the session call
+                "batch_samples": samples,  # samples in that call (at most max_batch, or one sliced job)
+            },
         )
 
     def _write(self, jobs: list[_Job], unanswerable: list[str]) -> None:

@@ -148,3 +148,24 @@ def sample_repository(root: Path) -> Path:
     scale(root / "scale" / "1" / "model.onnx", 2.0)
     scale(root / "scale" / "2" / "model.onnx", 3.0)
     return root
+
+
+def slow(path: Path, width: int = 1024, layers: int = 64) -> Path:
+    """FP32 ``x`` [N, width] -> ``y`` [N, width] through ``layers`` square MatMuls: compute time
+    grows with N, so tests can make a job last as long as they need."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.eye(width, dtype=np.float32)
+    nodes, prev = [], "x"
+    for i in range(layers):
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, "w"], [out]))
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return _save(_model(graph), path)

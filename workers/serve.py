@@ -37,10 +37,22 @@ class WorkerOptions:
     metrics_port: int = 0  # serve Prometheus /metrics on this port (0: off)
     rescan_s: float = keys.RESCAN_INTERVAL_S  # rescan the repository this often (0: never)
     heartbeat_ttl_s: int = keys.HEARTBEAT_TTL_S
+    lease_s: int = keys.DEFAULT_LEASE_S  # a killed worker's jobs are redone after this (renewed while alive)
 
 
 def hostname(name: str | None = None) -> str:
     return name or f"icow-{os.getpid()}@{socket.gethostname()}"
+
+
+def _renew_then_stats(runner: JobRunner) -> dict[str, object]:
+    """Each heartbeat also renews the lease of every in-flight message (see workers/intake.py)."""
+    from icow.workers import app as app_module
+
+    try:
+        runner.intake.renew(runner.inflight_tags() + app_module.delivered_tags())
+    except redis.exceptions.RedisError as exc:
+        log.warning("could not renew leases: %s", exc)
+    return runner.stats()
 
 
 def run_worker(opts: WorkerOptions) -> int:
@@ -80,7 +92,7 @@ def run_worker(opts: WorkerOptions) -> int:
         r,
         name,
         {**manager.state(), "device": opts.device},
-        stats=lambda: {**runner.stats(), **stats.snapshot(), **manager.state()},
+        stats=lambda: {**_renew_then_stats(runner), **stats.snapshot(), **manager.state()},
         ttl_s=opts.heartbeat_ttl_s,
     )
     heartbeat.start()
@@ -95,6 +107,9 @@ def run_worker(opts: WorkerOptions) -> int:
     app = app_module.app
     app.conf.broker_url = opts.redis_url
     app.steps["consumer"].add(QueueSubscriber)  # subscribes to queues of models added later
+    if opts.lease_s < 2 * keys.HEARTBEAT_INTERVAL_S:
+        raise InvalidInput(f"lease_s must be at least {2 * keys.HEARTBEAT_INTERVAL_S:g} s (2 heartbeats)")
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "visibility_timeout": opts.lease_s}
     worker = app.Worker(
         hostname=name,
         pool="solo",

@@ -1,0 +1,115 @@
+"""Dynamic batching: batched runs equal unbatched ones, one bad job fails alone, shapes are
+never mixed, and a batch never holds more than max_batch samples."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from icow.client import Client
+from icow.errors import InvalidJob
+from icow.workers import batching, samples
+
+from .conftest import WorkerProcess
+
+
+def item(key: object, n: int, width: int = 4, dtype: type = np.float32) -> batching.Item:
+    return batching.Item(key, {"x": np.full((n, width), float(n), dtype)}, None)
+
+
+def test_plan_counts_samples_not_jobs() -> None:
+    groups = batching.plan([item(i, 3) for i in range(5)], max_batch=8)
+    assert [len(g) for g in groups] == [2, 2, 1]
+    assert all(sum(it.samples for it in g) <= 8 for g in groups)
+
+
+def test_plan_never_mixes_shapes_or_dtypes() -> None:
+    items = [item("a", 1, 4), item("b", 1, 5), item("c", 1, 4), item("d", 1, 4, np.float64)]
+    groups = batching.plan(items, max_batch=8)
+    assert sorted([it.key for it in g] for g in groups) == [["a", "c"], ["b"], ["d"]]
+
+
+def test_a_job_larger_than_max_batch_runs_alone_in_slices() -> None:
+    calls: list[int] = []
+
+    def run(inputs: dict, outputs: object) -> dict:
+        calls.append(inputs["x"].shape[0])
+        return {"y": inputs["x"] * 2}
+
+    [group] = batching.plan([item("big", 10)], max_batch=4)
+    [out] = batching.run_group(run, group, max_batch=4)
+    assert calls == [4, 4, 2]
+    assert isinstance(out, dict) and out["y"].shape == (10, 4)
+
+
+def test_batched_outputs_are_split_back_per_job() -> None:
+    def run(inputs: dict, outputs: object) -> dict:
+        return {"y": inputs["x"].sum(axis=1)}
+
+    group = [item("a", 1), item("b", 2), item("c", 3)]
+    out = batching.run_group(run, group, max_batch=8)
+    assert [o["y"].tolist() for o in out] == [[4.0], [8.0, 8.0], [12.0, 12.0, 12.0]]
+
+
+def test_one_bad_job_fails_alone_inside_a_batch() -> None:
+    def run(inputs: dict, outputs: object) -> dict:
+        if (inputs["x"] == 2.0).any():
+            raise ValueError("poisoned sample")
+        return {"y": inputs["x"] + 1}
+
+    out = batching.run_group(run, [item("a", 1), item("b", 2), item("c", 1)], max_batch=8)
+    assert isinstance(out[1], ValueError)
+    assert out[0]["y"].tolist() == [[2.0] * 4] and out[2]["y"].tolist() == [[2.0] * 4]
+
+
+@pytest.fixture(scope="module")
+def batch_worker(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[WorkerProcess]:
+    repo = tmp_path_factory.mktemp("batchrepo")
+    samples.mlp(repo / "mlpb" / "1" / "model.onnx")
+    (repo / "mlpb" / "config.toml").write_text("max_batch = 4\nproviders = ['cpu']\n")
+    samples.identity(repo / "identb" / "1" / "model.onnx", rank=2)
+    (repo / "identb" / "config.toml").write_text("max_batch = 8\nproviders = ['cpu']\n")
+    w = WorkerProcess(Path(repo), redis_url, f"test-batch-{os.getpid()}@local")
+    yield w
+    w.stop()
+
+
+def test_batched_results_equal_unbatched_and_respect_max_batch(redis_url: str, batch_worker: WorkerProcess) -> None:
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(60)]
+    with Client(redis_url) as c:
+        jobs = c.submit_many("mlpb", [{"x": x} for x in xs])
+        batches, batch_samples = [], []
+        for job, x in zip(jobs, xs):
+            out = job.result(timeout_s=60)["y"]
+            np.testing.assert_allclose(out, samples.mlp_reference(x), rtol=1e-5, atol=1e-5)
+            timing = job._meta["result"]["timing"]
+            batches.append(timing["batch"])
+            batch_samples.append(timing["batch_samples"])
+        assert max(batches) > 1, "60 queued jobs should have been batched"
+        assert max(batch_samples) <= 4  # samples, not jobs: never more than max_batch
+
+
+def test_jobs_with_different_shapes_are_not_mixed(redis_url: str, batch_worker: WorkerProcess) -> None:
+    arrays = [np.full((1, 2 + i % 3), i, np.float32) for i in range(30)]
+    with Client(redis_url) as c:
+        jobs = c.submit_many("identb", [{"x": a} for a in arrays])
+        for job, a in zip(jobs, arrays):
+            np.testing.assert_array_equal(job.result(timeout_s=60)["y"], a)
+
+
+def test_a_bad_job_among_queued_good_ones_fails_alone(redis_url: str, batch_worker: WorkerProcess) -> None:
+    good = [{"x": np.ones((1, 4), np.float32)}] * 10
+    bad = {"x": np.ones((1, 7), np.float32)}
+    with Client(redis_url) as c:
+        jobs = c.submit_many("mlpb", [*good[:5], bad, *good[5:]])
+        for i, job in enumerate(jobs):
+            if i == 5:
+                with pytest.raises(InvalidJob):
+                    job.result(timeout_s=60)
+            else:
+                assert job.result(timeout_s=60)["y"].shape == (1, 3)
