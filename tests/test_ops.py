@@ -225,3 +225,69 @@ def test_cuda_requested_on_a_host_without_gpu_falls_back_visibly(tmp_path: Path)
         pytest.skip("this host has a GPU")
     assert m.cpu_fallback is True
     assert OnnxModel("m", 1, path, providers=("cpu",)).cpu_fallback is False
+
+
+# -- icow infer over many inputs: progress, outputs, a manifest of job ids, --resume
+
+
+def test_infer_a_folder_of_npz_files(redis_url: str, worker: WorkerProcess, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    xs = {f"in{i}": rng.standard_normal((2, 4)).astype(np.float32) for i in range(5)}
+    (tmp_path / "inputs").mkdir()
+    for name, x in xs.items():
+        np.savez(tmp_path / "inputs" / f"{name}.npz", x=x)
+    proc = icow("infer", "mlp", str(tmp_path / "inputs"), "--out", str(tmp_path / "out"), "--redis", redis_url)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "5/5" in proc.stderr  # the progress bar
+    for name, x in xs.items():
+        with np.load(tmp_path / "out" / f"{name}.npz") as z:
+            np.testing.assert_allclose(z["y"], samples.mlp_reference(x), atol=1e-5)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["model"] == "mlp" and len(manifest["jobs"]) == 5
+
+
+def test_infer_many_samples_of_one_npz_along_the_batch_axis(
+    redis_url: str, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    x = np.random.default_rng(2).standard_normal((10, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "y.npz"
+    proc = icow(
+        "infer", "mlp", str(tmp_path / "x.npz"), "--many", "--chunk", "3", "--out", str(out), "--redis", redis_url
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["y"], samples.mlp_reference(x), atol=1e-5)
+    manifest = json.loads((tmp_path / "y.npz.manifest.json").read_text())
+    assert [(j["start"], j["stop"]) for j in manifest["jobs"]] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
+def test_an_interrupted_run_is_resumed_from_its_manifest(redis_url: str, tmp_path: Path) -> None:
+    from icow.cli import bulk
+
+    model = f"later{uuid.uuid4().hex[:6]}"
+    repo = tmp_path / "repo"
+    samples.scale(repo / model / "1" / "model.onnx", 2.0)
+    WorkerProcess(repo, redis_url, f"{model}-a@local").stop()  # published, then nobody serves it
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "y.npz"
+    args = ["infer", model, str(tmp_path / "x.npz"), "--many", "--chunk", "2", "--out", str(out)]
+    first = icow(*args, "--timeout", "1", "--redis", redis_url)
+    assert first.returncode == 3 and "--resume" in first.stdout  # interrupted: jobs still queued
+    manifest = tmp_path / "y.npz.manifest.json"
+    # A run interrupted before it submitted anything: only its manifest exists.
+    never = bulk.plan(model, None, tmp_path / "x.npz", tmp_path / "z.npz", many=True, chunk=4)
+    never.save(tmp_path / "never.json")
+    w = WorkerProcess(repo, redis_url, f"{model}-b@local")
+    try:
+        again = icow("infer", "--resume", str(manifest), "--redis", redis_url)
+        assert again.returncode == 0, again.stderr + again.stdout
+        with np.load(out) as z:
+            np.testing.assert_array_equal(z["y"], x * 2)
+        resubmitted = icow("infer", "--resume", str(tmp_path / "never.json"), "--redis", redis_url)
+        assert resubmitted.returncode == 0, resubmitted.stderr + resubmitted.stdout
+        with np.load(tmp_path / "z.npz") as z:
+            np.testing.assert_array_equal(z["y"], x * 2)
+    finally:
+        w.stop()

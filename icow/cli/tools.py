@@ -38,9 +38,13 @@ def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    if args.resume or args.many or (len(args.inputs) == 1 and Path(args.inputs[0]).is_dir()):
+        return _infer_many(args)
+    if not args.model or not args.inputs:
+        raise InvalidInput("icow infer MODEL INPUTS... (or --resume MANIFEST)")
     inputs = load_inputs(args.inputs)
     with _client(args) as client:
-        outputs = client.infer(args.model, inputs, version=args.version, timeout_s=args.timeout)
+        outputs = client.infer(args.model, inputs, version=args.version, timeout_s=args.timeout or 60.0)
     out = Path(args.out)
     if out.suffix == ".npz":
         np.savez(out, **outputs)
@@ -56,6 +60,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"{name}: {arr.dtype} {list(arr.shape)}")
     print("wrote " + ", ".join(written))
     return 0
+
+
+def _infer_many(args: argparse.Namespace) -> int:
+    """Many jobs with a progress bar and a manifest of job ids (icow/cli/bulk.py)."""
+    from icow.cli import bulk
+
+    if args.resume:
+        manifest_path = Path(args.resume)
+        m = bulk.Manifest.load(manifest_path)
+    else:
+        if not args.model or len(args.inputs) != 1:
+            raise InvalidInput("icow infer MODEL FOLDER | FILE.npz --many [--chunk K] --out OUT")
+        src = Path(args.inputs[0])
+        out = Path(args.out if args.out != "outputs" or src.is_dir() else "outputs.npz")
+        m = bulk.plan(args.model, args.version, src, out, many=args.many, chunk=args.chunk)
+        manifest_path = Path(args.manifest) if args.manifest else bulk.default_manifest(out)
+        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        m.save(manifest_path)  # the job ids are on disk before any job is submitted
+    with _client(args) as client:
+        return bulk.run(client, m, manifest_path, timeout_s=args.timeout, resume=bool(args.resume))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -97,12 +121,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    i = sub.add_parser("infer", help="run one job: inputs from .npy/.npz, outputs to files")
-    i.add_argument("model")
-    i.add_argument("inputs", nargs="+", help="NAME=FILE.npy or FILE.npz")
+    i = sub.add_parser("infer", help="run jobs: inputs from .npy/.npz files or a folder, outputs to files")
+    i.add_argument("model", nargs="?")
+    i.add_argument("inputs", nargs="*", help="NAME=FILE.npy or FILE.npz; or a folder of .npz (one job each)")
     i.add_argument("--version", type=int)
     i.add_argument("--out", default="outputs", help="a folder (one .npy per output) or a .npz file")
-    i.add_argument("--timeout", type=float, default=60.0)
+    i.add_argument("--timeout", type=float, help="seconds to wait for results (default 60 for one job, none for many)")
+    i.add_argument("--many", "--batch-axis", action="store_true", help="one job per --chunk samples of FILE.npz")
+    i.add_argument("--chunk", type=int, default=1, help="samples per job with --many")
+    i.add_argument("--manifest", help="where to write the job ids (default next to --out)")
+    i.add_argument("--resume", metavar="MANIFEST", help="collect (and finish) the jobs of an interrupted run")
     i.add_argument("--redis")
     i.set_defaults(func=cmd_infer)
 
