@@ -116,5 +116,6 @@ def infer(self: Any, *args: Any, **kwargs: Any) -> None:
         configure(_runner_from_env())
     assert _runner is not None
     job = args[0] if len(args) == 1 and not kwargs else kwargs.get("job") if not args else args
-    queue = (self.request.delivery_info or {}).get("routing_key")
-    _runner.serve(Incoming(self.request.id, job, _tag_of(self.request.id)), queue)
+    info = self.request.delivery_info or {}
+    incoming = Incoming(self.request.id, job, _tag_of(self.request.id), redelivered=bool(info.get("redelivered")))
+    _runner.serve(incoming, info.get("routing_key"))

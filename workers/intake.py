@@ -58,6 +58,7 @@ class Delivery:
     tag: str | None
     envelope: dict[str, Any] | None
     error: str | None = None
+    unregistered: str | None = None  # the unacked entry still to write (see Intake.wait)
 
     @property
     def task_id(self) -> str | None:
@@ -99,10 +100,12 @@ class Intake:
         return [parse_delivery(m) for m in raws]
 
     def wait(self, lists: Sequence[str], timeout_s: float) -> Delivery | None:
-        """Block up to ``timeout_s`` for one message, then register it as unacked.
+        """Block up to ``timeout_s`` for one message.
 
-        Like kombu's own BRPOP path, a crash between the pop and the registration (one round
-        trip) would lose the message; callers use this only while lingering for more work.
+        The message is not yet registered as unacked: the caller must queue
+        :meth:`register` on its next pipeline (the runner does it with the job's first round
+        trip). As with kombu's own BRPOP path, a crash in that sub-millisecond window would
+        lose the message; the runner only uses this while lingering for more work.
         """
         got = self._r.brpop(list(lists), timeout=timeout_s)
         if got is None:
@@ -114,12 +117,15 @@ class Intake:
             rk = ((d.envelope.get("properties") or {}).get("delivery_info") or {}).get("routing_key")
             if not isinstance(rk, str) or not rk.startswith(keys.QUEUE_PREFIX):
                 rk = queue_list.decode() if isinstance(queue_list, bytes) else str(queue_list)
-            entry = "[" + raw.decode() + ',"",' + json.dumps(rk) + "]"
-            pipe = self._r.pipeline(transaction=False)
-            pipe.hset(self.unacked_key, d.tag, entry)
-            pipe.zadd(self.index_key, {d.tag: time.time()})
-            pipe.execute()
+            d.unregistered = "[" + raw.decode() + ',"",' + json.dumps(rk) + "]"
         return d
+
+    def register(self, pipe: Any, deliveries: Iterable[tuple[str, str]]) -> None:
+        """Queue the unacked registration of (tag, entry) pairs from :meth:`wait` on ``pipe``."""
+        now = time.time()
+        for tag, entry in deliveries:
+            pipe.hset(self.unacked_key, tag, entry)
+            pipe.zadd(self.index_key, {tag: now})
 
     def ack(self, pipe: Any, tags: Iterable[str]) -> None:
         """Queue the acks of ``tags`` on ``pipe`` (so they go with the results' round trip)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,8 @@ class Incoming:
     raw: Any
     tag: str | None = None
     error: str | None = None
+    unregistered: str | None = None  # kombu unacked entry to write with the first round trip
+    redelivered: bool = False  # restored after a lease ran out: check for poison before running
 
 
 @dataclass
@@ -58,6 +60,8 @@ class _Job:
     blobs: dict[str, Any] = field(default_factory=dict)
     skip: bool = False  # already answered (cancelled, or a redelivered duplicate)
     tries: int = 1
+    unregistered: str | None = None
+    redelivered: bool = False
 
 
 def _error_type(exc: BaseException) -> tuple[str, str]:
@@ -87,6 +91,7 @@ def incoming_from(d: Delivery) -> Incoming:
     """Decode a message the runner took from a queue itself (as Celery would have)."""
     if d.envelope is None:
         return Incoming(None, None, d.tag, d.error)
+    reg = d.unregistered
     task_id = d.task_id
     headers = d.envelope.get("headers")
     task = headers.get("task") if isinstance(headers, dict) else None
@@ -96,7 +101,8 @@ def incoming_from(d: Delivery) -> Incoming:
         _, job = protocol.decode_celery_message(d.envelope)
     except InvalidInput as exc:
         return Incoming(task_id, None, d.tag, str(exc))
-    return Incoming(task_id, job, d.tag)
+    redelivered = bool(headers.get("redelivered")) if isinstance(headers, dict) else False
+    return Incoming(task_id, job, d.tag, unregistered=reg, redelivered=redelivered)
 
 
 class JobRunner:
@@ -209,7 +215,7 @@ class JobRunner:
                 if it.tag:
                     unanswerable.append(it.tag)
                 continue
-            j = _Job(it.task_id, it.raw, now, tag=it.tag)
+            j = _Job(it.task_id, it.raw, now, tag=it.tag, unregistered=it.unregistered, redelivered=it.redelivered)
             if it.error is not None:
                 self._fail(j, InvalidInput(it.error))
             jobs.append(j)
@@ -218,8 +224,10 @@ class JobRunner:
         try:
             try:
                 self._parse(jobs)
-                self._fetch(jobs)
+                finish = self._fetch(jobs)
                 self._run(jobs)
+                if finish is not None:
+                    finish()
             except Exception as exc:  # a bug or Redis trouble mid-way: still answer every job
                 log.exception("unexpected error while running jobs")
                 for j in jobs:
@@ -258,33 +266,78 @@ class JobRunner:
             except IcowError as exc:
                 self._fail(j, exc)
 
-    def _fetch(self, jobs: list[_Job]) -> None:
+    def _fetch(self, jobs: list[_Job]) -> Callable[[], None] | None:
         """One round trip: is it answered already, count the delivery, mark it running, and
-        read its claim-checked inputs."""
+        read its claim-checked inputs.
+
+        For fresh jobs whose inputs are all inline nothing in the reply is needed before
+        running them, so the commands are sent and the reply is read only after the model ran
+        (the round trip overlaps the compute); the returned function reads it. Redelivered jobs
+        (possible poison) and claim-checked inputs wait for the reply first.
+        """
         live = [j for j in jobs if j.meta is None and j.job is not None]
         if not live:
-            return
-        pipe = self.r.pipeline(transaction=False)
+            return None
+        registered = [(j.tag, j.unregistered) for j in live if j.tag and j.unregistered]
+        now = time.time()
+        commands: list[tuple[Any, ...]] = []
+        for tag, entry in registered:
+            commands.append(("HSET", self.intake.unacked_key, tag, entry))
+            commands.append(("ZADD", self.intake.index_key, now, tag))
         for j in live:
             assert j.job is not None
-            pipe.exists(keys.result(j.task_id))
-            pipe.incr(keys.tries(j.task_id))
-            pipe.expire(keys.tries(j.task_id), keys.TRIES_TTL_S)
-            pipe.set(keys.state(j.task_id), b"running", xx=True, keepttl=True)
+            commands.append(("EXISTS", keys.result(j.task_id)))
+            commands.append(("INCR", keys.tries(j.task_id)))
+            commands.append(("EXPIRE", keys.tries(j.task_id), keys.TRIES_TTL_S))
+            commands.append(("SET", keys.state(j.task_id), b"running", "XX", "KEEPTTL"))
             for t in j.job["inputs"]:
                 if "ref" in t:
-                    pipe.get(t["ref"])
-        replies = iter(pipe.execute())
+                    commands.append(("GET", t["ref"]))
+        skip = 2 * len(registered)
+        overlap = all(not j.redelivered and not any("ref" in t for t in (j.job or {}).get("inputs", ())) for j in live)
+        if not overlap:
+            pipe = self.r.pipeline(transaction=False)
+            for cmd in commands:
+                pipe.execute_command(*cmd)
+            self._apply_fetch(live, pipe.execute()[skip:])
+            return None
+        pool = self.r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException:
+            pool.release(conn)
+            raise
+
+        def finish() -> None:
+            replies: list[Any] = []
+            try:
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.exceptions.ResponseError as exc:
+                        replies.append(exc)
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+            self._apply_fetch(live, replies[skip:])
+
+        return finish
+
+    def _apply_fetch(self, live: list[_Job], replies_list: list[Any]) -> None:
+        replies = iter(replies_list)
         for j in live:
             assert j.job is not None
             answered, tries = next(replies), next(replies)
             next(replies), next(replies)
-            j.skip = bool(answered)
-            j.tries = int(tries)
+            j.skip = bool(answered) and not isinstance(answered, Exception)
+            j.tries = int(tries) if isinstance(tries, int) else 1
             for i, t in enumerate(j.job["inputs"]):
                 if "ref" in t:
                     data = next(replies)
-                    if data is None:
+                    if data is None or isinstance(data, Exception):
                         if j.meta is None and not j.skip:
                             self._fail(j, InvalidInput(f"input {t['name']!r}: its claim-checked data has expired"))
                         continue
