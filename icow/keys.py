@@ -29,7 +29,7 @@ key                                type    content
 ``icow:failures``                  list    recent failures, newest first (msgpack: id, model,
                                            version, worker, error, message, time); capped at
                                            ``RECENT_FAILURES_MAX`` by the result writer (LPUSH+LTRIM)
-``icow:tries:<id>``                string  deliveries of the job so far (poison-job detection; 10 min)
+``icow:tries:<id>``                string  redeliveries of the job so far (poison-job detection; 10 min)
 ``icow:dead:<id>``                 string  dead-letter record of a job given up on (msgpack: reason,
                                            attempts, model); kept 7 days
 ``icow:dead``                      list    ids of dead-lettered jobs, newest first (capped)

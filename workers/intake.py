@@ -51,6 +51,33 @@ return out
 """
 
 
+# Claiming a batch before running it, in one call. KEYS: unacked hash, unacked index, then
+# per job its result key, state key and tries key. ARGV: now, number of registrations, number
+# of jobs, tries TTL, the registrations as (tag, unacked entry) pairs, then per job '1' if it
+# was redelivered. Returns per job {answered already (0/1), deliveries so far}.
+_CLAIM = """
+local now, nreg, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+for i = 1, nreg do
+  redis.call('HSET', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
+  redis.call('ZADD', KEYS[2], now, ARGV[3 + 2 * i])
+end
+local out = {}
+local f = 4 + 2 * nreg
+for j = 1, n do
+  local k = 2 + 3 * (j - 1)
+  out[2 * j - 1] = redis.call('EXISTS', KEYS[k + 1])
+  local deliveries = 1
+  if ARGV[f + j] == '1' then
+    deliveries = redis.call('INCR', KEYS[k + 3]) + 1
+    redis.call('EXPIRE', KEYS[k + 3], ttl)
+  end
+  out[2 * j] = deliveries
+  redis.call('SET', KEYS[k + 2], 'running', 'XX', 'KEEPTTL')
+end
+return out
+"""
+
+
 @dataclass
 class Delivery:
     """One message taken from a queue: its raw kombu envelope and where it came from."""
@@ -91,6 +118,21 @@ class Intake:
         self.unacked_key = unacked_key
         self.index_key = index_key
         self._pop = r.register_script(_POP)
+        self.claim_script = r.register_script(_CLAIM)
+
+    def claim_call(
+        self, registrations: Sequence[tuple[str, str]], jobs: Sequence[tuple[str, bool]]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the claim script for (tag, entry) registrations and (job id,
+        redelivered) jobs; its reply is [answered, deliveries] per job."""
+        script_keys = [self.unacked_key, self.index_key]
+        args: list[Any] = [time.time(), len(registrations), len(jobs), keys.TRIES_TTL_S]
+        for tag, entry in registrations:
+            args += [tag, entry]
+        for job_id, redelivered in jobs:
+            script_keys += [keys.result(job_id), keys.state(job_id), keys.tries(job_id)]
+            args.append("1" if redelivered else "0")
+        return script_keys, args
 
     def pop(self, lists: Sequence[str], max_messages: int) -> list[Delivery]:
         """Up to ``max_messages`` waiting messages, highest priority list first. Never blocks."""
@@ -102,10 +144,10 @@ class Intake:
     def wait(self, lists: Sequence[str], timeout_s: float) -> Delivery | None:
         """Block up to ``timeout_s`` for one message.
 
-        The message is not yet registered as unacked: the caller must queue
-        :meth:`register` on its next pipeline (the runner does it with the job's first round
-        trip). As with kombu's own BRPOP path, a crash in that sub-millisecond window would
-        lose the message; the runner only uses this while lingering for more work.
+        The message is not yet registered as unacked: the caller passes ``unregistered`` to
+        the claim script with the job's first round trip (see :meth:`claim_call`). As with
+        kombu's own BRPOP path, a crash in that sub-millisecond window would lose the message;
+        the runner only uses this while lingering for more work.
         """
         got = self._r.brpop(list(lists), timeout=timeout_s)
         if got is None:
@@ -119,20 +161,6 @@ class Intake:
                 rk = queue_list.decode() if isinstance(queue_list, bytes) else str(queue_list)
             d.unregistered = "[" + raw.decode() + ',"",' + json.dumps(rk) + "]"
         return d
-
-    def register(self, pipe: Any, deliveries: Iterable[tuple[str, str]]) -> None:
-        """Queue the unacked registration of (tag, entry) pairs from :meth:`wait` on ``pipe``."""
-        now = time.time()
-        for tag, entry in deliveries:
-            pipe.hset(self.unacked_key, tag, entry)
-            pipe.zadd(self.index_key, {tag: now})
-
-    def ack(self, pipe: Any, tags: Iterable[str]) -> None:
-        """Queue the acks of ``tags`` on ``pipe`` (so they go with the results' round trip)."""
-        tags = [t for t in tags if t]
-        if tags:
-            pipe.zrem(self.index_key, *tags)
-            pipe.hdel(self.unacked_key, *tags)
 
     def renew(self, tags: Iterable[str]) -> None:
         """Extend the lease of in-flight messages (their restore clock starts again now)."""

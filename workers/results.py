@@ -4,28 +4,41 @@ duplicate run (redelivery) can never overwrite or corrupt it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 
 from icow import keys, protocol
 
-# KEYS: result key, state key, reply list ('' for none). ARGV: meta, ttl.
-# SET NX decides the winner; only the winner publishes, pushes the reply and drops the state.
+# One call writes a whole batch. KEYS: unacked hash, unacked index, then per job its result
+# key, state key and reply list ('' for none). ARGV: number of jobs, number of acks, then per
+# job its meta and ttl, then the delivery tags to ack. SET NX decides each job's winner; only
+# the winner publishes, pushes the reply and drops the state. The acks go with the answers.
 _WRITE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('PUBLISH', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[2])
-  if KEYS[3] ~= '' then
-    redis.call('RPUSH', KEYS[3], ARGV[1])
-    if redis.call('TTL', KEYS[3]) < tonumber(ARGV[2]) then
-      redis.call('EXPIRE', KEYS[3], ARGV[2])
+local n, nacks = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for j = 1, n do
+  local k, a = 2 + 3 * (j - 1), 2 + 2 * (j - 1)
+  local meta, ttl = ARGV[a + 1], tonumber(ARGV[a + 2])
+  if redis.call('SET', KEYS[k + 1], meta, 'NX', 'EX', ttl) then
+    redis.call('PUBLISH', KEYS[k + 1], meta)
+    redis.call('DEL', KEYS[k + 2])
+    if KEYS[k + 3] ~= '' then
+      redis.call('RPUSH', KEYS[k + 3], meta)
+      if redis.call('TTL', KEYS[k + 3]) < ttl then redis.call('EXPIRE', KEYS[k + 3], ttl) end
     end
+    out[j] = 1
+  else
+    out[j] = 0
   end
-  return 1
 end
-return 0
+local a = 2 + 2 * n
+for t = 1, nacks do
+  redis.call('ZREM', KEYS[2], ARGV[a + t])
+  redis.call('HDEL', KEYS[1], ARGV[a + t])
+end
+return out
 """
 
 
@@ -50,26 +63,23 @@ class ResultWriter:
         self,
         items: list[tuple[str, Mapping[str, Any], int, str | None, Mapping[str, Any]]],
         delete: list[str] | None = None,
-        ack: Callable[[Any], None] | None = None,
+        ack: list[str] | None = None,
         dead: list[tuple[str, Mapping[str, Any], int]] | None = None,
     ) -> list[bool]:
-        """Write several results in one round trip, then drop ``delete`` (consumed inputs),
-        record ``dead`` (job id, failure meta, deliveries) as dead letters, and let ``ack``
-        queue the messages' acks on the same pipeline: a job is acked only with its answer."""
+        """Write several results in one round trip (claim-checked outputs first, then one
+        script call for every answer and the ``ack`` of the messages), record ``dead`` (job id,
+        failure meta, deliveries) as dead letters, and drop ``delete`` (consumed inputs)."""
         pipe = self._r.pipeline(transaction=False)
-        at: list[int] = []
-        n = 0
+        script_keys: list[str] = [keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX]
+        args: list[Any] = [len(items), len(ack or ())]
         for job_id, meta, ttl_s, reply_to, blobs in items:
             for key, data in blobs.items():
                 pipe.set(key, data, ex=ttl_s)
-                n += 1
-            at.append(n)
-            n += 1
-            self._write(
-                keys=[keys.result(job_id), keys.state(job_id), reply_to or ""],
-                args=[protocol.packb(meta), ttl_s],
-                client=pipe,
-            )
+            script_keys += [keys.result(job_id), keys.state(job_id), reply_to or ""]
+            args += [protocol.packb(meta), ttl_s]
+        args += list(ack or ())
+        at = len(pipe)
+        self._write(keys=script_keys, args=args, client=pipe)
         failures = [_failure_record(meta) for _, meta, *_ in items if meta.get("status") == "FAILURE"]
         if failures:  # "recent failures" for `icow status` (a capped list, not a dead-letter queue)
             pipe.lpush(keys.RECENT_FAILURES, *failures)
@@ -81,10 +91,8 @@ class ResultWriter:
             pipe.ltrim(keys.DEAD, 0, keys.DEAD_MAX - 1)
         if delete:
             pipe.delete(*delete)
-        if ack is not None:
-            ack(pipe)
         out = pipe.execute()
-        return [bool(out[i]) for i in at]
+        return [bool(x) for x in out[at]]
 
 
 def _dead_record(job_id: str, meta: Mapping[str, Any], tries: int) -> bytes:

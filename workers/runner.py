@@ -279,65 +279,51 @@ class JobRunner:
         if not live:
             return None
         registered = [(j.tag, j.unregistered) for j in live if j.tag and j.unregistered]
-        now = time.time()
-        commands: list[tuple[Any, ...]] = []
-        for tag, entry in registered:
-            commands.append(("HSET", self.intake.unacked_key, tag, entry))
-            commands.append(("ZADD", self.intake.index_key, now, tag))
-        for j in live:
-            assert j.job is not None
-            commands.append(("EXISTS", keys.result(j.task_id)))
-            commands.append(("INCR", keys.tries(j.task_id)))
-            commands.append(("EXPIRE", keys.tries(j.task_id), keys.TRIES_TTL_S))
-            commands.append(("SET", keys.state(j.task_id), b"running", "XX", "KEEPTTL"))
-            for t in j.job["inputs"]:
-                if "ref" in t:
-                    commands.append(("GET", t["ref"]))
-        skip = 2 * len(registered)
-        overlap = all(not j.redelivered and not any("ref" in t for t in (j.job or {}).get("inputs", ())) for j in live)
+        claim_keys, claim_args = self.intake.claim_call(registered, [(j.task_id, j.redelivered) for j in live])
+        refs = [t["ref"] for j in live for t in (j.job or {}).get("inputs", ()) if "ref" in t]
+        overlap = not refs and not any(j.redelivered for j in live)
         if not overlap:
             pipe = self.r.pipeline(transaction=False)
-            for cmd in commands:
-                pipe.execute_command(*cmd)
-            self._apply_fetch(live, pipe.execute()[skip:])
+            self.intake.claim_script(keys=claim_keys, args=claim_args, client=pipe)
+            for ref in refs:
+                pipe.get(ref)
+            claimed, *blobs = pipe.execute()
+            self._apply_fetch(live, claimed, blobs)
             return None
+        script = self.intake.claim_script
+        command = ("EVALSHA", script.sha, len(claim_keys), *claim_keys, *claim_args)
         pool = self.r.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(conn.pack_command(*command))
         except BaseException:
             pool.release(conn)
             raise
 
         def finish() -> None:
-            replies: list[Any] = []
             try:
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except redis.exceptions.ResponseError as exc:
-                        replies.append(exc)
+                claimed = conn.read_response()
+            except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts
+                claimed = script(keys=claim_keys, args=claim_args)
             except BaseException:
                 conn.disconnect()
                 raise
             finally:
                 pool.release(conn)
-            self._apply_fetch(live, replies[skip:])
+            self._apply_fetch(live, claimed, [])
 
         return finish
 
-    def _apply_fetch(self, live: list[_Job], replies_list: list[Any]) -> None:
-        replies = iter(replies_list)
-        for j in live:
+    def _apply_fetch(self, live: list[_Job], claimed: list[Any], blobs: list[Any]) -> None:
+        fetched = iter(blobs)
+        for n, j in enumerate(live):
             assert j.job is not None
-            answered, tries = next(replies), next(replies)
-            next(replies), next(replies)
-            j.skip = bool(answered) and not isinstance(answered, Exception)
-            j.tries = int(tries) if isinstance(tries, int) else 1
+            j.skip = bool(claimed[2 * n])
+            j.tries = int(claimed[2 * n + 1])
             for i, t in enumerate(j.job["inputs"]):
                 if "ref" in t:
-                    data = next(replies)
-                    if data is None or isinstance(data, Exception):
+                    data = next(fetched)
+                    if data is None:
                         if j.meta is None and not j.skip:
                             self._fail(j, InvalidInput(f"input {t['name']!r}: its claim-checked data has expired"))
                         continue
@@ -367,6 +353,7 @@ class JobRunner:
                 t0 = time.perf_counter()
                 results = batching.run_group(model.run, group, max(cap, 1))
                 compute_s = time.perf_counter() - t0
+                n_samples = sum(it.samples for it in group)
                 for item, res in zip(group, results):
                     j = item.key
                     if isinstance(res, BaseException):
@@ -374,7 +361,7 @@ class JobRunner:
                     if isinstance(res, BaseException):
                         self._fail(j, res)
                     else:
-                        self._succeed(j, model, res, compute_s, len(group), sum(it.samples for it in group))
+                        self._succeed(j, model, res, compute_s, len(group), n_samples)
 
     def _prepare(self, j: _Job) -> tuple[batching.Item, Any]:
         job = j.job
@@ -454,12 +441,7 @@ class JobRunner:
             and j.meta.get("status") == "FAILURE"
         ]
         tags = [j.tag for j in jobs if j.tag] + unanswerable
-        written = self.writer.write_many(
-            items,
-            delete=refs,
-            ack=lambda pipe: self.intake.ack(pipe, tags),
-            dead=dead,
-        )
+        written = self.writer.write_many(items, delete=refs, ack=tags, dead=dead)
         for (job_id, *_), ok in zip(items, written):
             if not ok:
                 log.warning("job %s already had a result; this run's result was dropped", job_id)
