@@ -86,8 +86,8 @@ def test_jobs_counted_by_outcome_and_jobs_sharing_a_session_call_form_one_batch(
     m = WorkerMetrics(manager)
     m.jobs_done(
         [
-            JobOutcome("a", "scale", 2, "succeeded", 0.01, 0.002, 0.02),
-            JobOutcome("b", "scale", 2, "succeeded", 0.01, 0.002, 0.02),  # same call as "a"
+            JobOutcome("a", "scale", 2, "succeeded", 0.01, 0.002, 0.02, batch=2, batch_samples=5),
+            JobOutcome("b", "scale", 2, "succeeded", 0.01, 0.002, 0.02, batch=2, batch_samples=5),  # same call
             JobOutcome("c", "scale", 2, "succeeded", 0.01, 0.003, 0.02),
             JobOutcome("d", "scale", None, "InvalidJob", 0.01, None, 0.01),
             JobOutcome("e", "not-served-here", None, "ModelNotFound", None, None, None),
@@ -100,6 +100,7 @@ def test_jobs_counted_by_outcome_and_jobs_sharing_a_session_call_form_one_batch(
     assert value(s, "icow_batch_size_count", model="scale", version="2") == 2  # two session calls
     assert value(s, "icow_batch_size_sum", model="scale", version="2") == 3
     assert value(s, "icow_compute_seconds_count", model="scale", version="2") == 2
+    assert value(s, "icow_batch_samples_sum", model="scale", version="2") == 5  # as the runner reported
     assert value(s, "icow_queue_wait_seconds_count", model="scale") == 4
     assert value(s, "icow_worker_ready") == 1
 

@@ -14,6 +14,7 @@ metric                                  type       labels
 ``icow_compute_seconds``                histogram  model, version: one session call
 ``icow_latency_seconds``                histogram  model: job created -> result written
 ``icow_batch_size``                     histogram  model, version: jobs run in one session call
+``icow_batch_samples``                  histogram  model, version: samples in one session call
 ``icow_model_load_seconds``             gauge      model, version: session creation time
 ``icow_session_info``                   gauge (1)  model, version, provider, requested
 ``icow_session_cpu_fallback``           gauge      model, version: 1 when a GPU provider was
@@ -102,13 +103,22 @@ class WorkerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=reg,
         )
+        self.samples = Histogram(
+            "icow_batch_samples",
+            "Samples in one session call",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=reg,
+        )
         reg.register(_SessionCollector(manager, ready))
 
     def _model(self, name: str | None) -> str:
         return name if name is not None and name in self.manager.entries else OTHER
 
     def jobs_done(self, outcomes: Sequence[JobOutcome]) -> None:
-        calls: Tally[tuple[str, str, float]] = Tally()  # jobs that share a session call share its time
+        # Jobs that shared a session call share its compute time: one observation per call.
+        calls: Tally[tuple[str, str, float]] = Tally()
+        reported: dict[tuple[str, str, float], tuple[int | None, int | None]] = {}
         for o in outcomes:
             model = self._model(o.model)
             version = "" if o.version is None else str(o.version)
@@ -119,9 +129,14 @@ class WorkerMetrics:
                 self.latency.labels(model).observe(o.latency_s)
             if o.ok and o.compute_s is not None:
                 calls[(model, version, o.compute_s)] += 1
+                if o.batch is not None or (model, version, o.compute_s) not in reported:
+                    reported[(model, version, o.compute_s)] = (o.batch, o.batch_samples)
         for (model, version, compute_s), n in calls.items():
+            batch, samples = reported[(model, version, compute_s)]
             self.compute.labels(model, version).observe(compute_s)
-            self.batch.labels(model, version).observe(n)
+            self.batch.labels(model, version).observe(batch or n)
+            if samples is not None:
+                self.samples.labels(model, version).observe(samples)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
         """Serve ``/metrics`` from a daemon thread; returns the HTTP server."""

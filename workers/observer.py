@@ -26,6 +26,8 @@ class JobOutcome:
     queue_wait_s: float | None  # created -> taken by the worker
     compute_s: float | None  # the session call that produced it (shared by a batch)
     latency_s: float | None  # created -> result written
+    batch: int | None = None  # jobs that shared the session call (None: not reported)
+    batch_samples: int | None = None  # samples in that session call
 
     @property
     def ok(self) -> bool:
@@ -51,8 +53,17 @@ def outcome_of(
         timing = res.get("timing") if isinstance(res.get("timing"), Mapping) else {}
         assert isinstance(timing, Mapping)
         compute = timing.get("compute_s")
+        batch, samples = timing.get("batch"), timing.get("batch_samples")
         return JobOutcome(
-            job_id, model, version, SUCCEEDED, wait, float(compute) if compute is not None else None, latency
+            job_id,
+            model,
+            version,
+            SUCCEEDED,
+            wait,
+            float(compute) if compute is not None else None,
+            latency,
+            batch if isinstance(batch, int) else None,
+            samples if isinstance(samples, int) else None,
         )
     return JobOutcome(job_id, model, version, str(res.get("exc_type") or "InternalError"), wait, None, latency)
 
