@@ -11,7 +11,7 @@ import redis
 import redis.exceptions
 
 from icow import keys, protocol, settings
-from icow.client import _core
+from icow.client import _core, bulk
 from icow.client._core import JobStatus, ModelInfo, Outputs
 from icow.errors import BrokerUnavailable, InvalidInput, JobNotFound, JobTimeout, ModelNotFound
 
@@ -314,6 +314,46 @@ class Client:
         if pending:
             flush()
         return jobs
+
+    def submit_bulk(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        samples_per_job: int = 256,
+        version: int | None = None,
+        outputs: Sequence[str] | None = None,
+        priority: int = bulk.PRIORITY_BATCH,
+        result_ttl_s: int | None = None,
+    ) -> bulk.Bulk:
+        """Queue ``inputs`` (arrays whose first axis is the sample axis) as jobs of
+        ``samples_per_job`` samples, at batch priority, in few round trips. Returns a
+        :class:`Bulk` with progress; any process re-attaches with ``client.bulk(id)``."""
+        chunks = bulk.split(inputs, samples_per_job)
+        jobs = self.submit_many(
+            model, chunks, version=version, outputs=outputs, priority=priority, result_ttl_s=result_ttl_s
+        )
+        bulk_id = protocol.new_job_id()
+        n = sum(next(iter(c.values())).shape[0] for c in chunks)
+        ttl = result_ttl_s or self.result_ttl_s
+        with _redis_errors("recording a bulk"):
+            self._r.set(bulk.key(bulk_id), bulk.record(bulk_id, model, [j.id for j in jobs], n), ex=ttl)
+        return bulk.Bulk(self, bulk_id, model, jobs, n)
+
+    def bulk(self, bulk_id: str) -> bulk.Bulk:
+        """Re-attach to a bulk submission by id (from any process)."""
+        keys.check_job_id(bulk_id)
+        with _redis_errors("reading a bulk"):
+            raw = self._r.get(bulk.key(bulk_id))
+        model, job_ids, n = bulk.parse_record(bulk_id, raw)
+        return bulk.Bulk(self, bulk_id, model, [Job(self, i, model) for i in job_ids], n)
+
+    def _count_finished(self, job_ids: list[str]) -> int:
+        done = 0
+        with _redis_errors("counting finished jobs"):
+            for i in range(0, len(job_ids), 10_000):
+                done += int(self._r.exists(*[keys.result(j) for j in job_ids[i : i + 10_000]]))
+        return done
 
     def infer(
         self,

@@ -29,6 +29,8 @@ key                                type    content
 ``icow:failures``                  list    recent failures, newest first (msgpack: id, model,
                                            version, worker, error, message, time); capped at
                                            ``RECENT_FAILURES_MAX`` by the result writer (LPUSH+LTRIM)
+``icow:bulk:<id>``                 string  a bulk submission (msgpack: model, job ids in sample order,
+                                           samples); same TTL as its results
 ``icow:tries:<id>``                string  redeliveries of the job so far (poison-job detection; 10 min)
 ``icow:dead:<id>``                 string  dead-letter record of a job given up on (msgpack: reason,
                                            attempts, model); kept 7 days
@@ -157,3 +159,7 @@ def model_of_queue(queue_name: str) -> str | None:
     if not queue_name.startswith(QUEUE_PREFIX):
         return None
     return queue_name[len(QUEUE_PREFIX) :].split(KOMBU_PRIORITY_SEP, 1)[0]
+
+
+def bulk(bulk_id: str) -> str:
+    return f"{PREFIX}bulk:{bulk_id}"

@@ -113,3 +113,24 @@ def test_a_bad_job_among_queued_good_ones_fails_alone(redis_url: str, batch_work
                     job.result(timeout_s=60)
             else:
                 assert job.result(timeout_s=60)["y"].shape == (1, 3)
+
+
+def test_bulk_submission_progress_and_reattach(redis_url: str, batch_worker: WorkerProcess) -> None:
+    x = np.random.default_rng(11).standard_normal((1000, 4)).astype(np.float32)
+    with Client(redis_url) as c:
+        bulk = c.submit_bulk("mlpb", {"x": x}, samples_per_job=64)
+        assert len(bulk.jobs) == 16 and bulk.samples == 1000
+        y = bulk.result(timeout_s=120)["y"]
+        np.testing.assert_allclose(y, samples.mlp_reference(x), rtol=1e-5, atol=1e-5)
+        assert bulk.progress() == (16, 16)
+        # every session call held at most max_batch = 4 samples, even for 64-sample jobs
+        assert all(j._meta["result"]["timing"]["batch_samples"] <= 4 for j in bulk.jobs)
+    with Client(redis_url) as other:
+        again = other.bulk(bulk.id)
+        assert again.progress() == (16, 16)
+        np.testing.assert_array_equal(again.result(timeout_s=30)["y"], y)
+
+
+def test_bulk_inputs_must_agree_on_samples(redis_url: str, batch_worker: WorkerProcess) -> None:
+    with Client(redis_url) as c, pytest.raises(ValueError, match="disagree"):
+        c.submit_bulk("mlpb", {"x": np.ones((3, 4), np.float32), "z": np.ones((2, 1), np.float32)})

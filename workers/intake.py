@@ -30,15 +30,11 @@ for i, list in ipairs(KEYS) do
   while #out < want do
     local m = redis.call('RPOP', list)
     if not m then break end
-    local ok, env = pcall(cjson.decode, m)
-    local tag = nil
-    local rk = list
-    if ok and type(env) == 'table' and type(env['properties']) == 'table' then
-      tag = env['properties']['delivery_tag']
-      local di = env['properties']['delivery_info']
-      if type(di) == 'table' and type(di['routing_key']) == 'string'
-         and string.sub(di['routing_key'], 1, 7) == 'icow:q:' then rk = di['routing_key'] end
-    end
+    -- The delivery tag and routing key are read with patterns, not a JSON parse: kombu's
+    -- properties map follows the body, whose base64 holds no quotes; take the last match.
+    local tag, rk = nil, list
+    for t in string.gmatch(m, '"delivery_tag":%s*"([^"]+)"') do tag = t end
+    for k in string.gmatch(m, '"routing_key":%s*"(icow:q:[^"]+)"') do rk = k end
     if type(tag) == 'string' then
       redis.call('HSET', ARGV[3], tag, '[' .. m .. ',"",' .. cjson.encode(rk) .. ']')
       redis.call('ZADD', ARGV[4], ARGV[2], tag)

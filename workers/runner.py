@@ -353,7 +353,7 @@ class JobRunner:
                 t0 = time.perf_counter()
                 results = batching.run_group(model.run, group, max(cap, 1))
                 compute_s = time.perf_counter() - t0
-                n_samples = sum(it.samples for it in group)
+                n_samples = min(sum(it.samples for it in group), max(cap, 1))  # per session call
                 for item, res in zip(group, results):
                     j = item.key
                     if isinstance(res, BaseException):
