@@ -1,0 +1,219 @@
+// End to end: the Node.js client -> a real Redis -> a real ICOW worker (Python) -> results,
+// checked against the Python client and icow.workers.samples on the same inputs.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import {
+  Client,
+  InvalidInput,
+  InvalidJob,
+  JobNotFound,
+  JobTimeout,
+  ModelNotFound,
+  NotFound,
+  RemoteError,
+  halfToNumbers,
+  keys,
+} from '../src/index.js';
+import { Fleet, python } from './fleet.js';
+
+let fleet;
+let client;
+
+before(async () => {
+  fleet = new Fleet();
+  await fleet.start();
+  client = new Client(fleet.url);
+});
+
+after(async () => {
+  await client?.close();
+  await fleet?.stop();
+});
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const X = Float32Array.from([0.5, -1, 2, 0.25, 3, 0.125, -2, 1.5, 0, 0, 0, 0]);
+
+test('mlp gives bit-for-bit the numbers of the Python client, close to the numpy reference', async () => {
+  const out = await client.infer('mlp', { x: { shape: [3, 4], data: X } }, { timeoutS: 30 });
+  assert.deepEqual(Object.keys(out), ['y']);
+  assert.equal(out.y.datatype, 'FP32');
+  assert.deepEqual(out.y.shape, [3, 3]);
+  assert.ok(out.y.data instanceof Float32Array);
+  const py = JSON.parse(
+    python(
+      `
+import json, sys
+import numpy as np
+from icow.client import Client
+from icow.workers import samples
+x = np.array(json.loads(sys.argv[2]), np.float32).reshape(3, 4)
+y = Client(sys.argv[1]).infer("mlp", {"x": x}, timeout_s=30)["y"]
+print(json.dumps({"hex": y.tobytes().hex(), "reference": samples.mlp_reference(x).reshape(-1).tolist()}))
+`,
+      fleet.url,
+      JSON.stringify(Array.from(X)),
+    ),
+  );
+  assert.equal(Buffer.from(out.y.data.buffer).toString('hex'), py.hex);
+  out.y.data.forEach((v, i) => assert.ok(Math.abs(v - py.reference[i]) < 1e-5));
+});
+
+test('several inputs and outputs of different datatypes (INT64 as BigInt64Array, FP16 as raw bits)', async () => {
+  const out = await client.infer(
+    'multi',
+    {
+      x: { shape: [2, 3], data: Float32Array.from([1, 2, 3, 4, 5, 6]) },
+      ids: { shape: [2, 2], data: BigInt64Array.from([1n, -2n, 3n, 4n]) },
+      mask: { datatype: 'BOOL', data: [true, false] },
+    },
+    { timeoutS: 30 },
+  );
+  assert.deepEqual(Array.from(out.total.data), [6, 15]);
+  assert.deepEqual(Array.from(out.doubled.data), [2n, -4n, 6n, 8n]);
+  assert.equal(out.flipped.datatype, 'BOOL');
+  assert.deepEqual(Array.from(out.flipped.data), [0, 1]);
+  assert.equal(out.half.datatype, 'FP16');
+  assert.ok(out.half.data instanceof Uint16Array);
+  assert.deepEqual(halfToNumbers(out.half.data), [0.5, 1, 1.5, 2, 2.5, 3]);
+});
+
+test('BYTES tensors: strings and Buffers in, Buffers out', async () => {
+  const words = ['hello', '', 'héllo wörld', '日本語'];
+  const out = await client.infer('text', { x: words }, { timeoutS: 30 });
+  assert.equal(out.y.datatype, 'BYTES');
+  assert.deepEqual(out.y.shape, [4]);
+  assert.deepEqual(
+    out.y.data.map((b) => b.toString('utf8')),
+    words,
+  );
+  const raw = await client.infer('text', { x: { data: [Buffer.from('abc'), Buffer.from([0xc3, 0xa9])] } }, { timeoutS: 30 });
+  assert.deepEqual(raw.y.data, [Buffer.from('abc'), Buffer.from('é')]);
+});
+
+test('BYTES that are not UTF-8 fail the job with InvalidJob, and the worker keeps serving', async () => {
+  await assert.rejects(client.infer('text', { x: [Buffer.from([0xff, 0xfe])] }, { timeoutS: 30 }), (err) => {
+    assert.ok(err instanceof InvalidJob && err instanceof RemoteError);
+    assert.match(err.message, /UTF-8/);
+    assert.ok(err.jobId);
+    return true;
+  });
+  const ok = await client.infer('text', { x: ['still here'] }, { timeoutS: 30 });
+  assert.equal(ok.y.data[0].toString(), 'still here');
+});
+
+test('fire and forget, then re-attach by id from another client and from Python', async () => {
+  const job = await client.submit('scale', { x: { shape: [1, 2], data: Float32Array.from([7, 8]) } }, { version: 1 });
+  assert.match(job.id, /^[0-9a-f-]{36}$/);
+  const other = new Client(fleet.url);
+  try {
+    const again = other.job(job.id);
+    assert.deepEqual(Array.from((await again.result({ timeoutS: 30 })).y.data), [14, 16]);
+    assert.equal(await again.status(), 'succeeded');
+  } finally {
+    await other.close();
+  }
+  const py = python(
+    `
+import sys
+from icow.client import Client
+print(Client(sys.argv[1]).job(sys.argv[2]).result(timeout_s=30)["y"].tolist())
+`,
+    fleet.url,
+    job.id,
+  );
+  assert.equal(py.trim(), '[[14.0, 16.0]]');
+  assert.deepEqual(Array.from((await job.result()).y.data), [14, 16]);
+});
+
+test('a re-attached waiter subscribed before the result is woken by the publish', async () => {
+  const jobId = `node-${Date.now()}`;
+  const other = new Client(fleet.url);
+  try {
+    await fleet.conn.set(keys.state(jobId), 'queued', 'EX', 60); // known, not yet submitted
+    const waiting = other.job(jobId).result({ timeoutS: 30 });
+    await sleep(300); // the waiter has subscribed and found no result
+    const t0 = Date.now();
+    await client.submit('scale', { x: { shape: [2, 2], data: Float32Array.from([1, 2, 3, 4]) } }, { jobId });
+    assert.deepEqual(Array.from((await waiting).y.data), [3, 6, 9, 12]);
+    assert.ok(Date.now() - t0 < 1500, 'woken by the publish, not by the 2 s re-read');
+  } finally {
+    await other.close();
+  }
+});
+
+test('many jobs in flight on one client each get their own result', async () => {
+  const jobs = await Promise.all(
+    Array.from({ length: 40 }, (_, i) => client.submit('scale', { x: { shape: [1, 2], data: Float32Array.from([i, -i]) } })),
+  );
+  const results = await Promise.all(jobs.map((j) => j.result({ timeoutS: 60 })));
+  results.forEach((r, i) => assert.deepEqual(Array.from(r.y.data), [3 * i, -3 * i]));
+});
+
+test('large tensors travel under their own key (claim check) both ways', async () => {
+  const x = Float32Array.from({ length: 300_000 }, (_, i) => Math.sin(i)); // 1.2 MB
+  const job = await client.submit('ident', { x });
+  const y = (await job.result({ timeoutS: 60 })).y;
+  assert.deepEqual(y.data, x);
+  assert.equal(await fleet.conn.exists(keys.blob(job.id, 'in', 0)), 0); // consumed inputs are dropped
+  assert.equal(await fleet.conn.exists(keys.blob(job.id, 'out', 0)), 1);
+});
+
+test('priorities use the kombu priority lists', async () => {
+  const job = await client.submit('scale', { x: { shape: [1, 2], data: Float32Array.from([1, 1]) } }, { priority: 9 });
+  assert.deepEqual(Array.from((await job.result({ timeoutS: 30 })).y.data), [3, 3]);
+});
+
+test('model metadata', async () => {
+  const models = await client.models();
+  assert.deepEqual(models.scale, [1, 2]);
+  assert.deepEqual(models.mlp, [1]);
+  const multi = await client.model('multi');
+  assert.deepEqual(
+    multi.inputs.map((t) => [t.name, t.datatype, t.shape]),
+    [
+      ['x', 'FP32', [-1, 3]],
+      ['ids', 'INT64', [-1, 2]],
+      ['mask', 'BOOL', [-1]],
+    ],
+  );
+  assert.equal((await client.model('scale', 1)).version, 1);
+  assert.equal((await client.model('scale')).version, 2);
+  await assert.rejects(client.model('nope'), NotFound);
+});
+
+test('failures are typed errors carrying the job id', async () => {
+  await assert.rejects(client.submit('nope', { x: new Float32Array(1) }), ModelNotFound);
+  await assert.rejects(client.submit('mlp', { x: { shape: [2], data: new Float32Array(3) } }), InvalidInput);
+  await assert.rejects(
+    client.infer('mlp', { x: { shape: [1, 5], data: new Float32Array(5) } }, { timeoutS: 30 }),
+    (err) => err instanceof InvalidJob && /expects \[-1, 4\]/.test(err.message) && Boolean(err.jobId),
+  );
+  await assert.rejects(
+    client.infer('scale', { x: { shape: [1, 2], data: new Float32Array(2) } }, { version: 7, timeoutS: 30 }),
+    (err) => err instanceof ModelNotFound && /no version 7/.test(err.message),
+  );
+  await assert.rejects(client.job('00000000-0000-4000-8000-00000000dead').result({ timeoutS: 1 }), JobNotFound);
+});
+
+test('waiting past the timeout raises JobTimeout; the job stays queued', async () => {
+  const lax = new Client(fleet.url, { requirePublished: false });
+  try {
+    const job = await lax.submit('nobody-serves-this', { x: new Float32Array(1) });
+    const t0 = Date.now();
+    await assert.rejects(job.result({ timeoutS: 0.5 }), JobTimeout);
+    assert.ok(Date.now() - t0 < 5000);
+    assert.equal(await job.status(), 'queued');
+    await assert.rejects(lax.job(job.id).result({ timeoutS: 0.3 }), JobTimeout);
+  } finally {
+    await lax.close();
+  }
+});
+
+test('results expire after their TTL', async () => {
+  const job = await client.submit('scale', { x: { shape: [1, 2], data: new Float32Array(2) } }, { resultTtlS: 1 });
+  await job.result({ timeoutS: 30 });
+  await sleep(2100);
+  await assert.rejects(client.job(job.id).status(), JobNotFound);
+});
