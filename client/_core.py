@@ -130,6 +130,13 @@ def queue_full(model: str, depth: int, limit: int, queued: list[Any]) -> QueueFu
     )
 
 
+def is_acl_denial(exc: Exception) -> bool:
+    """A Redis error saying the ACL user may not run a command or touch a key (also from
+    inside a script, where Redis words it differently)."""
+    text = str(exc)
+    return text.startswith("NOPERM") or "no permissions" in text or "can't access" in text
+
+
 def new_client_id() -> str:
     return uuid.uuid4().hex
 

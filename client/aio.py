@@ -25,7 +25,9 @@ async def _redis_errors(what: str) -> AsyncIterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise BrokerUnavailable(f"Redis is unavailable while {what}: {exc}") from exc
-    except redis.exceptions.NoPermissionError as exc:  # an ACL user without the needed rights
+    except redis.exceptions.ResponseError as exc:
+        if not _core.is_acl_denial(exc):
+            raise
         raise BrokerUnavailable(f"Redis refused {what} (check the ACL user's permissions): {exc}") from exc
 
 

