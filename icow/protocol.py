@@ -314,6 +314,18 @@ def failure_of(meta: Mapping[str, Any]) -> tuple[str, str]:
     return "RemoteError", str(res)
 
 
+def _kombu_json_types(obj: dict[str, Any]) -> Any:
+    """kombu's JSON typed values for bytes, decoded as a Celery worker's JSON decoder does, so a
+    JSON message means the same whichever path takes it: ``{"__type__": "base64", "__value__":
+    <base64>}`` and ``{"__type__": "bytes", "__value__": <utf-8 text>}`` become bytes."""
+    if obj.keys() == {"__type__", "__value__"} and isinstance(obj["__value__"], str):
+        if obj["__type__"] == "base64":
+            return base64.b64decode(obj["__value__"], validate=True)
+        if obj["__type__"] == "bytes":
+            return obj["__value__"].encode("utf-8")
+    return obj
+
+
 def decode_celery_message(envelope: Mapping[str, Any]) -> tuple[str, Any]:
     """(task name, job) from a kombu envelope taken straight off a queue list.
 
@@ -337,7 +349,7 @@ def decode_celery_message(envelope: Mapping[str, Any]) -> tuple[str, Any]:
         if content_type == CONTENT_TYPE:
             decoded = unpackb(raw)
         elif content_type == "application/json":
-            decoded = json.loads(raw)
+            decoded = json.loads(raw, object_hook=_kombu_json_types)
         else:
             raise InvalidInput(f"content type {content_type!r} is not accepted (use msgpack or JSON)")
     except (ValueError, TypeError, OverflowError, msgpack.exceptions.UnpackException) as exc:

@@ -22,7 +22,10 @@ app = Celery("icow", set_as_current=False)
 app.conf.update(
     broker_url=os.environ.get("ICOW_REDIS_URL", "redis://127.0.0.1:6379/0"),
     result_backend=None,  # results are written by icow.workers.results, once per job id
-    task_serializer="msgpack",
+    # The worker sends no tasks (clients build their messages with icow.protocol); this is the
+    # serializer of Celery's remote-control replies, and JSON lets stock `celery inspect`,
+    # `celery status` and Flower read them without being configured for msgpack.
+    task_serializer="json",
     result_serializer="msgpack",
     accept_content=["msgpack", "json"],
     task_acks_late=True,  # a job is acked only after its result is stored
