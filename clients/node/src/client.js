@@ -15,6 +15,7 @@ import {
   ModelNotFound,
   NotFound,
   PayloadTooLarge,
+  QueueFull,
   remoteError,
 } from './errors.js';
 import { decode as msgpackDecode, encode as msgpackEncode } from './msgpack.js';
@@ -23,6 +24,7 @@ import {
   DEFAULT_RESULT_TTL_S,
   MAX_RESULT_TTL_S,
   READY_STATES,
+  SUBMIT_SCRIPT,
   celeryMessage,
   checkJobId,
   checkModelName,
@@ -384,14 +386,25 @@ export class Client {
   async submit(model, inputs, options = {}) {
     await this._checkPublished(model);
     const job = this._prepare(model, inputs, options);
-    await io('submitting a job', async () => {
+    const [queued, depth, limit] = await io('submitting a job', async () => {
       const pipe = this._r.pipeline();
-      // Claim-checked tensors and the state record go before the message, in the same round trip.
+      // Claim-checked tensors first, then the submit script (backlog check, state record,
+      // LPUSH), in the same round trip.
       for (const [key, data] of job.blobs) pipe.set(key, data, 'EX', job.ttl);
-      pipe.set(keys.state(job.id), 'queued', 'EX', job.ttl);
-      pipe.lpush(job.queueList, job.message);
-      for (const [err] of await pipe.exec()) if (err) throw err;
+      const scriptKeys = [keys.LIMITS, ...keys.queueLists(model), job.queueList, keys.state(job.id)];
+      for (const [key] of job.blobs) scriptKeys.push(key);
+      pipe.eval(SUBMIT_SCRIPT, scriptKeys.length, ...scriptKeys, model, 1, job.message, job.ttl, job.blobs.length);
+      const replies = await pipe.exec();
+      for (const [err] of replies) if (err) throw err;
+      return replies.at(-1)[1].map(Number);
     });
+    if (queued < 1) {
+      throw new QueueFull(`model '${model}' already has ${depth} jobs waiting, its limit is ${limit}: not queued`, {
+        model,
+        depth,
+        limit,
+      });
+    }
     return new Job(this, job.id, model, { viaReply: true });
   }
 

@@ -4,6 +4,7 @@
 //   ├── InvalidInput                 bad input caught before anything reaches Redis
 //   │   └── PayloadTooLarge          a tensor or job over the size caps
 //   ├── BrokerUnavailable            Redis unreachable or the connection broke
+//   ├── QueueFull                    the model's backlog is at its limit; nothing was queued
 //   ├── JobTimeout                   no result within the caller's timeout (the job may still finish)
 //   ├── NotFound                     unknown model, or nothing published for it
 //   │   └── JobNotFound              unknown job id, or its result has expired
@@ -24,6 +25,16 @@ export class IcowError extends Error {
 export class InvalidInput extends IcowError {}
 export class PayloadTooLarge extends InvalidInput {}
 export class BrokerUnavailable extends IcowError {}
+
+/** The model's queue already holds its maximum backlog (icow:limits); the job was not queued. */
+export class QueueFull extends IcowError {
+  constructor(message, { model = '', depth = 0, limit = 0 } = {}) {
+    super(message);
+    this.model = model;
+    this.depth = depth;
+    this.limit = limit;
+  }
+}
 export class JobTimeout extends IcowError {}
 export class NotFound extends IcowError {}
 export class JobNotFound extends NotFound {}

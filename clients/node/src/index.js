@@ -15,6 +15,7 @@ export {
   ModelNotFound,
   NotFound,
   PayloadTooLarge,
+  QueueFull,
   REMOTE_ERRORS,
   RemoteError,
   remoteError,
@@ -22,6 +23,7 @@ export {
 export { Float64, decode as msgpackDecode, encode as msgpackEncode } from './msgpack.js';
 export {
   PROTOCOL_VERSION,
+  SUBMIT_SCRIPT,
   celeryMessage,
   failureOf,
   jobEnvelope,

@@ -20,9 +20,41 @@ const PRIORITY_STEPS = [0, 3, 6, 9];
 const PRIORITY_SEP = '\x06\x16';
 const EMBED = { callbacks: null, errbacks: null, chain: null, chord: null };
 
+/**
+ * The submit script (docs/PROTOCOL.md, "Submitting"): checks the model's backlog limit and
+ * queues jobs in one atomic step. KEYS: icow:limits, the model's 4 priority lists, then per job
+ * its list, its state key and its claim-check blob keys (SET before, in the same round trip).
+ * ARGV: model, number of jobs, then per job: message, ttl, number of blob keys.
+ * Returns [queued, depth, limit]: jobs 1..queued were queued; limit -1 means none.
+ */
+export const SUBMIT_SCRIPT = `
+local limit = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '')
+local depth = 0
+if limit then
+  for i = 2, 5 do depth = depth + redis.call('LLEN', KEYS[i]) end
+end
+local k, a, queued = 6, 3, 0
+for j = 1, tonumber(ARGV[2]) do
+  local nblobs = tonumber(ARGV[a + 2])
+  if limit and depth >= limit then
+    for b = 1, nblobs do redis.call('DEL', KEYS[k + 1 + b]) end
+  else
+    redis.call('SET', KEYS[k + 1], 'queued', 'EX', ARGV[a + 1])
+    redis.call('LPUSH', KEYS[k], ARGV[a])
+    depth = depth + 1
+    queued = queued + 1
+  end
+  k = k + 2 + nblobs
+  a = a + 3
+end
+return {queued, depth, limit or -1}
+`;
+
 /** Every Redis key a client uses (icow/keys.py). */
 export const keys = Object.freeze({
   MODELS: 'icow:models',
+  LIMITS: 'icow:limits',
+  queueLists: (model) => PRIORITY_STEPS.map((p) => keys.queueList(model, p)),
   queue: (model) => `icow:q:${model}`,
   queueList: (model, priority = 0) => {
     const step = Math.max(...PRIORITY_STEPS.filter((s) => s <= priority));

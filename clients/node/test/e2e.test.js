@@ -12,7 +12,9 @@ import {
   JobTimeout,
   ModelNotFound,
   NotFound,
+  QueueFull,
   RemoteError,
+  SUBMIT_SCRIPT,
   halfToNumbers,
   keys,
 } from '../src/index.js';
@@ -216,4 +218,23 @@ test('results expire after their TTL', async () => {
   await job.result({ timeoutS: 30 });
   await sleep(2100);
   await assert.rejects(client.job(job.id).status(), JobNotFound);
+});
+
+test('a model at its backlog limit refuses jobs with QueueFull (the submit script is the Python one)', async () => {
+  assert.equal(python("from icow.client import _core; print(_core.SUBMIT_SCRIPT, end='')"), SUBMIT_SCRIPT);
+  const lax = new Client(fleet.url, { requirePublished: false });
+  try {
+    await fleet.conn.hset(keys.LIMITS, 'full-model', 1);
+    await lax.submit('full-model', { x: new Float32Array(1) });
+    await assert.rejects(lax.submit('full-model', { x: new Float32Array(1) }), (err) => {
+      assert.ok(err instanceof QueueFull);
+      assert.equal(err.depth, 1);
+      assert.equal(err.limit, 1);
+      return true;
+    });
+    assert.equal(await fleet.conn.llen(keys.queue('full-model')), 1);
+  } finally {
+    await fleet.conn.hdel(keys.LIMITS, 'full-model');
+    await lax.close();
+  }
 });
