@@ -33,17 +33,18 @@ def test_plan_never_mixes_shapes_or_dtypes() -> None:
     assert sorted([it.key for it in g] for g in groups) == [["a", "c"], ["b"], ["d"]]
 
 
-def test_a_job_larger_than_max_batch_runs_alone_in_slices() -> None:
+def test_a_job_larger_than_max_batch_runs_alone_and_whole() -> None:
     calls: list[int] = []
 
     def run(inputs: dict, outputs: object) -> dict:
         calls.append(inputs["x"].shape[0])
         return {"y": inputs["x"] * 2}
 
-    [group] = batching.plan([item("big", 10)], max_batch=4)
-    [out] = batching.run_group(run, group, max_batch=4)
-    assert calls == [4, 4, 2]
-    assert isinstance(out, dict) and out["y"].shape == (10, 4)
+    groups = batching.plan([item("small", 1), item("big", 10), item("small2", 2)], max_batch=4)
+    assert [[it.key for it in g] for g in groups] == [["small", "small2"], ["big"]]
+    outs = [batching.run_group(run, g) for g in groups]
+    assert calls == [3, 10]
+    assert outs[1][0]["y"].shape == (10, 4)
 
 
 def test_batched_outputs_are_split_back_per_job() -> None:
@@ -51,7 +52,7 @@ def test_batched_outputs_are_split_back_per_job() -> None:
         return {"y": inputs["x"].sum(axis=1)}
 
     group = [item("a", 1), item("b", 2), item("c", 3)]
-    out = batching.run_group(run, group, max_batch=8)
+    out = batching.run_group(run, group)
     assert [o["y"].tolist() for o in out] == [[4.0], [8.0, 8.0], [12.0, 12.0, 12.0]]
 
 
@@ -61,7 +62,7 @@ def test_one_bad_job_fails_alone_inside_a_batch() -> None:
             raise ValueError("poisoned sample")
         return {"y": inputs["x"] + 1}
 
-    out = batching.run_group(run, [item("a", 1), item("b", 2), item("c", 1)], max_batch=8)
+    out = batching.run_group(run, [item("a", 1), item("b", 2), item("c", 1)])
     assert isinstance(out[1], ValueError)
     assert out[0]["y"].tolist() == [[2.0] * 4] and out[2]["y"].tolist() == [[2.0] * 4]
 
@@ -123,8 +124,8 @@ def test_bulk_submission_progress_and_reattach(redis_url: str, batch_worker: Wor
         y = bulk.result(timeout_s=120)["y"]
         np.testing.assert_allclose(y, samples.mlp_reference(x), rtol=1e-5, atol=1e-5)
         assert bulk.progress() == (16, 16)
-        # every session call held at most max_batch = 4 samples, even for 64-sample jobs
-        assert all(j._meta["result"]["timing"]["batch_samples"] <= 4 for j in bulk.jobs)
+        # a job is never split, and jobs of max_batch samples or more are never combined
+        assert all(j._meta["result"]["timing"]["batch_samples"] in (64, 1000 - 15 * 64) for j in bulk.jobs)
     with Client(redis_url) as other:
         again = other.bulk(bulk.id)
         assert again.progress() == (16, 16)

@@ -2,9 +2,10 @@
 
 Jobs are grouped when they ask for the same model version and the same outputs, and their
 inputs agree on everything but the first (batch) dimension, which every input and output of
-the model must leave dynamic. A group never holds more than ``max_batch`` samples; a job that
-alone carries more samples runs in ``max_batch``-sized slices. If a batched call fails, each of
-its jobs runs again on its own, so one bad job fails alone.
+the model must leave dynamic. A group never holds more than ``max_batch`` samples (samples,
+not jobs: a job may carry a batch of its own). A job is never split: one that alone carries
+``max_batch`` samples or more runs alone, as sent. If a batched call fails, each of its jobs
+runs again on its own, so one bad job fails alone.
 """
 
 from __future__ import annotations
@@ -67,22 +68,15 @@ def plan(items: Sequence[Item], max_batch: int) -> list[list[Item]]:
 RunFn = Callable[[dict[str, np.ndarray], list[str] | None], Outputs]
 
 
-def run_sliced(run: RunFn, item: Item, max_batch: int) -> Outputs:
-    """Run one item, in slices of ``max_batch`` samples when it carries more."""
-    n = item.samples
-    if n <= max_batch or max_batch < 1:
-        return run(item.inputs, item.outputs)
-    parts: list[Outputs] = []
-    for start in range(0, n, max_batch):
-        parts.append(run({k: v[start : start + max_batch] for k, v in item.inputs.items()}, item.outputs))
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+def run_one(run: RunFn, item: Item) -> Outputs:
+    return run(item.inputs, item.outputs)
 
 
-def run_group(run: RunFn, group: list[Item], max_batch: int) -> list[Outputs | BaseException]:
+def run_group(run: RunFn, group: list[Item]) -> list[Outputs | BaseException]:
     """Outputs (or the exception) of each item of a group, in order."""
     if len(group) == 1:
         try:
-            return [run_sliced(run, group[0], max_batch)]
+            return [run_one(run, group[0])]
         except Exception as exc:
             return [exc]
     counts = [it.samples for it in group]
@@ -99,7 +93,7 @@ def run_group(run: RunFn, group: list[Item], max_batch: int) -> list[Outputs | B
         results: list[Outputs | BaseException] = []
         for it in group:
             try:
-                results.append(run_sliced(run, it, max_batch))
+                results.append(run_one(run, it))
             except Exception as exc:
                 results.append(exc)
         return results

@@ -351,9 +351,9 @@ class JobRunner:
             cap = self._max_batch(model.name) if model.batchable else 1
             for group in batching.plan(items, max(cap, 1)):
                 t0 = time.perf_counter()
-                results = batching.run_group(model.run, group, max(cap, 1))
+                results = batching.run_group(model.run, group)
                 compute_s = time.perf_counter() - t0
-                n_samples = min(sum(it.samples for it in group), max(cap, 1))  # per session call
+                n_samples = sum(it.samples for it in group)  # in this session call
                 for item, res in zip(group, results):
                     j = item.key
                     if isinstance(res, BaseException):
@@ -386,7 +386,7 @@ class JobRunner:
         for delay in RETRY_BACKOFF_S:
             time.sleep(delay)
             try:
-                return batching.run_sliced(model.run, item, max(self._max_batch(model.name), 1))
+                return batching.run_one(model.run, item)
             except Exception as again:
                 exc = again
                 if _error_type(again)[0] != "InternalError":

@@ -169,3 +169,59 @@ def slow(path: Path, width: int = 1024, layers: int = 64) -> Path:
         [numpy_helper.from_array(w, "w")],
     )
     return _save(_model(graph), path)
+
+
+def resnet18(path: Path, *, seed: int = 0, classes: int = 1000) -> Path:
+    """A ResNet-18-shaped CNN (random weights, batch norm folded into the convolutions):
+    FP32 ``x`` [N, 3, 224, 224] -> ``y`` [N, classes]; about 1.8 GFLOPs per image."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    count = [0]
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int, relu: bool) -> str:
+        count[0] += 1
+        i = count[0]
+        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
+        b = np.zeros(cout, np.float32)
+        inits.extend([numpy_helper.from_array(w, f"cw{i}"), numpy_helper.from_array(b, f"cb{i}")])
+        out = f"c{i}"
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, f"cw{i}", f"cb{i}"], [out], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4
+            )
+        )
+        if relu:
+            nodes.append(helper.make_node("Relu", [out], [out + "r"]))
+            out += "r"
+        return out
+
+    h = conv("x", 3, 64, 7, 2, True)
+    nodes.append(helper.make_node("MaxPool", [h], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    h, cin = "pool", 64
+    for stage, cout in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            a = conv(h, cin, cout, 3, stride, True)
+            b = conv(a, cout, cout, 3, 1, False)
+            skip = conv(h, cin, cout, 1, stride, False) if (stride != 1 or cin != cout) else h
+            out = f"add{stage}{block}"
+            nodes.append(helper.make_node("Add", [b, skip], [out]))
+            nodes.append(helper.make_node("Relu", [out], [out + "r"]))
+            h, cin = out + "r", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [h], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
+    fw = (rng.standard_normal((512, classes)) * 0.01).astype(np.float32)
+    inits.extend([numpy_helper.from_array(fw, "fw"), numpy_helper.from_array(np.zeros(classes, np.float32), "fb")])
+    nodes.append(helper.make_node("MatMul", ["flat", "fw"], ["fc"]))
+    nodes.append(helper.make_node("Add", ["fc", "fb"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "resnet18",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    return _save(_model(graph), path)
