@@ -88,3 +88,14 @@ def test_repository_scan_and_version_policy(tmp_path: Path) -> None:
     (tmp_path / "m" / "config.toml").write_text("providers = ['metal']\n")
     with pytest.raises(InvalidInput, match="unknown providers"):
         Repository(tmp_path).scan()
+
+
+def test_bench_sweeps_concurrency_and_times_bulk(redis_url: str, worker: WorkerProcess) -> None:
+    proc = icow("bench", "mlp", "--redis", redis_url, "--concurrency", "1,4", "--duration", "0.5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [r["concurrency"] for r in doc["results"]] == [1, 4]
+    assert all(r["jobs"] > 0 and r["errors"] == 0 and r["p50_ms"] <= r["p99_ms"] for r in doc["results"])
+    proc = icow("bench", "multi", "--redis", redis_url, "--mode", "bulk", "--samples", "500", "--samples-per-job", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert "500 samples in 5 jobs" in proc.stdout
