@@ -96,6 +96,8 @@ def test_bench_sweeps_concurrency_and_times_bulk(redis_url: str, worker: WorkerP
     doc = json.loads(proc.stdout)
     assert [r["concurrency"] for r in doc["results"]] == [1, 4]
     assert all(r["jobs"] > 0 and r["errors"] == 0 and r["p50_ms"] <= r["p99_ms"] for r in doc["results"])
-    proc = icow("bench", "multi", "--redis", redis_url, "--mode", "bulk", "--samples", "500", "--samples-per-job", "100")
+    proc = icow(
+        "bench", "multi", "--redis", redis_url, "--mode", "bulk", "--samples", "500", "--samples-per-job", "100"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "500 samples in 5 jobs" in proc.stdout
