@@ -170,6 +170,9 @@ class AsyncClient:
         self.client_id = _core.new_client_id()
         self._replies = _ReplyReader(self._r, keys.reply(self.client_id))
         self._cancel_script = self._r.register_script(_core.CANCEL_SCRIPT)
+        self._coalesce: dict[str, list[tuple[_core.PreparedJob, asyncio.Future[None]]]] = {}
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> AsyncClient:
@@ -255,10 +258,38 @@ class AsyncClient:
             result_ttl_s=result_ttl_s,
         )
         async with _redis_errors("submitting a job"):
-            queued, depth, limit = await self._queue(model, [job])
-        if not queued:
-            raise _core.queue_full(model, depth, limit, [])
+            await self._queue_coalesced(model, job)
         return AsyncJob(self, job.job_id, model, via_reply=True)
+
+    async def _queue_coalesced(self, model: str, job: _core.PreparedJob) -> None:
+        """Queue one job; jobs submitted by concurrent coroutines in the same event-loop turn
+        share one round trip (one submit script call per model), in submission order."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._coalesce.setdefault(model, []).append((job, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(lambda: self._flushes.add(asyncio.ensure_future(self._flush())))
+        await fut
+
+    async def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._coalesce = self._coalesce, {}
+        for model, items in pending.items():
+            try:
+                queued, depth, limit = await self._queue(model, [job for job, _ in items])
+            except BaseException as exc:
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for i, (_, fut) in enumerate(items):
+                if fut.done():
+                    continue
+                if i < queued:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(_core.queue_full(model, depth, limit, []))
+        self._flushes.discard(asyncio.current_task())
 
     async def submit_many(
         self,
