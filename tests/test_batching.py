@@ -4,6 +4,7 @@ never mixed, and a batch never holds more than max_batch samples."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,26 @@ def test_bulk_submission_progress_and_reattach(redis_url: str, batch_worker: Wor
 def test_bulk_inputs_must_agree_on_samples(redis_url: str, batch_worker: WorkerProcess) -> None:
     with Client(redis_url) as c, pytest.raises(ValueError, match="disagree"):
         c.submit_bulk("mlpb", {"x": np.ones((3, 4), np.float32), "z": np.ones((2, 1), np.float32)})
+
+
+def test_interactive_jobs_overtake_a_bulk_backlog(redis_url: str, batch_worker: WorkerProcess) -> None:
+    x = np.ones((3000, 4), np.float32)
+    with Client(redis_url) as c:
+        bulk = c.submit_bulk("mlpb", {"x": x}, samples_per_job=1)  # 3,000 jobs at batch priority
+        t0 = time.perf_counter()
+        c.infer("mlpb", {"x": np.ones((1, 4), np.float32)}, timeout_s=60)  # interactive priority
+        waited = time.perf_counter() - t0
+        done, total = bulk.progress()
+        assert done < total / 2, f"the interactive job waited for {done} of {total} bulk jobs ({waited:.3f} s)"
+        bulk.result(timeout_s=120)
+
+
+def test_lower_priorities_are_not_starved() -> None:
+    from icow.workers.runner import JobRunner
+
+    runner = JobRunner.__new__(JobRunner)
+    orders = []
+    for burst in range(16):
+        runner._bursts = burst
+        orders.append(runner._lists("m")[0])
+    assert orders.count("icow:q:m") == 14 and orders.count("icow:q:m\x06\x169") == 2
