@@ -152,3 +152,24 @@ def test_a_poison_job_is_dead_lettered_not_retried_forever(redis_url: str, start
         record = protocol.unpackb(r.get(keys.dead(job.id)))
         assert record["deliveries"] == 4 and record["error"] == "InternalError"
         assert job.id in [i.decode() for i in r.lrange(keys.DEAD, 0, 50)]
+
+
+def test_failures_cli_lists_and_shows_dead_letters(client: Client, redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    from icow.errors import InvalidJob
+
+    with pytest.raises(InvalidJob) as err:
+        client.infer("mlp", {"x": np.ones((1, 9), np.float32)}, timeout_s=30)
+    job_id = err.value.job_id
+    assert job_id
+    run = [sys.executable, "-m", "icow.cli", "failures"]
+    listed = subprocess.run([*run, "--redis", redis_url, "--json", "--limit", "50"], capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in [rec["id"] for rec in json.loads(listed.stdout)]
+    shown = subprocess.run([*run, "show", job_id, "--redis", redis_url, "--json"], capture_output=True, text=True)
+    record = json.loads(shown.stdout)
+    assert record["error"] == "InvalidJob" and "expects" in record["message"]
+    missing = subprocess.run([*run, "show", "no-such-job", "--redis", redis_url], capture_output=True, text=True)
+    assert missing.returncode == 2 and "JobNotFound" in missing.stderr
