@@ -173,6 +173,8 @@ def collect(url: str, sent: list[tuple[str, int, float]], report: Report, timeou
     report.redelivered = sum(
         int(r.exists(*[keys.tries(j) for j in ids[i : i + 1000]])) for i in range(0, len(ids), 1000)
     )
+    lost = [job_id for job_id in ids if job_id not in metas]
+    report.examples += [where(r, job_id) for job_id in lost[:5]]
     r.close()
     with Client(url) as c:
         for job_id, x, submitted_at in sent:
@@ -194,6 +196,21 @@ def collect(url: str, sent: list[tuple[str, int, float]], report: Report, timeou
                 report.wrong += 1
                 report.examples.append(f"wrong {job_id}: x={x} y={y.tolist()}")
     report.examples = report.examples[:10]
+
+
+def where(r: redis.Redis, job_id: str) -> str:
+    """Where a lost job's message is: a queue list, kombu's unacked hash, or nowhere."""
+    found = []
+    for q in keys.queue_lists("scale"):
+        if any(job_id.encode() in m for m in r.lrange(q, 0, -1)):
+            found.append(f"queued in {q!r}")
+    for tag, entry in r.hgetall(keys.KOMBU_UNACKED).items():
+        if job_id.encode() in entry:
+            score = r.zscore(keys.KOMBU_UNACKED_INDEX, tag)
+            age = "not in unacked_index" if score is None else f"leased {time.time() - score:.1f} s ago"
+            found.append(f"in unacked ({age})")
+    state, tries = r.get(keys.state(job_id)), r.get(keys.tries(job_id))
+    return f"where is {job_id}: state={state!r} tries={tries!r} " + (", ".join(found) or "message nowhere")
 
 
 def soak(
