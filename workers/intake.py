@@ -148,7 +148,43 @@ class Intake:
         got = self._r.brpop(list(lists), timeout=timeout_s)
         if got is None:
             return None
-        queue_list, raw = got
+        return self._unregistered(got[0], got[1])
+
+    def wait_burst(self, lists: Sequence[str], max_messages: int, timeout_s: float) -> list[Delivery]:
+        """Block up to ``timeout_s`` for a message, and take up to ``max_messages - 1`` more
+        that wait behind it, in one round trip: BRPOP and the pop script are sent together,
+        so Redis runs the pop the moment the BRPOP is served. The first message is
+        unregistered (see :meth:`wait`); the others are registered by the pop script."""
+        lists = list(lists)
+        more = max(0, max_messages - 1)
+        pop_args: list[Any] = [more, time.time(), self.unacked_key, self.index_key]
+        pool = self._r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(
+                conn.pack_commands(
+                    [
+                        ("BRPOP", *lists, timeout_s),
+                        ("EVALSHA", self._pop.sha, len(lists), *lists, *pop_args),
+                    ]
+                )
+            )
+            got = conn.read_response()
+            try:
+                rest = conn.read_response()
+            except redis.exceptions.NoScriptError:  # first use, or Redis restarted
+                rest = self._pop(keys=lists, args=pop_args) if got is not None else []
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        if got is None:
+            return [parse_delivery(m) for m in rest or []]
+        first = self._unregistered(got[0], got[1])
+        return [first, *(parse_delivery(m) for m in rest or [])]
+
+    def _unregistered(self, queue_list: Any, raw: Any) -> Delivery:
         raw = raw if isinstance(raw, bytes) else str(raw).encode()
         d = parse_delivery(raw)
         if d.tag is not None and d.envelope is not None:

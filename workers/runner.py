@@ -165,7 +165,8 @@ class JobRunner:
 
     def _all_lists(self) -> list[str]:
         names = sorted(self.manager.entries)
-        return [keys.queue_list(m, step) for step in keys.KOMBU_PRIORITY_STEPS for m in names]
+        lists = [keys.queue_list(m, step) for step in keys.KOMBU_PRIORITY_STEPS for m in names]
+        return list(reversed(lists)) if self._bursts % 8 == 7 else lists
 
     def _max_batch(self, model: str | None) -> int:
         entry = self.manager.entries.get(model or "")
@@ -176,28 +177,29 @@ class JobRunner:
         end = time.monotonic() + self.slice_s
         items = [first]
         model = keys.model_of_queue(queue or "")
+        cap = self._max_batch(model)
+        if cap > 1 and model is not None:
+            items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - 1)]
         while items:
             self._bursts += 1
-            if model is not None:
-                cap = self._max_batch(model)
-                if cap > 1:
-                    items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - len(items))]
-                    wait_ms = self._max_wait_ms(model)
-                    if wait_ms > 0 and 1 < len(items) < cap:  # traffic is flowing: let the batch fill
-                        time.sleep(wait_ms / 1000)
-                        items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - len(items))]
+            if model is not None and 1 < len(items) < cap and self._max_wait_ms(model) > 0:
+                time.sleep(self._max_wait_ms(model) / 1000)  # jobs are arriving: let the batch fill
+                items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - len(items))]
             self.handle_many(items)
             if time.monotonic() >= end or self.linger_s <= 0:
                 return
             try:
-                d = self.intake.wait(self._all_lists(), self.linger_s)
+                burst = self.intake.wait_burst(self._all_lists(), self._linger_cap(), self.linger_s)
             except redis.exceptions.RedisError:
                 return
-            if d is None:
-                return
-            items = [incoming_from(d)]
-            rk = ((d.envelope or {}).get("properties") or {}).get("delivery_info") or {}
-            model = keys.model_of_queue(rk.get("routing_key", "") if isinstance(rk, dict) else "")
+            items = [incoming_from(d) for d in burst]
+            if burst:
+                rk = ((burst[0].envelope or {}).get("properties") or {}).get("delivery_info") or {}
+                model = keys.model_of_queue(rk.get("routing_key", "") if isinstance(rk, dict) else "")
+                cap = self._max_batch(model)
+
+    def _linger_cap(self) -> int:
+        return max([e.config.max_batch for e in self.manager.entries.values()] or [1])
 
     def _max_wait_ms(self, model: str) -> float:
         entry = self.manager.entries.get(model)
@@ -284,10 +286,16 @@ class JobRunner:
         overlap = not refs and not any(j.redelivered for j in live)
         if not overlap:
             pipe = self.r.pipeline(transaction=False)
-            self.intake.claim_script(keys=claim_keys, args=claim_args, client=pipe)
+            script = self.intake.claim_script
+            pipe.evalsha(script.sha, len(claim_keys), *claim_keys, *claim_args)
             for ref in refs:
                 pipe.get(ref)
-            claimed, *blobs = pipe.execute()
+            claimed, *blobs = pipe.execute(raise_on_error=False)
+            if isinstance(claimed, redis.exceptions.NoScriptError):  # Redis restarted or flushed
+                claimed = script(keys=claim_keys, args=claim_args)
+            for x in (claimed, *blobs):
+                if isinstance(x, Exception):
+                    raise x
             self._apply_fetch(live, claimed, blobs)
             return None
         script = self.intake.claim_script
