@@ -34,7 +34,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
                 r = redis.Redis.from_url(fleet.url)
                 for w in live_workers(r):
-                    print(f"worker {w['name']}: providers {w.get('providers')}")
+                    running = sorted(set((w.get("providers") or {}).values()))
+                    print(f"worker {w['name']}: execution provider really running: {', '.join(running)}")
+                    if w.get("cpu_fallback"):
+                        print(
+                            f"  (CUDA was requested for {', '.join(w['cpu_fallback'])}; no usable GPU here, "
+                            "so onnxruntime fell back to the CPU)"
+                        )
                 r.close()
                 print(f"models: {client.models()}")
                 info = client.model("mlp")
