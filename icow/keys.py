@@ -177,7 +177,7 @@ CLIENT_ACL_RULES = (
     # Root: scripts (submit, cancel) and pub/sub. EVALSHA needs every key it declares in one
     # selector; the commands inside a script are checked one by one against all selectors.
     *("+ping", "+select", "+evalsha", "+script|load", "+script|exists"),
-    *("+subscribe", "+unsubscribe", "+publish", f"&{RESULT_PREFIX}*"),
+    *("+subscribe", "+unsubscribe", f"&{RESULT_PREFIX}*"),
     *(f"~{QUEUE_PREFIX}*", f"~{LIMITS}", f"~{PREFIX}state:*", f"~{PREFIX}blob:*", f"~{PREFIX}reply:*"),
     f"~{RESULT_PREFIX}*",
     # Reads: results, models, limits, job records, blobs, bulk records.
@@ -190,6 +190,6 @@ CLIENT_ACL_RULES = (
 )
 # Add these for clients that cancel jobs: the cancel script writes the JobCancelled result,
 # which lets such a client write the result of any unfinished job whose id it knows.
-CLIENT_CANCEL_ACL_RULES = (f"(~{RESULT_PREFIX}* +set)",)
+CLIENT_CANCEL_ACL_RULES = (f"(~{RESULT_PREFIX}* &{RESULT_PREFIX}* +set +publish)",)
 # Workers touch every ICOW and kombu key and channel; they get all but the dangerous commands.
 WORKER_ACL_RULES = ("resetkeys", "resetchannels", "~*", "&*", "+@all", "-@dangerous")

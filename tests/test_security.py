@@ -140,6 +140,7 @@ def test_cancelling_needs_the_cancel_rule(acl_fleet: tuple[LocalRedis, str, str]
         ("GET", "icow:worker:x"),
         ("SMEMBERS", "icow:workers"),
         ("SET", "celery-task-meta-someone", "forged"),  # results are written by workers only
+        ("PUBLISH", "celery-task-meta-someone", "forged"),
         ("DEL", "icow:q:scale"),
         ("HSET", "icow:limits", "scale", "1000000"),
         ("FLUSHALL",),
