@@ -180,6 +180,8 @@ class AsyncClient:
         if not s.redis_url:
             raise InvalidInput("ICOW_REDIS_URL is not set")
         kwargs.setdefault("result_ttl_s", s.result_ttl_s)
+        for option, path in settings.tls_files(s.redis_url, s).items():  # ICOW_REDIS_CA, ...
+            kwargs.setdefault(option, path)
         return cls(s.redis_url, **kwargs)
 
     async def __aenter__(self) -> AsyncClient:

@@ -181,6 +181,8 @@ class Client:
         if not s.redis_url:
             raise InvalidInput("ICOW_REDIS_URL is not set")
         kwargs.setdefault("result_ttl_s", s.result_ttl_s)
+        for option, path in settings.tls_files(s.redis_url, s).items():  # ICOW_REDIS_CA, ...
+            kwargs.setdefault(option, path)
         kwargs.setdefault("inline_max_bytes", s.inline_max_bytes)
         kwargs.setdefault("max_tensor_bytes", s.max_tensor_bytes)
         return cls(s.redis_url, **kwargs)

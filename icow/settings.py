@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 from icow import keys, protocol, tensor
 from icow.errors import InvalidInput
@@ -70,3 +71,19 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         redis_cert=env.get("ICOW_REDIS_CERT") or None,
         redis_key=env.get("ICOW_REDIS_KEY") or None,
     )
+
+
+def tls_files(url: str, s: Settings) -> dict[str, str]:
+    """redis-py options naming the CA, client certificate and key for a ``rediss://`` URL: the
+    URL's own ``ssl_ca_certs`` / ``ssl_certfile`` / ``ssl_keyfile``, else ``ICOW_REDIS_CA`` /
+    ``ICOW_REDIS_CERT`` / ``ICOW_REDIS_KEY``. Empty for other URLs."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return {}
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items() if v}
+    out: dict[str, str] = {}
+    for option, value in (("ssl_ca_certs", s.redis_ca), ("ssl_certfile", s.redis_cert), ("ssl_keyfile", s.redis_key)):
+        chosen = query.get(option) or value
+        if chosen:
+            out[option] = chosen
+    return out

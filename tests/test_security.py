@@ -222,6 +222,20 @@ def test_a_client_that_does_not_trust_the_servers_certificate_is_refused(
 
 @needs_redis7
 @needs_openssl
+def test_the_ca_can_come_from_icow_redis_ca(
+    tls_redis: LocalRedis, certs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ICOW_REDIS_URL", tls_redis.url.split("?", 1)[0])
+    monkeypatch.setenv("ICOW_REDIS_CA", str(certs["ca"]))
+    with Client.from_env() as c:
+        c.ping()
+    monkeypatch.setenv("ICOW_REDIS_CA", str(certs["wrong_ca"]))
+    with Client.from_env() as c, pytest.raises(BrokerUnavailable, match="certificate verify failed"):
+        c.ping()
+
+
+@needs_redis7
+@needs_openssl
 def test_a_worker_that_does_not_trust_the_server_does_not_start(
     sec_repo: Path, tls_redis: LocalRedis, certs: dict[str, Path]
 ) -> None:

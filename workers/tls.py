@@ -30,7 +30,6 @@ _CERT_REQS = {
     "none": ssl.CERT_NONE,
     "cert_none": ssl.CERT_NONE,
 }
-_FILES = (("ssl_ca_certs", "redis_ca"), ("ssl_certfile", "redis_cert"), ("ssl_keyfile", "redis_key"))
 
 
 def is_tls(url: str) -> bool:
@@ -43,14 +42,7 @@ def _query(url: str) -> dict[str, str]:
 
 def _files(url: str, s: icow_settings.Settings | None) -> dict[str, str]:
     """CA / certificate / key paths: the URL's, else the ICOW_REDIS_* settings'."""
-    s = icow_settings.from_env() if s is None else s
-    query = _query(url)
-    out: dict[str, str] = {}
-    for option, field in _FILES:
-        value = query.get(option) or getattr(s, field)
-        if value:
-            out[option] = value
-    return out
+    return icow_settings.tls_files(url, icow_settings.from_env() if s is None else s)
 
 
 def _cert_reqs(url: str) -> ssl.VerifyMode:
