@@ -47,23 +47,17 @@ return out
 """
 
 
-# Claiming a batch before running it, in one call. KEYS: unacked hash, unacked index, then
-# per job its result key, state key and tries key. ARGV: now, number of registrations, number
-# of jobs, tries TTL, the registrations as (tag, unacked entry) pairs, then per job '1' if it
-# was redelivered. Returns per job {answered already (0/1), deliveries so far}.
+# Claiming a batch before running it, in one call. KEYS: per job its result key, state key
+# and tries key. ARGV: number of jobs, tries TTL, then per job '1' if it was redelivered.
+# Returns per job {answered already (0/1), deliveries so far}.
 _CLAIM = """
-local now, nreg, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-for i = 1, nreg do
-  redis.call('HSET', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
-  redis.call('ZADD', KEYS[2], now, ARGV[3 + 2 * i])
-end
+local n, ttl = tonumber(ARGV[1]), ARGV[2]
 local out = {}
-local f = 4 + 2 * nreg
 for j = 1, n do
-  local k = 2 + 3 * (j - 1)
+  local k = 3 * (j - 1)
   out[2 * j - 1] = redis.call('EXISTS', KEYS[k + 1])
   local deliveries = 1
-  if ARGV[f + j] == '1' then
+  if ARGV[2 + j] == '1' then
     deliveries = redis.call('INCR', KEYS[k + 3]) + 1
     redis.call('EXPIRE', KEYS[k + 3], ttl)
   end
@@ -81,7 +75,6 @@ class Delivery:
     tag: str | None
     envelope: dict[str, Any] | None
     error: str | None = None
-    unregistered: str | None = None  # the unacked entry still to write (see Intake.wait)
 
     @property
     def task_id(self) -> str | None:
@@ -116,15 +109,11 @@ class Intake:
         self._pop = r.register_script(_POP)
         self.claim_script = r.register_script(_CLAIM)
 
-    def claim_call(
-        self, registrations: Sequence[tuple[str, str]], jobs: Sequence[tuple[str, bool]]
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the claim script for (tag, entry) registrations and (job id,
-        redelivered) jobs; its reply is [answered, deliveries] per job."""
-        script_keys = [self.unacked_key, self.index_key]
-        args: list[Any] = [time.time(), len(registrations), len(jobs), keys.TRIES_TTL_S]
-        for tag, entry in registrations:
-            args += [tag, entry]
+    def claim_call(self, jobs: Sequence[tuple[str, bool]]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the claim script for (job id, redelivered) jobs; its reply is
+        [answered, deliveries] per job."""
+        script_keys: list[str] = []
+        args: list[Any] = [len(jobs), keys.TRIES_TTL_S]
         for job_id, redelivered in jobs:
             script_keys += [keys.result(job_id), keys.state(job_id), keys.tries(job_id)]
             args.append("1" if redelivered else "0")
@@ -137,62 +126,40 @@ class Intake:
         raws = self._pop(keys=list(lists), args=[max_messages, time.time(), self.unacked_key, self.index_key])
         return [parse_delivery(m) for m in raws]
 
-    def wait(self, lists: Sequence[str], timeout_s: float) -> Delivery | None:
-        """Block up to ``timeout_s`` for one message.
+    def wait_burst(self, lists: Sequence[str], watch: str, max_messages: int, timeout_s: float) -> list[Delivery]:
+        """Wait up to ``timeout_s`` for work on the list ``watch``, then take up to
+        ``max_messages`` from ``lists`` (highest priority first), in one round trip.
 
-        The message is not yet registered as unacked: the caller passes ``unregistered`` to
-        the claim script with the job's first round trip (see :meth:`claim_call`). As with
-        kombu's own BRPOP path, a crash in that sub-millisecond window would lose the message;
-        the runner only uses this while lingering for more work.
+        The wait never consumes: ``BLMOVE watch watch RIGHT RIGHT`` blocks until the list has
+        a message and puts it straight back where it was. The pop script, pipelined behind it,
+        then takes and registers messages atomically, so no message is ever out of both its
+        queue and kombu's ``unacked`` (a destructive BRPOP would leave a window in which a
+        killed worker loses the message).
         """
-        got = self._r.brpop(list(lists), timeout=timeout_s)
-        if got is None:
-            return None
-        return self._unregistered(got[0], got[1])
-
-    def wait_burst(self, lists: Sequence[str], max_messages: int, timeout_s: float) -> list[Delivery]:
-        """Block up to ``timeout_s`` for a message, and take up to ``max_messages - 1`` more
-        that wait behind it, in one round trip: BRPOP and the pop script are sent together,
-        so Redis runs the pop the moment the BRPOP is served. The first message is
-        unregistered (see :meth:`wait`); the others are registered by the pop script."""
         lists = list(lists)
-        more = max(0, max_messages - 1)
-        pop_args: list[Any] = [more, time.time(), self.unacked_key, self.index_key]
+        pop_args: list[Any] = [max_messages, time.time(), self.unacked_key, self.index_key]
         pool = self._r.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command(
                 conn.pack_commands(
                     [
-                        ("BRPOP", *lists, timeout_s),
+                        ("BLMOVE", watch, watch, "RIGHT", "RIGHT", timeout_s),
                         ("EVALSHA", self._pop.sha, len(lists), *lists, *pop_args),
                     ]
                 )
             )
-            got = conn.read_response()
+            conn.read_response()
             try:
-                rest = conn.read_response()
+                raws = conn.read_response()
             except redis.exceptions.NoScriptError:  # first use, or Redis restarted
-                rest = self._pop(keys=lists, args=pop_args) if got is not None else []
+                raws = self._pop(keys=lists, args=pop_args)
         except BaseException:
             conn.disconnect()
             raise
         finally:
             pool.release(conn)
-        if got is None:
-            return [parse_delivery(m) for m in rest or []]
-        first = self._unregistered(got[0], got[1])
-        return [first, *(parse_delivery(m) for m in rest or [])]
-
-    def _unregistered(self, queue_list: Any, raw: Any) -> Delivery:
-        raw = raw if isinstance(raw, bytes) else str(raw).encode()
-        d = parse_delivery(raw)
-        if d.tag is not None and d.envelope is not None:
-            rk = ((d.envelope.get("properties") or {}).get("delivery_info") or {}).get("routing_key")
-            if not isinstance(rk, str) or not rk.startswith(keys.QUEUE_PREFIX):
-                rk = queue_list.decode() if isinstance(queue_list, bytes) else str(queue_list)
-            d.unregistered = "[" + raw.decode() + ',"",' + json.dumps(rk) + "]"
-        return d
+        return [parse_delivery(m) for m in raws or []]
 
     def renew(self, tags: Iterable[str]) -> None:
         """Extend the lease of in-flight messages (their restore clock starts again now)."""

@@ -43,7 +43,6 @@ class Incoming:
     raw: Any
     tag: str | None = None
     error: str | None = None
-    unregistered: str | None = None  # kombu unacked entry to write with the first round trip
     redelivered: bool = False  # restored after a lease ran out: check for poison before running
 
 
@@ -60,7 +59,6 @@ class _Job:
     blobs: dict[str, Any] = field(default_factory=dict)
     skip: bool = False  # already answered (cancelled, or a redelivered duplicate)
     tries: int = 1
-    unregistered: str | None = None
     redelivered: bool = False
 
 
@@ -91,7 +89,6 @@ def incoming_from(d: Delivery) -> Incoming:
     """Decode a message the runner took from a queue itself (as Celery would have)."""
     if d.envelope is None:
         return Incoming(None, None, d.tag, d.error)
-    reg = d.unregistered
     task_id = d.task_id
     headers = d.envelope.get("headers")
     task = headers.get("task") if isinstance(headers, dict) else None
@@ -102,7 +99,7 @@ def incoming_from(d: Delivery) -> Incoming:
     except InvalidInput as exc:
         return Incoming(task_id, None, d.tag, str(exc))
     redelivered = bool(headers.get("redelivered")) if isinstance(headers, dict) else False
-    return Incoming(task_id, job, d.tag, unregistered=reg, redelivered=redelivered)
+    return Incoming(task_id, job, d.tag, redelivered=redelivered)
 
 
 class JobRunner:
@@ -189,7 +186,8 @@ class JobRunner:
             if time.monotonic() >= end or self.linger_s <= 0:
                 return
             try:
-                burst = self.intake.wait_burst(self._all_lists(), self._linger_cap(), self.linger_s)
+                watch = keys.queue(model) if model is not None else keys.queue(min(self.manager.entries))
+                burst = self.intake.wait_burst(self._all_lists(), watch, self._linger_cap(), self.linger_s)
             except redis.exceptions.RedisError:
                 return
             items = [incoming_from(d) for d in burst]
@@ -212,12 +210,12 @@ class JobRunner:
         jobs: list[_Job] = []
         unanswerable: list[str] = []
         for it in items:
-            if it.task_id is None:
-                log.error("dropped a message without a usable job id: %s", it.error)
+            if it.task_id is None or not keys.JOB_ID_RE.match(it.task_id):
+                log.error("dropped a message without a usable job id (%r): %s", it.task_id, it.error)
                 if it.tag:
                     unanswerable.append(it.tag)
                 continue
-            j = _Job(it.task_id, it.raw, now, tag=it.tag, unregistered=it.unregistered, redelivered=it.redelivered)
+            j = _Job(it.task_id, it.raw, now, tag=it.tag, redelivered=it.redelivered)
             if it.error is not None:
                 self._fail(j, InvalidInput(it.error))
             jobs.append(j)
@@ -280,8 +278,7 @@ class JobRunner:
         live = [j for j in jobs if j.meta is None and j.job is not None]
         if not live:
             return None
-        registered = [(j.tag, j.unregistered) for j in live if j.tag and j.unregistered]
-        claim_keys, claim_args = self.intake.claim_call(registered, [(j.task_id, j.redelivered) for j in live])
+        claim_keys, claim_args = self.intake.claim_call([(j.task_id, j.redelivered) for j in live])
         refs = [t["ref"] for j in live for t in (j.job or {}).get("inputs", ()) if "ref" in t]
         overlap = not refs and not any(j.redelivered for j in live)
         if not overlap:
