@@ -25,7 +25,7 @@ from icow.client import Client
 from icow.errors import BrokerUnavailable
 from icow.workers import samples, tls
 
-from .conftest import WorkerProcess
+from .conftest import WorkerProcess, wait_ready
 
 ADMIN_PW = "admin-secret"
 REDIS7 = find_redis_server(tls=True)
@@ -246,6 +246,24 @@ def test_a_worker_that_does_not_trust_the_server_does_not_start(
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert proc.poll() is not None and proc.returncode != 0
+    finally:
+        stop_process(proc)
+
+
+@needs_redis7
+@needs_openssl
+def test_a_worker_takes_its_ca_from_icow_redis_ca(
+    sec_repo: Path, tls_redis: LocalRedis, certs: dict[str, Path]
+) -> None:
+    bare = tls_redis.url.split("?", 1)[0]  # rediss:// with no ssl options in the URL
+    name = f"tls-env-{os.getpid()}@local"
+    proc = start_worker(
+        sec_repo, bare, quiet=True, extra=["--threads", "1", "--name", name], env={"ICOW_REDIS_CA": str(certs["ca"])}
+    )
+    try:
+        wait_ready(tls_redis.url, name, proc)
+        with Client(tls_redis.url) as c:
+            assert float(c.infer("scale", {"x": np.ones((1, 2), np.float32)}, timeout_s=30)["y"][0, 0]) == 2.0
     finally:
         stop_process(proc)
 

@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery, signals
 
 from icow import keys, protocol
+from icow.workers import tls
 from icow.workers.runner import Incoming, JobRunner
 
 log = logging.getLogger("icow.worker")
@@ -97,7 +98,8 @@ def _runner_from_env() -> JobRunner:
         raise RuntimeError("ICOW_REPO is not set; start workers with `icow worker --repo DIR`")
     manager = ModelManager(Repository(s.repo), device=s.device, threads=s.threads)
     manager.start()
-    r = redis.Redis.from_url(s.redis_url or app.conf.broker_url)
+    url = s.redis_url or app.conf.broker_url
+    r = redis.Redis.from_url(url, **tls.redis_options(url))
     manager.publish(r)
     return JobRunner(
         manager, r, worker=f"{os.getpid()}", max_tensor_bytes=s.max_tensor_bytes, inline_max_bytes=s.inline_max_bytes

@@ -12,6 +12,7 @@ from celery import signals
 
 from icow import keys
 from icow.errors import InvalidInput
+from icow.workers import tls
 from icow.workers.heartbeat import Heartbeat
 from icow.workers.models import ModelManager
 from icow.workers.observer import FanOut, JobObserver, WorkerStats
@@ -65,7 +66,13 @@ def run_worker(opts: WorkerOptions) -> int:
         raise InvalidInput(f"no models{wanted} in repository {opts.repo}")
     name = hostname(opts.name)
     manager.start()
-    r = redis.Redis.from_url(opts.redis_url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30)
+    r = redis.Redis.from_url(
+        opts.redis_url,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=30,
+        **tls.redis_options(opts.redis_url),
+    )
     manager.publish(r)
     for m in manager.loaded():
         log.info("serving %s v%s on %s", m.name, m.version, ", ".join(m.providers))
@@ -106,6 +113,7 @@ def run_worker(opts: WorkerOptions) -> int:
     signals.worker_ready.connect(_ready, weak=False)
     app = app_module.app
     app.conf.broker_url = opts.redis_url
+    app.conf.broker_use_ssl = tls.ssl_options(opts.redis_url)  # verify the server (kombu would not)
     app.steps["consumer"].add(QueueSubscriber)  # subscribes to queues of models added later
     if opts.lease_s < 2 * keys.HEARTBEAT_INTERVAL_S:
         raise InvalidInput(f"lease_s must be at least {2 * keys.HEARTBEAT_INTERVAL_S:g} s (2 heartbeats)")

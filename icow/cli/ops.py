@@ -13,6 +13,7 @@ from typing import Any
 
 from icow import keys, settings
 from icow.errors import BrokerUnavailable, IcowError, InvalidInput
+from icow.workers import tls
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -50,7 +51,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the worker is alive and ready, 1 when not (for container healthchecks)."""
     import redis
 
-    r = redis.Redis.from_url(_url(args), socket_connect_timeout=3, socket_timeout=5)
+    url = _url(args)
+    r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5, **tls.redis_options(url))
     try:
         ok, reason = check_worker(r, args.worker, args.host)
     except redis.exceptions.RedisError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 
 from icow import keys, protocol, settings
 from icow.errors import BrokerUnavailable, IcowError
+from icow.workers import tls
 
 
 def _text(v: Any) -> str:
@@ -132,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.redis or settings.from_env().redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, **tls.redis_options(url))
     try:
         if args.json:
             print(json.dumps(fleet_status(r, failures=args.failures), default=str, indent=2))
