@@ -87,9 +87,12 @@ def build_repo(root: Path) -> Path:
 
 ECHO = r"""
 import sys, redis
-r = redis.Redis.from_url(sys.argv[1])
+r = redis.Redis.from_url(sys.argv[1], socket_timeout=None)
 while True:
-    _, m = r.brpop(["echo:req"])
+    got = r.brpop(["echo:req"], timeout=1)
+    if got is None:
+        continue
+    _, m = got
     if m == b"stop":
         break
     if m.startswith(b"big:"):

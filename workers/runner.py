@@ -225,9 +225,11 @@ class JobRunner:
             try:
                 self._parse(jobs)
                 finish = self._fetch(jobs)
-                self._run(jobs)
-                if finish is not None:
-                    finish()
+                try:
+                    self._run(jobs)
+                finally:
+                    if finish is not None:  # always read the overlapped reply (frees its connection)
+                        finish()
             except Exception as exc:  # a bug or Redis trouble mid-way: still answer every job
                 log.exception("unexpected error while running jobs")
                 for j in jobs:
