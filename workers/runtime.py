@@ -174,6 +174,11 @@ class OnnxModel:
         if threads > 0:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not os.environ.get("ICOW_ORT_SPIN"):
+            # onnxruntime's idle threads spin by default; on a host shared with Redis and other
+            # workers that burns the cores they need (ICOW_ORT_SPIN=1 restores spinning).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         requested = provider_list(providers, device, gpu)
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
         self.providers = tuple(self.session.get_providers())
