@@ -70,8 +70,9 @@ def node_tests() -> int:
     if not (node_dir / "package.json").exists():
         return 0
     if shutil.which("node") is None or shutil.which("npm") is None:
-        print("node/npm not found: the Node.js client tests need Node.js 18+", flush=True)
-        return 1
+        # A machine with only Python can still run everything else; CI (.ci/run) requires them.
+        print("node/npm not found: skipping the Node.js client tests (they need Node.js 18+)", flush=True)
+        return 1 if os.environ.get("ICOW_REQUIRE_NODE") else 0
     npm_install = ["npm", "ci"] if (node_dir / "package-lock.json").exists() else ["npm", "install"]
     if subprocess.call([*npm_install, "--no-audit", "--no-fund", "--silent"], cwd=node_dir):
         return 1

@@ -76,9 +76,6 @@ class _ReplyReader:
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def take(self, job_id: str) -> dict[str, Any] | None:
-        return self._stash.pop(job_id, None)
-
     async def wait(self, job_id: str, deadline: float | None) -> dict[str, Any] | None:
         if job_id in self._stash:
             return self._stash.pop(job_id)

@@ -86,10 +86,6 @@ class _ReplyRouter:
         self._stash: dict[str, dict[str, Any]] = {}
         self._reading = False
 
-    def take(self, job_id: str) -> dict[str, Any] | None:
-        with self._cond:
-            return self._stash.pop(job_id, None)
-
     def take_any(self, job_ids: set[str] | dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Every stashed result among ``job_ids`` (one lock, however many ids)."""
         with self._cond:

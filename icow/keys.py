@@ -125,21 +125,12 @@ def blob(job_id: str, direction: str, index: int) -> str:
     return f"{PREFIX}blob:{job_id}:{direction}:{index}"
 
 
-def blob_prefix(job_id: str, direction: str) -> str:
-    """Claim-check keys of a job must start with this; the worker refuses any other key."""
-    return f"{PREFIX}blob:{job_id}:{direction}:"
-
-
 def reply(client_id: str) -> str:
     return f"{PREFIX}reply:{client_id}"
 
 
 def model(name: str) -> str:
     return f"{PREFIX}model:{name}"
-
-
-def job_id_from_result_key(key: str) -> str:
-    return key[len(RESULT_PREFIX) :]
 
 
 def worker(name: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 
 from icow import keys, tensor
-from icow.errors import InvalidInput, PayloadTooLarge
+from icow.errors import InvalidInput
 
 PROTOCOL_VERSION = 1
 TASK_NAME = "icow.infer"
@@ -221,12 +221,6 @@ def _check_data_size(name: str, datatype: str, shape: list[int], data: bytes | b
     expected = count * tensor.DATATYPES[datatype].itemsize
     if len(data) != expected:
         raise InvalidInput(f"input {name!r}: {len(data)} bytes of data but shape {shape} x {datatype} needs {expected}")
-
-
-def check_job_size(job: Mapping[str, Any], max_job_bytes: int = DEFAULT_MAX_JOB_BYTES) -> None:
-    inline = sum(len(t.get("data", b"")) for t in job["inputs"])
-    if inline > max_job_bytes:
-        raise PayloadTooLarge(f"job carries {inline} bytes inline; the limit is {max_job_bytes}")
 
 
 # ---------------------------------------------------------------------------- results

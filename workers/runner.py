@@ -140,18 +140,12 @@ class JobRunner:
         with self._inflight_lock:
             return list(self._inflight)
 
-    def renew_leases(self) -> None:
-        self.intake.renew(self.inflight_tags())
-
     def fail_now(self, task_id: str, error_type: str, message: str) -> None:
         """Answer a message that never reached the task (e.g. an undecodable body)."""
         meta = protocol.failure_meta(task_id, error_type=error_type, message=message, worker=self.worker)
         self.failures += 1
         self.last_error = f"{error_type}: {message}"[:500]
         self.writer.write(task_id, meta, ttl_s=keys.DEFAULT_RESULT_TTL_S, reply_to=None)
-
-    def handle(self, task_id: str, raw: Any) -> None:
-        self.handle_many([Incoming(task_id, raw)])
 
     # -- the burst loop (the Celery task's body)
 
