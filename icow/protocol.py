@@ -17,8 +17,10 @@ standard base64 string; :func:`parse_job` accepts both. Results are always msgpa
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -54,7 +56,28 @@ def unpackb(data: Any) -> Any:
 
 
 def new_job_id() -> str:
+    """A random id (bulk records, Celery-style ids). Jobs take theirs from :func:`new_job`."""
     return str(uuid.uuid4())
+
+
+def job_id_for_token(token: str) -> str:
+    """The job id that a cancel token commits to: the UUID made of the first 16 bytes of
+    SHA-256(token). Whoever holds the token may cancel the job; knowing the id is not enough."""
+    if not isinstance(token, str) or len(token) != 32 or any(c not in "0123456789abcdef" for c in token):
+        raise InvalidInput("a cancel token is 32 lowercase hex characters")
+    return str(uuid.UUID(bytes=hashlib.sha256(token.encode("ascii")).digest()[:16]))
+
+
+def new_job() -> tuple[str, str]:
+    """(job id, cancel token) for a new job: 128 random bits, and the id they commit to."""
+    token = secrets.token_hex(16)
+    return job_id_for_token(token), token
+
+
+def new_input_key() -> str:
+    """A claim-check key for one input tensor: 128 random bits, so no other client can find,
+    read or overwrite it (clients may not list keys)."""
+    return keys.input_blob(secrets.token_hex(16))
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -163,9 +186,10 @@ def parse_job(
             raise InvalidInput(f"input {name!r} is given twice")
         seen.add(name)
         if "ref" in t:
-            ref = t["ref"]
-            if not isinstance(ref, str) or ref != keys.blob(job_id, "in", i):
-                raise InvalidInput(f"input {name!r}: claim-check ref must be {keys.blob(job_id, 'in', i)!r}")
+            if "data" in t:
+                raise InvalidInput(f"input {name!r} has both data and ref; send one")
+            if not keys.is_input_blob(t["ref"]):
+                raise InvalidInput(f"input {name!r}: claim-check ref must be an {keys.input_blob('<32 hex>')!r} key")
         else:
             data = _tensor_data(name, t.get("data"))
             _check_data_size(name, datatype, shape, data)
@@ -173,14 +197,16 @@ def parse_job(
         checked.append(t)
     inputs = checked
     outputs = obj.get("outputs")
-    if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)):
-        raise InvalidInput("outputs must be a list of output names or null")
+    if outputs is not None and (
+        not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs)
+    ):
+        raise InvalidInput("outputs must be a non-empty list of output names, or null for all")
     ttl = obj.get("ttl", keys.DEFAULT_RESULT_TTL_S)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= keys.MAX_RESULT_TTL_S:
         raise InvalidInput(f"ttl must be an integer in 1..{keys.MAX_RESULT_TTL_S} seconds")
     reply_to = obj.get("reply_to")
-    if reply_to is not None and (not isinstance(reply_to, str) or not reply_to.startswith(keys.reply(""))):
-        raise InvalidInput(f"reply_to must be an {keys.reply('<client>')!r} key")
+    if reply_to is not None and not keys.is_reply(reply_to):
+        raise InvalidInput(f"reply_to must be an {keys.reply('<32 hex>')!r} key or null")
     created = obj.get("created")
     if not isinstance(created, (int, float)) or isinstance(created, bool):
         raise InvalidInput("created must be a unix time in seconds")

