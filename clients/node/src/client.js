@@ -1,11 +1,10 @@
-// The Node.js client: submit jobs, wait for results without polling, re-attach by id, read model
-// metadata. The wire format is docs/PROTOCOL.md; this file only does Redis I/O around
-// protocol.js and tensor.js.
-
-import { randomUUID } from 'node:crypto';
+// The Node.js client: submit jobs (FCALL icow_submit), wait for results without polling, cancel,
+// bulk, re-attach by id, read model metadata. The wire format is docs/PROTOCOL.md; this file
+// only does Redis I/O around protocol.js, keys.js, tensor.js, bulk.js and waiting.js.
 
 import { Redis } from 'ioredis';
 
+import * as bulk from './bulk.js';
 import {
   BrokerUnavailable,
   IcowError,
@@ -18,29 +17,36 @@ import {
   QueueFull,
   remoteError,
 } from './errors.js';
+import * as keys from './keys.js';
 import { decode as msgpackDecode, encode as msgpackEncode } from './msgpack.js';
 import {
+  CANCEL_REQUEST,
   DEFAULT_INLINE_MAX_BYTES,
-  DEFAULT_RESULT_TTL_S,
-  MAX_RESULT_TTL_S,
+  MAX_JOB_BYTES,
   READY_STATES,
-  SUBMIT_SCRIPT,
+  SUBMIT,
+  cancelAnswerId,
+  cancelOutcome,
+  cancelRequestCall,
   celeryMessage,
-  checkJobId,
-  checkModelName,
   failureOf,
+  functionsMissing,
+  isFunctionMissing,
   jobEnvelope,
-  keys,
-  newJobId,
+  jobIdForToken,
+  newBulkId,
+  newInputKey,
+  newJob,
   parseMeta,
+  randomHex,
+  submitCall,
+  submitReply,
 } from './protocol.js';
 import { DEFAULT_MAX_TENSOR_BYTES, decode as decodeTensor, encode as encodeTensor } from './tensor.js';
+import { ReplyRouter, SLICE_S, Subscriptions } from './waiting.js';
 
-// One blocking read never waits longer than this, so the result key (the source of truth) is
-// re-read now and then and a silently dead connection is noticed.
-const SLICE_S = 2;
-const STASH_MAX = 10000;
-const MAX_JOB_BYTES = 480 * 1024 * 1024;
+const SUBMIT_OPTIONS = new Set(['version', 'outputs', 'priority', 'deadlineS', 'resultTtlS']);
+const MGET_CHUNK = 10000;
 
 function checkTimeout(timeoutS) {
   if (timeoutS !== null && (typeof timeoutS !== 'number' || !(timeoutS >= 0))) {
@@ -58,6 +64,7 @@ async function io(what, fn) {
     return await fn();
   } catch (err) {
     if (err instanceof IcowError) throw err;
+    if (isFunctionMissing(err)) throw functionsMissing(err);
     throw new BrokerUnavailable(`Redis is unavailable while ${what}: ${err.message}`, { cause: err });
   }
 }
@@ -87,24 +94,40 @@ export function decodeResult(meta, blobs = new Map()) {
   return out;
 }
 
-/** A handle on one job. `client.job(id)` builds one from the id in any process. */
+/**
+ * 'queued' | 'running' | 'succeeded' | 'failed' from a job's result meta and state key.
+ * A 'done' state without a result means the result expired (JobNotFound); no state at all
+ * reads as queued (an unknown id cannot be told from a job nobody has taken yet).
+ */
+export function statusOf(meta, state, jobId) {
+  if (meta !== null) return meta.status === 'SUCCESS' ? 'succeeded' : 'failed';
+  const s = state === null || state === undefined ? null : state.toString();
+  if (s === 'running') return 'running';
+  if (s === 'done') throw new JobNotFound(`job ${jobId}: its result has expired`);
+  return 'queued';
+}
+
+/**
+ * A handle on one job. `client.job(id)` re-attaches from any process; `client.job(id, {token})`
+ * (or a handle from submit) can also cancel it.
+ */
 export class Job {
-  constructor(client, id, model = null, { viaReply = false } = {}) {
+  constructor(client, id, { model = null, token = null, viaReply = false } = {}) {
     this.client = client;
     this.id = id;
     this.model = model;
+    /** The cancel token (32 hex): only its holder may cancel the job. Null when re-attached by id. */
+    this.token = token;
     this._viaReply = viaReply;
     this._meta = null;
   }
 
-  /** 'queued' | 'running' | 'succeeded' | 'failed'; JobNotFound if unknown or expired. */
+  /** 'queued' | 'running' | 'succeeded' | 'failed'; JobNotFound once the result has expired. */
   async status() {
-    if (this._meta === null) {
-      const [meta, state] = await this.client._readState(this.id);
-      if (meta !== null) this._meta = meta;
-      return statusOf(meta, state, this.id);
-    }
-    return statusOf(this._meta, null, this.id);
+    if (this._meta !== null) return statusOf(this._meta, null, this.id);
+    const [meta, state] = await this.client._readState(this.id);
+    if (meta !== null) this._meta = meta;
+    return statusOf(meta, state, this.id);
   }
 
   async done() {
@@ -114,144 +137,24 @@ export class Job {
   /**
    * Wait (blocking on Redis, no polling) until the job finishes; resolve to its outputs by name.
    * Rejects with JobTimeout after `timeoutS` (null waits forever), the job's RemoteError subclass
-   * if it failed, JobNotFound if the job is unknown or expired.
+   * if it failed (JobCancelled if cancelled), JobNotFound if its result has expired.
    */
   async result({ timeoutS = null } = {}) {
     checkTimeout(timeoutS);
     if (this._meta === null) this._meta = await this.client._waitMeta(this.id, timeoutS, this._viaReply);
     return this.client._decode(this._meta);
   }
-}
 
-function statusOf(meta, state, jobId) {
-  if (meta !== null) return meta.status === 'SUCCESS' ? 'succeeded' : 'failed';
-  if (state === null) throw new JobNotFound(`job ${jobId} is unknown or its result has expired`);
-  return state.toString() === 'running' ? 'running' : 'queued';
-}
-
-/** One reader (BLPOP on the client's reply list) hands every result to the job waiting for it. */
-class ReplyRouter {
-  constructor(client, key) {
-    this.client = client;
-    this.key = key;
-    this.waiters = new Map(); // job id -> Set of {resolve, timer}
-    this.stash = new Map(); // results popped before anyone waited for them
-    this.reading = false;
-  }
-
-  /** The job's meta, or null once `untilMs` passes. */
-  wait(jobId, untilMs) {
-    const stashed = this.stash.get(jobId);
-    if (stashed !== undefined) {
-      this.stash.delete(jobId);
-      return Promise.resolve(stashed);
+  /**
+   * Ask the fleet to cancel the job; resolves once a worker answers: true if it was cancelled
+   * (its waiters get JobCancelled), false if it is already running or finished (its result will
+   * stand). Rejects with JobTimeout if no worker answers within `timeoutS`.
+   */
+  async cancel({ timeoutS = 10 } = {}) {
+    if (this.token === null) {
+      throw new InvalidInput(`job ${this.id}: cancelling needs its cancel token (client.job(id, { token }))`);
     }
-    return new Promise((resolve) => {
-      const waiter = { resolve };
-      waiter.timer = setTimeout(() => this._settle(jobId, waiter, null), Math.max(0, untilMs - Date.now()));
-      if (!this.waiters.has(jobId)) this.waiters.set(jobId, new Set());
-      this.waiters.get(jobId).add(waiter);
-      this._read();
-    });
-  }
-
-  _settle(jobId, waiter, meta) {
-    clearTimeout(waiter.timer);
-    const set = this.waiters.get(jobId);
-    if (set) {
-      set.delete(waiter);
-      if (set.size === 0) this.waiters.delete(jobId);
-    }
-    waiter.resolve(meta);
-  }
-
-  _deliver(meta) {
-    const jobId = String(meta.task_id);
-    const set = this.waiters.get(jobId);
-    if (set) {
-      for (const waiter of [...set]) this._settle(jobId, waiter, meta);
-      return;
-    }
-    this.stash.set(jobId, meta);
-    while (this.stash.size > STASH_MAX) this.stash.delete(this.stash.keys().next().value);
-  }
-
-  async _read() {
-    if (this.reading) return;
-    this.reading = true;
-    try {
-      while (this.waiters.size > 0 && !this.client._closed) {
-        let popped;
-        try {
-          popped = await this.client._blocking().blpopBuffer(this.key, SLICE_S);
-        } catch {
-          // The callers re-read the result keys when their slice passes; that surfaces the error.
-          await new Promise((r) => setTimeout(r, 200));
-          continue;
-        }
-        if (popped !== null) {
-          try {
-            this._deliver(parseMeta(popped[1]));
-          } catch {
-            // not a result meta: nothing waits for it
-          }
-        }
-      }
-    } finally {
-      this.reading = false;
-    }
-  }
-
-  closeAll() {
-    for (const [jobId, set] of this.waiters) for (const waiter of [...set]) this._settle(jobId, waiter, null);
-  }
-}
-
-/** A pub/sub connection shared by every re-attached job of a client. */
-class Subscriptions {
-  constructor(client) {
-    this.client = client;
-    this.conn = null;
-    this.listeners = new Map(); // channel -> Set of callbacks
-  }
-
-  _connection() {
-    if (this.conn === null) {
-      this.conn = this.client._r.duplicate();
-      this.conn.on('error', () => {});
-      this.conn.on('messageBuffer', (channel, message) => {
-        for (const cb of this.listeners.get(channel.toString()) ?? []) cb(message);
-      });
-    }
-    return this.conn;
-  }
-
-  /** Listen on `channel`; resolves once the subscription is confirmed. Returns an unsubscribe function. */
-  async listen(channel, callback) {
-    const conn = this._connection();
-    if (!this.listeners.has(channel)) this.listeners.set(channel, new Set());
-    this.listeners.get(channel).add(callback);
-    try {
-      await conn.subscribe(channel);
-    } catch (err) {
-      this._drop(channel, callback);
-      throw err;
-    }
-    return () => this._drop(channel, callback);
-  }
-
-  _drop(channel, callback) {
-    const set = this.listeners.get(channel);
-    if (!set) return;
-    set.delete(callback);
-    if (set.size === 0) {
-      this.listeners.delete(channel);
-      this.conn?.unsubscribe(channel).catch(() => {});
-    }
-  }
-
-  close() {
-    this.conn?.disconnect();
+    return this.client.cancel(this.token, { timeoutS });
   }
 }
 
@@ -265,7 +168,7 @@ export class Client {
   constructor(
     url = process.env.ICOW_REDIS_URL ?? 'redis://127.0.0.1:6379/0',
     {
-      resultTtlS = DEFAULT_RESULT_TTL_S,
+      resultTtlS = keys.DEFAULT_RESULT_TTL_S,
       connectTimeoutS = 2,
       inlineMaxBytes = DEFAULT_INLINE_MAX_BYTES,
       maxTensorBytes = DEFAULT_MAX_TENSOR_BYTES,
@@ -277,10 +180,9 @@ export class Client {
     this.resultTtlS = resultTtlS;
     this.inlineMaxBytes = inlineMaxBytes;
     this.maxTensorBytes = maxTensorBytes;
-    // Refuse jobs for models no worker has published (they would wait forever).
+    // Refuse jobs unless a live worker serves the model (version): they would wait forever.
     this.requirePublished = requirePublished;
-    this.clientId = randomUUID().replaceAll('-', '');
-    this._published = new Set();
+    this.clientId = randomHex();
     this._closed = false;
     this._r = new Redis(url, {
       connectTimeout: connectTimeoutS * 1000,
@@ -294,6 +196,11 @@ export class Client {
     this._subs = new Subscriptions(this);
   }
 
+  /** The reply list the fleet answers this client on (icow:reply:<client id>). */
+  get replyList() {
+    return this._replies.key;
+  }
+
   _blocking() {
     if (this._block === null) {
       this._block = this._r.duplicate();
@@ -302,11 +209,18 @@ export class Client {
     return this._block;
   }
 
+  /** Drop the reply list (results stay in their keys) and disconnect. */
   async close() {
+    if (this._closed) return;
     this._closed = true;
     this._replies.closeAll();
     this._subs.close();
     this._block?.disconnect();
+    try {
+      await this._r.del(this.replyList);
+    } catch {
+      // Redis gone: the list expires with its results
+    }
     this._r.disconnect();
   }
 
@@ -316,20 +230,22 @@ export class Client {
 
   // -- submitting
 
-  _prepare(model, inputs, { version = null, outputs = null, priority = 0, deadlineS = null, resultTtlS, jobId } = {}) {
-    checkModelName(model);
+  _prepare(model, inputs, options = {}) {
+    const unknown = Object.keys(options).filter((k) => !SUBMIT_OPTIONS.has(k));
+    if (unknown.length > 0) throw new InvalidInput(`unknown option ${unknown.join(', ')}; use ${[...SUBMIT_OPTIONS].join(', ')}`);
+    const { version = null, outputs = null, priority = 0, deadlineS = null, resultTtlS = this.resultTtlS } = options;
+    keys.checkModelName(model);
     if (version !== null && !(Number.isSafeInteger(version) && version >= 1)) {
       throw new InvalidInput(`version must be a positive integer or null, got ${version}`);
     }
     if (inputs === null || typeof inputs !== 'object' || Object.keys(inputs).length === 0) {
       throw new InvalidInput('inputs must be a non-empty object of input name -> tensor');
     }
-    if (outputs !== null && (!Array.isArray(outputs) || !outputs.every((o) => typeof o === 'string'))) {
-      throw new InvalidInput('outputs must be an array of output names');
+    if (outputs !== null && (!Array.isArray(outputs) || outputs.length === 0 || !outputs.every((o) => typeof o === 'string'))) {
+      throw new InvalidInput('outputs must be a non-empty array of output names, or null for all');
     }
-    const ttl = resultTtlS ?? this.resultTtlS;
-    if (!Number.isSafeInteger(ttl) || ttl < 1 || ttl > MAX_RESULT_TTL_S) {
-      throw new InvalidInput(`resultTtlS must be an integer in 1..${MAX_RESULT_TTL_S}`);
+    if (!Number.isSafeInteger(resultTtlS) || resultTtlS < 1 || resultTtlS > keys.MAX_RESULT_TTL_S) {
+      throw new InvalidInput(`resultTtlS must be an integer in 1..${keys.MAX_RESULT_TTL_S}`);
     }
     if (!Number.isSafeInteger(priority) || priority < 0 || priority > 9) {
       throw new InvalidInput('priority must be an integer 0..9 (0 is served first)');
@@ -337,21 +253,21 @@ export class Client {
     if (deadlineS !== null && !(typeof deadlineS === 'number' && deadlineS > 0)) {
       throw new InvalidInput('deadlineS must be a positive number of seconds');
     }
-    const id = jobId === undefined ? newJobId() : checkJobId(jobId);
+    const { id, token } = newJob();
     const wire = [];
     const blobs = [];
     let total = 0;
-    Object.entries(inputs).forEach(([name, value], i) => {
+    for (const [name, value] of Object.entries(inputs)) {
       const t = encodeTensor(name, value, { maxBytes: this.maxTensorBytes });
       total += t.data.length;
       if (t.data.length > this.inlineMaxBytes) {
-        const ref = keys.blob(id, 'in', i);
+        const ref = newInputKey();
         blobs.push([ref, t.data]);
         delete t.data;
         t.ref = ref;
       }
       wire.push(t);
-    });
+    }
     if (total > MAX_JOB_BYTES) throw new PayloadTooLarge(`the job's inputs total ${total} bytes; the limit is ${MAX_JOB_BYTES}`);
     const created = Date.now() / 1000;
     const job = jobEnvelope({
@@ -360,52 +276,136 @@ export class Client {
       version,
       inputs: wire,
       outputs,
-      resultTtlS: ttl,
-      replyTo: this._replies.key,
+      resultTtlS,
+      replyTo: this.replyList,
       deadline: deadlineS === null ? null : created + deadlineS,
       created,
     });
-    const message = celeryMessage(msgpackEncode(job), { jobId: id, model, priority });
-    return { id, queueList: keys.queueList(model, priority), message, blobs, ttl };
+    const queue = keys.queue(model, version);
+    const message = celeryMessage(msgpackEncode(job), { jobId: id, model, queue, priority });
+    return { id, token, model, version, queueList: keys.queueList(queue, priority), message, blobs, ttl: resultTtlS };
   }
 
-  async _checkPublished(model) {
-    checkModelName(model);
-    if (!this.requirePublished || this._published.has(model)) return;
-    const names = await io('checking the model is published', () => this._r.smembers(keys.MODELS));
-    this._published = new Set(names);
-    if (!this._published.has(model)) {
-      throw new ModelNotFound(`no worker has published model '${model}'; published: ${[...names].sort().join(', ')}`);
-    }
-  }
-
-  /**
-   * Queue one job and return its handle at once. Options: version, outputs (names), priority
-   * (0..9, 0 first), deadlineS (fail with JobExpired if not started within), resultTtlS, jobId.
-   */
-  async submit(model, inputs, options = {}) {
-    await this._checkPublished(model);
-    const job = this._prepare(model, inputs, options);
-    const [queued, depth, limit] = await io('submitting a job', async () => {
-      const pipe = this._r.pipeline();
-      // Claim-checked tensors first, then the submit script (backlog check, state record,
-      // LPUSH), in the same round trip.
-      for (const [key, data] of job.blobs) pipe.set(key, data, 'EX', job.ttl);
-      const scriptKeys = [keys.LIMITS, ...keys.queueLists(model), job.queueList, keys.state(job.id)];
-      for (const [key] of job.blobs) scriptKeys.push(key);
-      pipe.eval(SUBMIT_SCRIPT, scriptKeys.length, ...scriptKeys, model, 1, job.message, job.ttl, job.blobs.length);
-      const replies = await pipe.exec();
-      for (const [err] of replies) if (err) throw err;
-      return replies.at(-1)[1].map(Number);
+  /** One round trip: SET the claim-checked inputs, then FCALL icow_submit for `prepared`. */
+  async _queue(model, version, prepared) {
+    const call = submitCall({
+      model,
+      version,
+      requireLive: this.requirePublished,
+      jobs: prepared.map((p) => ({ queueList: p.queueList, message: p.message, inputKeys: p.blobs.map(([k]) => k) })),
     });
-    if (queued < 1) {
-      throw new QueueFull(`model '${model}' already has ${depth} jobs waiting, its limit is ${limit}: not queued`, {
+    const replies = await io('submitting jobs', async () => {
+      const pipe = this._r.pipeline();
+      for (const p of prepared) for (const [key, data] of p.blobs) pipe.set(key, data, 'EX', p.ttl);
+      pipe.fcall(SUBMIT, call.keys.length, ...call.keys, ...call.args);
+      const out = await pipe.exec();
+      for (const [err] of out) if (err) throw err;
+      return out;
+    });
+    return submitReply(replies.at(-1)[1]);
+  }
+
+  _refused(model, version, { queued, depth, limit, served }, count, handles) {
+    if (!served) {
+      const what = version === null ? `model '${model}'` : `model '${model}' version ${version}`;
+      return new ModelNotFound(`no live worker serves ${what}: not queued`);
+    }
+    if (queued < count) {
+      const done = handles.length > 0 ? `; ${handles.length} jobs of this call were queued before the limit (err.queued)` : '';
+      const err = new QueueFull(`model '${model}' already has ${depth} jobs waiting, its limit is ${limit}: not queued${done}`, {
         model,
         depth,
         limit,
       });
+      err.queued = handles;
+      return err;
     }
-    return new Job(this, job.id, model, { viaReply: true });
+    return null;
+  }
+
+  /**
+   * Queue one job and return its handle at once. Options: version, outputs (names), priority
+   * (0..9, 0 first), deadlineS (fail with JobExpired if not started within), resultTtlS.
+   * Rejects with ModelNotFound (no live worker serves it) or QueueFull; then nothing was queued.
+   */
+  async submit(model, inputs, options = {}) {
+    const job = this._prepare(model, inputs, options);
+    const reply = await this._queue(model, job.version, [job]);
+    const refused = this._refused(model, job.version, reply, 1, []);
+    if (refused) throw refused;
+    return new Job(this, job.id, { model, token: job.token, viaReply: true });
+  }
+
+  /**
+   * Queue many jobs (an iterable of inputs) in few round trips: one icow_submit per `chunk`
+   * jobs. At the backlog limit, rejects with QueueFull whose `queued` lists the handles of the
+   * jobs queued so far (a prefix of `batch`).
+   */
+  async submitMany(model, batch, { chunk = 500, ...options } = {}) {
+    if (!Number.isSafeInteger(chunk) || chunk < 1) throw new InvalidInput('chunk must be a positive integer');
+    const version = options.version ?? null;
+    const handles = [];
+    let pending = [];
+    const flush = async () => {
+      const reply = await this._queue(model, version, pending);
+      for (const p of pending.slice(0, reply.queued)) handles.push(new Job(this, p.id, { model, token: p.token, viaReply: true }));
+      const refused = this._refused(model, version, reply, pending.length, handles);
+      if (refused) throw refused;
+      pending = [];
+    };
+    for (const inputs of batch) {
+      pending.push(this._prepare(model, inputs, options));
+      if (pending.length >= chunk) await flush();
+    }
+    if (pending.length > 0) await flush();
+    return handles;
+  }
+
+  /**
+   * Queue `inputs` (tensors whose first axis is the sample axis) as jobs of `samplesPerJob`
+   * samples at batch priority, and record the bulk so any process can re-attach with
+   * `client.bulk(id)`. Resolves to a Bulk: progress(), asCompleted(), result().
+   */
+  async submitBulk(
+    model,
+    inputs,
+    { samplesPerJob = 256, priority = bulk.PRIORITY_BATCH, resultTtlS = this.resultTtlS, chunk = 500, ...options } = {},
+  ) {
+    keys.checkModelName(model);
+    const { chunks, samples } = bulk.split(inputs, samplesPerJob);
+    const jobs = await this.submitMany(model, chunks, { ...options, priority, resultTtlS, chunk });
+    const bulkId = newBulkId();
+    const rec = bulk.record(
+      bulkId,
+      model,
+      jobs.map((j) => j.id),
+      samples,
+    );
+    await io('recording a bulk', () => this._r.set(keys.bulk(bulkId), rec, 'EX', resultTtlS));
+    return new bulk.Bulk(this, bulkId, model, jobs, samples);
+  }
+
+  /** Re-attach to a bulk submission by id (from any process). */
+  async bulk(bulkId) {
+    keys.checkJobId(bulkId);
+    const raw = await io('reading a bulk', () => this._r.getBuffer(keys.bulk(bulkId)));
+    const { model, jobIds, samples } = bulk.parseRecord(bulkId, raw);
+    return new bulk.Bulk(
+      this,
+      bulkId,
+      model,
+      jobIds.map((id) => new Job(this, id, { model })),
+      samples,
+    );
+  }
+
+  async _countFinished(jobIds) {
+    let done = 0;
+    for (let i = 0; i < jobIds.length; i += MGET_CHUNK) {
+      const part = jobIds.slice(i, i + MGET_CHUNK).map(keys.result);
+      done += await io('counting finished jobs', () => this._r.exists(...part));
+    }
+    return done;
   }
 
   /** Submit and wait: outputs by name, or the job's error. */
@@ -417,21 +417,158 @@ export class Client {
 
   // -- results
 
-  /** Re-attach to a job by id (from any process). */
-  job(jobId) {
-    return new Job(this, checkJobId(jobId));
+  /** Re-attach to a job by id (from any process); with its `token` the handle can cancel it. */
+  job(jobId, { token = null } = {}) {
+    keys.checkJobId(jobId);
+    if (token !== null && jobIdForToken(token) !== jobId) {
+      throw new InvalidInput(`that cancel token belongs to job ${jobIdForToken(token)}, not ${jobId}`);
+    }
+    return new Job(this, jobId, { token });
+  }
+
+  /**
+   * Ask the fleet to cancel the job `token` commits to (the token a submit handle carries).
+   * Resolves true if it was cancelled, false if it is already running or finished; rejects with
+   * JobTimeout if no worker answers within `timeoutS` (the request stays for the fleet).
+   */
+  async cancel(token, { timeoutS = 10 } = {}) {
+    checkTimeout(timeoutS);
+    const jobId = jobIdForToken(token);
+    const call = cancelRequestCall(token, this.replyList);
+    const answer = this._replies.wait(cancelAnswerId(jobId), deadlineOf(timeoutS));
+    try {
+      await io('requesting a cancel', () => this._r.fcall(CANCEL_REQUEST, call.keys.length, ...call.keys, ...call.args));
+    } catch (err) {
+      this._replies.nudge(cancelAnswerId(jobId));
+      throw err;
+    }
+    const got = await answer;
+    if (got === null) {
+      if (this._closed) throw new BrokerUnavailable('the client was closed');
+      throw new JobTimeout(`no ICOW worker answered the cancel request for job ${jobId} within ${timeoutS} s`);
+    }
+    return cancelOutcome(got) === 'cancelled';
+  }
+
+  /**
+   * Yield jobs (an async iterator) as their results arrive; each one's result() then resolves
+   * at once. Rejects with JobTimeout if some are not finished within `timeoutS`.
+   */
+  async *asCompleted(jobs, { timeoutS = null } = {}) {
+    checkTimeout(timeoutS);
+    const deadline = deadlineOf(timeoutS);
+    const waiting = new Map();
+    for (const job of jobs) {
+      if (job._meta !== null) yield job;
+      else waiting.set(job.id, job);
+    }
+    if (waiting.size === 0) return;
+    const ready = [];
+    const recheck = new Set();
+    let checkAll = false;
+    let wake = null;
+    const signal = () => {
+      const w = wake;
+      wake = null;
+      w?.();
+    };
+    const reattached = [...waiting.values()].filter((j) => !j._viaReply).map((j) => keys.resultChannel(j.id));
+    const stopListening =
+      reattached.length === 0
+        ? () => {}
+        : await io('subscribing to results', () =>
+            this._subs.listen(reattached, (channel, message) => {
+              ready.push([channel.slice(keys.RESULT_PREFIX.length), parseMeta(message)]);
+              signal();
+            }),
+          );
+    checkAll = reattached.length > 0; // subscribed first, then read: nothing published is missed
+    const stopCollecting = this._replies.collect({
+      has: (id) => waiting.has(id),
+      deliver: (id, meta) => {
+        ready.push([id, meta]);
+        signal();
+      },
+      nudge: (id) => {
+        recheck.add(id);
+        signal();
+      },
+    });
+    try {
+      for (;;) {
+        while (ready.length > 0) {
+          const [id, meta] = ready.shift();
+          const job = waiting.get(id);
+          if (job === undefined || !READY_STATES.includes(meta.status)) continue;
+          waiting.delete(id);
+          job._meta = meta;
+          yield job;
+        }
+        if (waiting.size === 0) return;
+        if (checkAll || recheck.size > 0) {
+          const ids = checkAll ? [...waiting.keys()] : [...recheck].filter((id) => waiting.has(id));
+          checkAll = false;
+          recheck.clear();
+          for (const [id, meta, state] of await this._readStates(ids)) {
+            const job = waiting.get(id);
+            if (meta !== null) ready.push([id, meta]);
+            else if (state !== null && state.toString() === 'done') {
+              waiting.delete(id); // expired: its result() rejects with JobNotFound
+              yield job;
+            }
+          }
+          continue;
+        }
+        const left = deadline - Date.now();
+        if (left <= 0) throw new JobTimeout(`${waiting.size} jobs not finished within ${timeoutS} s`);
+        if (this._closed) throw new BrokerUnavailable('the client was closed');
+        await new Promise((resolve) => {
+          const timer = setTimeout(
+            () => {
+              checkAll = true; // a slice passed: the result keys are the source of truth
+              wake = null;
+              resolve();
+            },
+            Math.min(left, SLICE_S * 1000),
+          );
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+          if (ready.length > 0 || recheck.size > 0) signal();
+        });
+      }
+    } finally {
+      stopCollecting();
+      stopListening();
+    }
   }
 
   async _readState(jobId) {
-    const [data, state] = await io("reading a job's state", () =>
-      this._r.mgetBuffer(keys.result(jobId), keys.state(jobId)),
-    );
+    const [data, state] = await io("reading a job's state", () => this._r.mgetBuffer(keys.result(jobId), keys.state(jobId)));
     return [data === null ? null : parseMeta(data), state];
   }
 
+  /** [[id, meta or null, state or null]] for many jobs, one MGET per 5,000 jobs. */
+  async _readStates(ids) {
+    const out = [];
+    for (let i = 0; i < ids.length; i += MGET_CHUNK / 2) {
+      const part = ids.slice(i, i + MGET_CHUNK / 2);
+      const values = await io('reading job states', () => this._r.mgetBuffer(...part.flatMap((id) => [keys.result(id), keys.state(id)])));
+      part.forEach((id, k) => {
+        const data = values[2 * k];
+        out.push([id, data === null ? null : parseMeta(data), values[2 * k + 1]]);
+      });
+    }
+    return out;
+  }
+
+  /** The job's result meta, null if it has none yet; JobNotFound if it has expired. */
   async _checkKey(jobId) {
     const [meta, state] = await this._readState(jobId);
-    if (meta === null && state === null) throw new JobNotFound(`job ${jobId} is unknown or its result has expired`);
+    if (meta === null && state !== null && state.toString() === 'done') {
+      throw new JobNotFound(`job ${jobId}: its result has expired`);
+    }
     return meta;
   }
 
@@ -440,7 +577,7 @@ export class Client {
     if (!viaReply) return this._waitPubsub(jobId, deadline, timeoutS);
     for (;;) {
       const meta = await this._replies.wait(jobId, Math.min(deadline, Date.now() + SLICE_S * 1000));
-      if (meta !== null) return meta;
+      if (meta !== null && READY_STATES.includes(meta.status)) return meta;
       if (this._closed) throw new BrokerUnavailable('the client was closed');
       const stored = await this._checkKey(jobId); // the key is the source of truth
       if (stored !== null) return stored;
@@ -451,21 +588,26 @@ export class Client {
   async _waitPubsub(jobId, deadline, timeoutS) {
     const inbox = [];
     let wake = null;
-    const unlisten = await io('subscribing to a result', () =>
-      this._subs.listen(keys.resultChannel(jobId), (message) => {
+    const stop = await io('subscribing to a result', () =>
+      this._subs.listen([keys.resultChannel(jobId)], (_channel, message) => {
         inbox.push(message);
         wake?.();
       }),
     );
+    const fromInbox = () => {
+      while (inbox.length > 0) {
+        const got = parseMeta(inbox.shift());
+        if (READY_STATES.includes(got.status)) return got;
+      }
+      return null;
+    };
     try {
       for (;;) {
         // Subscribed first, then GET: a result published before the subscription is in the key.
         const meta = await this._checkKey(jobId);
         if (meta !== null && READY_STATES.includes(meta.status)) return meta;
-        while (inbox.length > 0) {
-          const got = parseMeta(inbox.shift());
-          if (READY_STATES.includes(got.status)) return got;
-        }
+        const early = fromInbox();
+        if (early) return early;
         const left = deadline - Date.now();
         if (left <= 0) throw new JobTimeout(`job ${jobId} not finished within ${timeoutS} s`);
         if (this._closed) throw new BrokerUnavailable('the client was closed');
@@ -479,13 +621,11 @@ export class Client {
           wake = done;
           if (inbox.length > 0) done();
         });
-        while (inbox.length > 0) {
-          const got = parseMeta(inbox.shift());
-          if (READY_STATES.includes(got.status)) return got;
-        }
+        const got = fromInbox();
+        if (got) return got;
       }
     } finally {
-      unlisten();
+      stop();
     }
   }
 
@@ -520,7 +660,7 @@ export class Client {
 
   /** A model's signature: {name, version, inputs: [{name, datatype, shape}], outputs, versions, providers}. */
   async model(name, version = null) {
-    checkModelName(name);
+    keys.checkModelName(name);
     const raw = await io('reading model metadata', () => this._r.hgetallBuffer(keys.model(name)));
     const metas = new Map(Object.entries(raw).map(([v, data]) => [Number(v), msgpackDecode(data)]));
     if (metas.size === 0) throw new NotFound(`model '${name}' is not published by any worker`);

@@ -1,7 +1,8 @@
 // ICOW for Node.js: submit ONNX inference jobs through Redis and read their results.
 // The wire format is specified in docs/PROTOCOL.md (protocol version 1).
 
-export { Client, Job, decodeResult, outputRefs } from './client.js';
+export { Bulk, PRIORITY_BATCH, split as splitBulk } from './bulk.js';
+export { Client, Job, decodeResult, outputRefs, statusOf } from './client.js';
 export {
   BrokerUnavailable,
   IcowError,
@@ -22,12 +23,18 @@ export {
 } from './errors.js';
 export { Float64, decode as msgpackDecode, encode as msgpackEncode } from './msgpack.js';
 export {
+  CANCEL_REQUEST,
   PROTOCOL_VERSION,
-  SUBMIT_SCRIPT,
+  SUBMIT,
+  cancelRequestCall,
   celeryMessage,
   failureOf,
   jobEnvelope,
+  jobIdForToken,
   keys,
   parseMeta,
+  parseReply,
+  submitCall,
+  submitReply,
 } from './protocol.js';
 export { ALL_DATATYPES, BYTES, DATATYPES, decode as decodeTensor, encode as encodeTensor, halfToNumbers } from './tensor.js';

@@ -1,90 +1,66 @@
-// The wire format of protocol version 1 (docs/PROTOCOL.md): Redis keys, the job envelope, the
-// Celery message that carries it, and result meta maps.
+// The wire format of protocol version 1 (docs/PROTOCOL.md): job ids and cancel tokens, the job
+// envelope, the Celery message that carries it, the KEYS/ARGV of ICOW's Redis Functions that a
+// client calls (icow/lua/icow.lua), and the maps the fleet answers with. No I/O here.
 
-import { randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 
-import { InvalidInput } from './errors.js';
+import { BrokerUnavailable, InvalidInput } from './errors.js';
+import * as keys from './keys.js';
+import { DEFAULT_RESULT_TTL_S } from './keys.js';
 import { Float64, decode, encode } from './msgpack.js';
+
+export { keys };
+export { DEFAULT_RESULT_TTL_S, MAX_RESULT_TTL_S, checkJobId, checkModelName } from './keys.js';
 
 export const PROTOCOL_VERSION = 1;
 export const TASK_NAME = 'icow.infer';
 export const CONTENT_TYPE = 'application/x-msgpack';
+// Tensors strictly larger than this travel under their own icow:in:<nonce> key (claim check).
 export const DEFAULT_INLINE_MAX_BYTES = 256 * 1024;
-export const DEFAULT_RESULT_TTL_S = 24 * 3600;
-export const MAX_RESULT_TTL_S = 30 * 24 * 3600;
+// Redis refuses bulk strings over 512 MB (proto-max-bulk-len); stay clearly below.
+export const MAX_JOB_BYTES = 480 * 1024 * 1024;
 export const READY_STATES = Object.freeze(['SUCCESS', 'FAILURE', 'REVOKED']);
 
-const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-const JOB_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
-const PRIORITY_STEPS = [0, 3, 6, 9];
-const PRIORITY_SEP = '\x06\x16';
+/** The client-callable Redis Functions of ICOW's library (workers install it at start). */
+export const SUBMIT = 'icow_submit';
+export const CANCEL_REQUEST = 'icow_cancel_request';
+
 const EMBED = { callbacks: null, errbacks: null, chain: null, chord: null };
 
+// -- ids
+
+/** 128 random bits as 32 lowercase hex: client ids, cancel tokens, input key nonces. */
+export function randomHex() {
+  return randomBytes(16).toString('hex');
+}
+
 /**
- * The submit script (docs/PROTOCOL.md, "Submitting"): checks the model's backlog limit and
- * queues jobs in one atomic step. KEYS: icow:limits, the model's 4 priority lists, then per job
- * its list, its state key and its claim-check blob keys (SET before, in the same round trip).
- * ARGV: model, number of jobs, then per job: message, ttl, number of blob keys.
- * Returns [queued, depth, limit]: jobs 1..queued were queued; limit -1 means none.
+ * The job id a cancel token commits to: the UUID string of the first 16 bytes of
+ * SHA-256(token as ASCII). Whoever holds the token may cancel the job; the id alone is not enough.
  */
-export const SUBMIT_SCRIPT = `
-local limit = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '')
-local depth = 0
-if limit then
-  for i = 2, 5 do depth = depth + redis.call('LLEN', KEYS[i]) end
-end
-local k, a, queued = 6, 3, 0
-for j = 1, tonumber(ARGV[2]) do
-  local nblobs = tonumber(ARGV[a + 2])
-  if limit and depth >= limit then
-    for b = 1, nblobs do redis.call('DEL', KEYS[k + 1 + b]) end
-  else
-    redis.call('SET', KEYS[k + 1], 'queued', 'EX', ARGV[a + 1])
-    redis.call('LPUSH', KEYS[k], ARGV[a])
-    depth = depth + 1
-    queued = queued + 1
-  end
-  k = k + 2 + nblobs
-  a = a + 3
-end
-return {queued, depth, limit or -1}
-`;
-
-/** Every Redis key a client uses (icow/keys.py). */
-export const keys = Object.freeze({
-  MODELS: 'icow:models',
-  LIMITS: 'icow:limits',
-  queueLists: (model) => PRIORITY_STEPS.map((p) => keys.queueList(model, p)),
-  queue: (model) => `icow:q:${model}`,
-  queueList: (model, priority = 0) => {
-    const step = Math.max(...PRIORITY_STEPS.filter((s) => s <= priority));
-    return step === 0 ? `icow:q:${model}` : `icow:q:${model}${PRIORITY_SEP}${step}`;
-  },
-  result: (jobId) => `celery-task-meta-${jobId}`,
-  resultChannel: (jobId) => `celery-task-meta-${jobId}`,
-  state: (jobId) => `icow:state:${jobId}`,
-  blob: (jobId, direction, index) => `icow:blob:${jobId}:${direction}:${index}`,
-  reply: (clientId) => `icow:reply:${clientId}`,
-  model: (name) => `icow:model:${name}`,
-});
-
-export function checkModelName(name) {
-  if (typeof name !== 'string' || !MODEL_NAME_RE.test(name) || name.includes('..')) {
-    throw new InvalidInput(
-      `invalid model name ${JSON.stringify(name)}: use 1-128 characters of A-Z a-z 0-9 _ . - starting with a letter or digit`,
-    );
-  }
-  return name;
+export function jobIdForToken(token) {
+  if (!keys.isHex32(token)) throw new InvalidInput('a cancel token is 32 lowercase hex characters');
+  const h = createHash('sha256').update(token, 'ascii').digest('hex').slice(0, 32);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-export function checkJobId(jobId) {
-  if (typeof jobId !== 'string' || !JOB_ID_RE.test(jobId)) throw new InvalidInput(`invalid job id ${JSON.stringify(jobId)}`);
-  return jobId;
+/** {id, token} for a new job. */
+export function newJob() {
+  const token = randomHex();
+  return { id: jobIdForToken(token), token };
 }
 
-export function newJobId() {
+/** A claim-check key for one input tensor: icow:in:<128 random bits>, unguessable by others. */
+export function newInputKey() {
+  return keys.inputBlob(randomHex());
+}
+
+/** A random id for a bulk record. */
+export function newBulkId() {
   return randomUUID();
 }
+
+// -- jobs
 
 /** The job envelope (a msgpack map); field order is part of the golden bytes. */
 export function jobEnvelope({
@@ -114,9 +90,13 @@ export function jobEnvelope({
 
 /**
  * The kombu Redis-transport envelope (one line of JSON) that carries `jobBytes`, the msgpack of
- * the job envelope, to a Celery worker. LPUSH it on keys.queueList(model, priority).
+ * the job envelope, to a Celery worker. `queue` is keys.queue(model, version); icow_submit
+ * pushes it on keys.queueList(queue, priority).
  */
-export function celeryMessage(jobBytes, { jobId, model, priority = 0, deliveryTag = randomUUID(), lang = 'js' }) {
+export function celeryMessage(
+  jobBytes,
+  { jobId, model, queue = keys.queue(model), priority = 0, deliveryTag = randomUUID(), lang = 'js' },
+) {
   // body = msgpack([[job], {}, embed]), with the job's own bytes spliced in as they are
   const body = Buffer.concat([Buffer.from([0x93, 0x91]), jobBytes, encode({}), encode(EMBED)]);
   const envelope = {
@@ -142,7 +122,7 @@ export function celeryMessage(jobBytes, { jobId, model, priority = 0, deliveryTa
       correlation_id: jobId,
       reply_to: '',
       delivery_mode: 2,
-      delivery_info: { exchange: '', routing_key: keys.queue(model) },
+      delivery_info: { exchange: '', routing_key: queue },
       priority,
       body_encoding: 'base64',
       delivery_tag: deliveryTag,
@@ -171,4 +151,75 @@ export function failureOf(meta) {
     return [String(res.exc_type ?? 'RemoteError'), String(msg ?? '')];
   }
   return ['RemoteError', String(res)];
+}
+
+// -- the Redis Functions a client calls
+
+/**
+ * KEYS and ARGV of one `FCALL icow_submit` queuing `jobs` (all for one queue: same model and
+ * version). Each job is {queueList, message, inputKeys}: its priority list, its Celery message,
+ * and its claim-checked input keys (SET by the caller earlier in the same pipeline).
+ */
+export function submitCall({ model, version = null, requireLive = true, jobs }) {
+  const q = keys.queue(model, version);
+  const callKeys = [keys.LIMITS, keys.live(model), keys.wake(q), ...keys.queueLists(q)];
+  const args = [model, version === null ? '' : String(version), requireLive ? '1' : '0', String(jobs.length)];
+  for (const job of jobs) {
+    callKeys.push(job.queueList, ...job.inputKeys);
+    args.push(job.message, String(job.inputKeys.length));
+  }
+  return { keys: callKeys, args };
+}
+
+/** {queued, depth, limit (-1: none), served} from icow_submit's reply. */
+export function submitReply(reply) {
+  const [queued, depth, limit, served] = reply.map(Number);
+  return { queued, depth, limit, served: served === 1 };
+}
+
+/** KEYS and ARGV of `FCALL icow_cancel_request`: the fleet answers on `replyList`. */
+export function cancelRequestCall(token, replyList) {
+  return { keys: [keys.CANCELS], args: [token, replyList] };
+}
+
+/** The task_id of the fleet's answer to a cancel request for `jobId`. */
+export const cancelAnswerId = (jobId) => `cancel:${jobId}`;
+
+/** 'cancelled' | 'finished' | 'running' from the result field of a CANCEL answer (1 / 0 / -1). */
+export function cancelOutcome(answer) {
+  const code = Number(answer.result);
+  if (code === 1) return 'cancelled';
+  if (code === 0) return 'finished';
+  if (code === -1) return 'running';
+  throw new InvalidInput(`unexpected cancel answer ${JSON.stringify(answer.result)}`);
+}
+
+/** True for the error Redis gives when FCALL names a function that is not loaded. */
+export function isFunctionMissing(err) {
+  return /function not found/i.test(String(err?.message ?? ''));
+}
+
+/** The error for a missing library: the fleet has not installed ICOW's functions yet. */
+export function functionsMissing(err) {
+  return new BrokerUnavailable(
+    "ICOW's Redis functions are not installed on this Redis: no ICOW worker has started against it " +
+      '(workers install them at start and every heartbeat, or run `icow admin install`)',
+    { cause: err },
+  );
+}
+
+/**
+ * A map read from a reply list: a result meta (task_id = job id) or the fleet's answer to a
+ * cancel request (status CANCEL, task_id = cancel:<job id>). Null for anything else.
+ */
+export function parseReply(bytes) {
+  let msg;
+  try {
+    msg = decode(bytes);
+  } catch {
+    return null;
+  }
+  if (msg === null || typeof msg !== 'object' || typeof msg.task_id !== 'string') return null;
+  if (msg.status === 'CANCEL' || [...READY_STATES, 'PENDING', 'STARTED', 'RETRY'].includes(msg.status)) return msg;
+  return null;
 }

@@ -15,6 +15,7 @@ import {
   encodeTensor,
   halfToNumbers,
   jobEnvelope,
+  jobIdForToken,
   keys,
   msgpackDecode,
   msgpackEncode,
@@ -73,18 +74,19 @@ for (const [name, meaning] of JOBS) {
   test(`job ${name}: the Node encoder reproduces the job and message bytes`, () => {
     const job = meaning.job;
     const blobs = {};
-    const wire = job.inputs.map((t, i) => {
+    const wire = job.inputs.map((t) => {
       const w = encodeTensor(t.name, userTensor(t));
       if (w.data.length > meaning.inline_max_bytes) {
-        const ref = keys.blob(job.id, 'in', i);
-        blobs[ref] = w.data;
+        // claim-checked: the key is random (icow:in:<nonce>); the vector names the one it used
+        blobs[t.ref] = w.data;
         delete w.data;
-        w.ref = ref;
+        w.ref = t.ref;
       } else {
         assert.equal(w.data.toString('hex'), t.data_hex, `input ${t.name}`);
       }
       return w;
     });
+    if (meaning.token !== undefined) assert.equal(jobIdForToken(meaning.token), job.id);
     const envelope = jobEnvelope({
       jobId: job.id,
       model: job.model,
@@ -98,15 +100,17 @@ for (const [name, meaning] of JOBS) {
     });
     const bytes = msgpackEncode(envelope);
     assert.equal(bytes.toString('hex'), file(meaning.files.job).toString('hex'));
+    const queue = meaning.queue_list.split('\x06\x16')[0];
     const message = celeryMessage(bytes, {
       jobId: job.id,
       model: job.model,
+      queue,
       priority: meaning.priority,
       deliveryTag: meaning.delivery_tag,
       lang: 'py',
     });
     assert.equal(message, file(meaning.files.message).toString('utf8'));
-    assert.equal(keys.queueList(job.model, meaning.priority), meaning.queue_list);
+    assert.equal(keys.queueList(queue, meaning.priority), meaning.queue_list);
     for (const [ref, f] of Object.entries(meaning.blobs)) assert.deepEqual(blobs[ref], file(f));
   });
 
