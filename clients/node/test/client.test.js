@@ -337,3 +337,35 @@ test('a Redis that is not there gives BrokerUnavailable', async () => {
     await gone.close();
   }
 });
+
+test('as the client ACL user (icow.keys.CLIENT_ACL_RULES): submit, wait, status, cancel, bulk, close', async () => {
+  const rules = JSON.parse(python('import json\nfrom icow.keys import CLIENT_ACL_RULES\nprint(json.dumps(CLIENT_ACL_RULES))'));
+  await server.conn.call('ACL', 'SETUSER', 'icow-client', 'reset', 'on', '>client-pw', ...rules);
+  const limited = new Client(server.urlFor('icow-client', 'client-pw'));
+  try {
+    const pending = limited.infer(MODEL, { x: new Float32Array(70_000).fill(2) }, { timeoutS: 30 }); // claim-checked input
+    await worker.serve(Q);
+    assert.equal((await pending).x.data[69_999], 2);
+
+    const job = await limited.submit(MODEL, x(1));
+    assert.equal(await job.status(), 'queued');
+    const waiting = job.result({ timeoutS: 30 }).catch((err) => err);
+    const cancelling = job.cancel();
+    await worker.serveCancel();
+    assert.equal(await cancelling, true);
+    assert.ok((await waiting) instanceof JobCancelled); // woken by the cancel answer (bells are not readable)
+    await worker.take(Q);
+
+    const bulk = await limited.submitBulk('bulky', { x: { shape: [3, 1], data: Float32Array.of(1, 2, 3) } }, { samplesPerJob: 2 });
+    await worker.serve(keys.queue('bulky'));
+    assert.deepEqual(Array.from((await (await limited.bulk(bulk.id)).result({ timeoutS: 10 })).x.data), [1, 2, 3]);
+    assert.deepEqual(await bulk.progress(), [2, 2]);
+
+    await assert.rejects(limited.job(job.id).result({ timeoutS: 5 }), JobCancelled); // pub/sub + GET
+    assert.ok((await limited.models()) !== null);
+  } finally {
+    await limited.close();
+  }
+  assert.equal(await server.conn.exists(limited.replyList), 0);
+  await server.conn.call('ACL', 'DELUSER', 'icow-client');
+});
