@@ -132,3 +132,62 @@ def test_kubernetes_example_is_well_formed_and_scales_on_the_model_queue() -> No
     assert auth in {d["metadata"]["name"] for d in by_kind["TriggerAuthentication"]}
     prom = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
     assert "icow_queue_oldest_age_seconds" in prom["metadata"]["query"]
+
+
+def uncommented_sentinel_option(text: str) -> dict[str, Any]:
+    """compose.yaml with its commented Sentinel option switched on, as a user would."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # redis-replica:"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("  # --- end of the Sentinel option"))
+    for i in range(start, end):
+        assert lines[i].startswith("  # "), lines[i]
+        lines[i] = "  " + lines[i][4:]
+    lines = [line.replace("  # redis-replica-data:   # Sentinel option", "  redis-replica-data:") for line in lines]
+    return yaml.safe_load("\n".join(lines))  # type: ignore[no-any-return]
+
+
+def test_compose_sentinel_option_is_valid_and_matches_its_url(tmp_path: Path) -> None:
+    from icow import connection
+
+    text = COMPOSE.read_text()
+    url = next(
+        line.split("ICOW_REDIS_URL: ", 1)[1].strip('"') for line in text.splitlines() if "redis+sentinel://" in line
+    )
+    on = uncommented_sentinel_option(text)
+    services = on["services"]
+    for name in ("worker", "worker-gpu1", "worker-cpu", "exporter"):
+        services[name]["environment"]["ICOW_REDIS_URL"] = url
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump(on))
+    proc = validate_compose(tmp_path / "compose.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    target = connection.parse_sentinel(url.replace("${REDIS_PASSWORD}", "pw"))
+    assert target.password == "pw" and target.db == 0
+    assert {h for h, _ in target.sentinels} == {"sentinel1", "sentinel2", "sentinel3"} <= set(services)
+    sentinel_cmd = " ".join(services["sentinel1"]["command"])
+    assert f"sentinel monitor {target.service} redis 6379 2" in sentinel_cmd  # quorum 2 of 3
+    assert all(p == 26379 for _, p in target.sentinels) and "port 26379" in sentinel_cmd
+    assert services["sentinel2"] == services["sentinel1"] == services["sentinel3"]
+    replica = " ".join(services["redis-replica"]["command"])
+    assert "--replicaof redis 6379" in replica and "--masterauth" in replica and "--appendonly yes" in replica
+    assert "--masterauth" in " ".join(services["redis"]["command"])  # the old primary returns as a replica
+
+
+def test_kubernetes_sentinel_option_names_the_same_master() -> None:
+    from icow import connection
+
+    text = K8S.read_text()
+    url = next(line.split("url='", 1)[1].rstrip("'") for line in text.splitlines() if "redis+sentinel://" in line)
+    target = connection.parse_sentinel(url.replace("PASSWORD", "pw"))
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "# - type: redis-sentinel" in line)
+    block = []
+    for line in lines[start:]:
+        if not line.lstrip().startswith("#"):
+            break
+        block.append(line.replace("# ", "", 1))
+    (trigger,) = yaml.safe_load("\n".join(block))
+    meta = trigger["metadata"]
+    assert meta["sentinelMaster"] == target.service
+    assert [a.strip() for a in meta["addresses"].split(",")] == [f"{h}:{p}" for h, p in target.sentinels]
+    assert meta["listName"] == keys.queue("mlp")
