@@ -45,7 +45,7 @@ import {
 import { DEFAULT_MAX_TENSOR_BYTES, decode as decodeTensor, encode as encodeTensor } from './tensor.js';
 import { ReplyRouter, SLICE_S, Subscriptions } from './waiting.js';
 
-const SUBMIT_OPTIONS = new Set(['version', 'outputs', 'priority', 'deadlineS', 'resultTtlS']);
+const SUBMIT_OPTIONS = new Set(['version', 'outputs', 'priority', 'deadlineS', 'resultTtlS', 'jobId']);
 const MGET_CHUNK = 10000;
 
 function checkTimeout(timeoutS) {
@@ -94,6 +94,13 @@ export function decodeResult(meta, blobs = new Map()) {
   return out;
 }
 
+/** The result meta stored under celery-task-meta-<id>, if it is this job's answer. */
+function readMeta(jobId, data) {
+  if (data === null || data === undefined) return null;
+  const meta = parseMeta(data);
+  return meta.task_id === jobId && READY_STATES.includes(meta.status) ? meta : null;
+}
+
 /**
  * 'queued' | 'running' | 'succeeded' | 'failed' from a job's result meta and state key.
  * A 'done' state without a result means the result expired (JobNotFound); no state at all
@@ -108,16 +115,16 @@ export function statusOf(meta, state, jobId) {
 }
 
 /**
- * A handle on one job. `client.job(id)` re-attaches from any process; `client.job(id, {token})`
+ * A handle on one job. `client.job(id)` re-attaches from any process; `client.job(id, {cancelToken})`
  * (or a handle from submit) can also cancel it.
  */
 export class Job {
-  constructor(client, id, { model = null, token = null, viaReply = false } = {}) {
+  constructor(client, id, { model = null, cancelToken = null, viaReply = false } = {}) {
     this.client = client;
     this.id = id;
     this.model = model;
     /** The cancel token (32 hex): only its holder may cancel the job. Null when re-attached by id. */
-    this.token = token;
+    this.cancelToken = cancelToken;
     this._viaReply = viaReply;
     this._meta = null;
   }
@@ -151,10 +158,13 @@ export class Job {
    * stand). Rejects with JobTimeout if no worker answers within `timeoutS`.
    */
   async cancel({ timeoutS = 10 } = {}) {
-    if (this.token === null) {
-      throw new InvalidInput(`job ${this.id}: cancelling needs its cancel token (client.job(id, { token }))`);
+    if (this.cancelToken === null) {
+      throw new InvalidInput(
+        `job ${this.id} has no cancel token: only the client that submitted it (with an id of ICOW's making), or ` +
+          'whoever it gave job.cancelToken to (client.job(id, { cancelToken })), can cancel it',
+      );
     }
-    return this.client.cancel(this.token, { timeoutS });
+    return this.client.cancel(this.cancelToken, { timeoutS });
   }
 }
 
@@ -233,7 +243,7 @@ export class Client {
   _prepare(model, inputs, options = {}) {
     const unknown = Object.keys(options).filter((k) => !SUBMIT_OPTIONS.has(k));
     if (unknown.length > 0) throw new InvalidInput(`unknown option ${unknown.join(', ')}; use ${[...SUBMIT_OPTIONS].join(', ')}`);
-    const { version = null, outputs = null, priority = 0, deadlineS = null, resultTtlS = this.resultTtlS } = options;
+    const { version = null, outputs = null, priority = 0, deadlineS = null, resultTtlS = this.resultTtlS, jobId = null } = options;
     keys.checkModelName(model);
     if (version !== null && !(Number.isSafeInteger(version) && version >= 1)) {
       throw new InvalidInput(`version must be a positive integer or null, got ${version}`);
@@ -253,7 +263,8 @@ export class Client {
     if (deadlineS !== null && !(typeof deadlineS === 'number' && deadlineS > 0)) {
       throw new InvalidInput('deadlineS must be a positive number of seconds');
     }
-    const { id, token } = newJob();
+    // An id of the caller's making cannot be cancelled: no token commits to it.
+    const { id, token } = jobId === null ? newJob() : { id: keys.checkJobId(jobId), token: null };
     const wire = [];
     const blobs = [];
     let total = 0;
@@ -333,7 +344,7 @@ export class Client {
     const reply = await this._queue(model, job.version, [job]);
     const refused = this._refused(model, job.version, reply, 1, []);
     if (refused) throw refused;
-    return new Job(this, job.id, { model, token: job.token, viaReply: true });
+    return new Job(this, job.id, { model, cancelToken: job.token, viaReply: true });
   }
 
   /**
@@ -348,7 +359,7 @@ export class Client {
     let pending = [];
     const flush = async () => {
       const reply = await this._queue(model, version, pending);
-      for (const p of pending.slice(0, reply.queued)) handles.push(new Job(this, p.id, { model, token: p.token, viaReply: true }));
+      for (const p of pending.slice(0, reply.queued)) handles.push(new Job(this, p.id, { model, cancelToken: p.token, viaReply: true }));
       const refused = this._refused(model, version, reply, pending.length, handles);
       if (refused) throw refused;
       pending = [];
@@ -417,17 +428,17 @@ export class Client {
 
   // -- results
 
-  /** Re-attach to a job by id (from any process); with its `token` the handle can cancel it. */
-  job(jobId, { token = null } = {}) {
+  /** Re-attach to a job by id (from any process); with its `cancelToken` the handle can cancel it. */
+  job(jobId, { cancelToken = null } = {}) {
     keys.checkJobId(jobId);
-    if (token !== null && jobIdForToken(token) !== jobId) {
-      throw new InvalidInput(`that cancel token belongs to job ${jobIdForToken(token)}, not ${jobId}`);
+    if (cancelToken !== null && jobIdForToken(cancelToken) !== jobId) {
+      throw new InvalidInput(`this cancel token does not belong to job ${jobId}`);
     }
-    return new Job(this, jobId, { token });
+    return new Job(this, jobId, { cancelToken });
   }
 
   /**
-   * Ask the fleet to cancel the job `token` commits to (the token a submit handle carries).
+   * Ask the fleet to cancel the job `token` commits to (a submit handle's `cancelToken`).
    * Resolves true if it was cancelled, false if it is already running or finished; rejects with
    * JobTimeout if no worker answers within `timeoutS` (the request stays for the fleet).
    */
@@ -546,7 +557,7 @@ export class Client {
 
   async _readState(jobId) {
     const [data, state] = await io("reading a job's state", () => this._r.mgetBuffer(keys.result(jobId), keys.state(jobId)));
-    return [data === null ? null : parseMeta(data), state];
+    return [readMeta(jobId, data), state];
   }
 
   /** [[id, meta or null, state or null]] for many jobs, one MGET per 5,000 jobs. */
@@ -556,8 +567,7 @@ export class Client {
       const part = ids.slice(i, i + MGET_CHUNK / 2);
       const values = await io('reading job states', () => this._r.mgetBuffer(...part.flatMap((id) => [keys.result(id), keys.state(id)])));
       part.forEach((id, k) => {
-        const data = values[2 * k];
-        out.push([id, data === null ? null : parseMeta(data), values[2 * k + 1]]);
+        out.push([id, readMeta(id, values[2 * k]), values[2 * k + 1]]);
       });
     }
     return out;

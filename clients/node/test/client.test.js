@@ -46,8 +46,8 @@ after(async () => {
 
 test('submit queues a Celery message through icow_submit; the id is the one its cancel token commits to', async () => {
   const job = await client.submit(MODEL, x(1, 2));
-  assert.match(job.token, /^[0-9a-f]{32}$/);
-  assert.equal(job.id, jobIdForToken(job.token));
+  assert.match(job.cancelToken, /^[0-9a-f]{32}$/);
+  assert.equal(job.id, jobIdForToken(job.cancelToken));
   const [{ job: sent, envelope }] = await worker.take(Q);
   assert.equal(sent.id, job.id);
   assert.equal(sent.reply_to, client.replyList);
@@ -189,7 +189,7 @@ test('a cancel from another process (by token) wakes the waiter through the bell
   const waiting = job.result({ timeoutS: 30 }).catch((err) => err);
   const other = new Client(server.url);
   try {
-    const cancelling = other.cancel(job.token);
+    const cancelling = other.cancel(job.cancelToken);
     await worker.serveCancel();
     assert.equal(await cancelling, true);
     assert.ok((await waiting) instanceof JobCancelled);
@@ -210,7 +210,7 @@ test('cancelling a running or finished job answers false and the result stands',
   assert.equal(await running, false);
   await worker.answer(taken);
   assert.deepEqual(Array.from((await job.result({ timeoutS: 5 })).x.data), [3]);
-  const finished = client.job(job.id, { token: job.token }).cancel();
+  const finished = client.job(job.id, { cancelToken: job.cancelToken }).cancel();
   assert.equal((await worker.serveCancel()).code, 0);
   assert.equal(await finished, false);
 });
@@ -218,7 +218,7 @@ test('cancelling a running or finished job answers false and the result stands',
 test('cancel needs the token; with no worker to answer it rejects with JobTimeout', async () => {
   const job = await client.submit(MODEL, x(1));
   await assert.rejects(client.job(job.id).cancel(), InvalidInput);
-  assert.throws(() => client.job(job.id, { token: 'a'.repeat(32) }), InvalidInput);
+  assert.throws(() => client.job(job.id, { cancelToken: 'a'.repeat(32) }), InvalidInput);
   await assert.rejects(job.cancel({ timeoutS: 0.3 }), JobTimeout);
   assert.equal(await server.conn.zcard(keys.CANCELS), 1); // the request stays for the fleet
   await server.conn.del(keys.CANCELS);
@@ -232,7 +232,13 @@ test('job ids and model names are validated as whole strings before anything rea
     await assert.rejects(client.submit(bad, x(1)), InvalidInput);
   }
   await assert.rejects(client.bulk('no\n'), InvalidInput);
-  await assert.rejects(client.submit(MODEL, x(1), { jobId: 'mine' }), InvalidInput); // ids come from tokens
+  await assert.rejects(client.submit(MODEL, x(1), { jobId: 'mine\n' }), InvalidInput);
+  await assert.rejects(client.submit(MODEL, x(1), { jobID: 'mine' }), InvalidInput); // unknown option
+  const own = await client.submit(MODEL, x(1), { jobId: 'my-own-id' }); // an id of the caller's making...
+  assert.equal(own.id, 'my-own-id');
+  assert.equal(own.cancelToken, null);
+  await assert.rejects(own.cancel(), InvalidInput); // ...cannot be cancelled: no token commits to it
+  await worker.take(Q);
 });
 
 test('submitBulk cuts along the first axis, queues at batch priority, records the bulk; any client re-attaches', async () => {

@@ -129,16 +129,28 @@ print(Client(sys.argv[1]).job(sys.argv[2]).result(timeout_s=30)["y"].tolist())
   assert.deepEqual(Array.from((await job.result()).y.data), [14, 16]);
 });
 
+test('a waiter re-attached before the job is even submitted gets its result (pub/sub, then GET)', async () => {
+  const jobId = `node-${process.pid}-${Date.now()}`;
+  const other = new Client(fleet.url);
+  try {
+    const waiting = other.job(jobId).result({ timeoutS: 30 });
+    await client.submit('scale', { x: { shape: [2, 2], data: Float32Array.from([1, 2, 3, 4]) } }, { jobId });
+    assert.deepEqual(Array.from((await waiting).y.data), [3, 6, 9, 12]);
+  } finally {
+    await other.close();
+  }
+});
+
 test('cancel a queued job by its token from another client: the waiter gets JobCancelled', async () => {
   const lax = new Client(fleet.url, { requirePublished: false });
   const other = new Client(fleet.url);
   try {
     const job = await lax.submit('nobody-serves-this', { x: new Float32Array(1) });
     const waiting = job.result({ timeoutS: 30 }).catch((err) => err);
-    assert.equal(await other.cancel(job.token, { timeoutS: 30 }), true); // answered by the real worker
+    assert.equal(await other.cancel(job.cancelToken, { timeoutS: 30 }), true); // answered by the real worker
     assert.ok((await waiting) instanceof JobCancelled);
     assert.equal(await job.status(), 'failed');
-    assert.equal(await lax.job(job.id, { token: job.token }).cancel({ timeoutS: 30 }), false); // already answered
+    assert.equal(await lax.job(job.id, { cancelToken: job.cancelToken }).cancel({ timeoutS: 30 }), false); // already answered
   } finally {
     await other.close();
     await lax.close();
