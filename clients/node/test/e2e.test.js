@@ -34,7 +34,6 @@ after(async () => {
   await fleet?.stop();
 });
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const X = Float32Array.from([0.5, -1, 2, 0.25, 3, 0.125, -2, 1.5, 0, 0, 0, 0]);
 
 test('mlp gives bit-for-bit the numbers of the Python client, close to the numpy reference', async () => {
@@ -215,8 +214,8 @@ test('model metadata', async () => {
   await assert.rejects(client.model('nope'), NotFound);
 });
 
-test('failures are typed errors carrying the job id', async () => {
-  await assert.rejects(client.submit('nope', { x: new Float32Array(1) }), ModelNotFound);
+test('failures are typed errors; remote ones carry the job id', async () => {
+  await assert.rejects(client.submit('nope', { x: new Float32Array(1) }), ModelNotFound); // no live worker: not queued
   await assert.rejects(client.submit('mlp', { x: { shape: [2], data: new Float32Array(3) } }), InvalidInput);
   await assert.rejects(
     client.infer('mlp', { x: { shape: [1, 5], data: new Float32Array(5) } }, { timeoutS: 30 }),
@@ -224,8 +223,9 @@ test('failures are typed errors carrying the job id', async () => {
   );
   await assert.rejects(
     client.infer('scale', { x: { shape: [1, 2], data: new Float32Array(2) } }, { version: 7, timeoutS: 30 }),
-    (err) => err instanceof ModelNotFound && /no version 7/.test(err.message),
+    (err) => err instanceof ModelNotFound && /version 7/.test(err.message), // refused by icow_submit's live check
   );
+  assert.equal(await fleet.conn.llen('icow:q:scale@7'), 0);
   assert.equal(await client.job('00000000-0000-4000-8000-00000000dead').status(), 'queued'); // unknown reads as queued
 });
 
@@ -243,11 +243,15 @@ test('waiting past the timeout raises JobTimeout; the job stays queued', async (
   }
 });
 
-test('results expire after their TTL', async () => {
-  const job = await client.submit('scale', { x: { shape: [1, 2], data: new Float32Array(2) } }, { resultTtlS: 1 });
+test('results expire after their TTL; the done state outlives them, so an expired job is told from a queued one', async () => {
+  const job = await client.submit('scale', { x: { shape: [1, 2], data: new Float32Array(2) } }, { resultTtlS: 5 });
   await job.result({ timeoutS: 30 });
-  await sleep(2100);
+  const [resultTtl, stateTtl] = await Promise.all([fleet.conn.ttl(keys.result(job.id)), fleet.conn.ttl(keys.state(job.id))]);
+  assert.ok(resultTtl > 0 && resultTtl <= 5);
+  assert.ok(stateTtl > 5);
+  await fleet.conn.del(keys.result(job.id)); // what the TTL does
   await assert.rejects(client.job(job.id).status(), JobNotFound);
+  await assert.rejects(client.job(job.id).result({ timeoutS: 5 }), JobNotFound);
 });
 
 test('a model at its backlog limit refuses jobs with QueueFull', async () => {
