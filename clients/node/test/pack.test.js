@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -44,7 +44,13 @@ test('the tarball holds the package, its README and its sources, nothing else', 
 });
 
 test('npm pack, npm install <tarball> in a fresh folder: import (ESM) and import() (CommonJS) load a working client', () => {
-  const tarball = join(dir, run('npm', ['pack', '--silent', '--pack-destination', dir], PKG).trim().split('\n').at(-1));
+  const name = run('npm', ['pack', '--silent', '--pack-destination', dir], PKG).trim().split('\n').at(-1);
+  const { version } = JSON.parse(readFileSync(join(PKG, 'package.json'), 'utf8'));
+  assert.equal(name, `icow-client-${version}.tgz`);
+  for (const readme of [join(PKG, 'README.md'), join(PKG, '..', '..', 'README.md')]) {
+    assert.ok(readFileSync(readme, 'utf8').includes(`npm install /tmp/${name}`), `${readme} documents installing ${name}`);
+  }
+  const tarball = join(dir, name);
   const app = join(dir, 'app');
   run('mkdir', ['-p', app], dir);
   run('npm', ['init', '-y'], app);
