@@ -6,6 +6,7 @@
     ├── InvalidInput (also ValueError)        bad input caught before anything reaches Redis
     │   └── PayloadTooLarge                   a tensor or job over the size caps
     ├── BrokerUnavailable (also ConnectionError)  Redis unreachable or the connection broke
+    ├── StoreUnavailable (also ConnectionError)   the model store (S3 endpoint) unreachable or refusing
     ├── QueueFull                             the model's backlog is at its limit
     ├── JobTimeout (also TimeoutError)        no result within the caller's timeout
     ├── NotFound (also KeyError)              unknown model, or nothing published for it
@@ -41,6 +42,10 @@ class PayloadTooLarge(InvalidInput):
 
 class BrokerUnavailable(IcowError, ConnectionError):
     """Redis could not be reached, or the connection broke mid-call."""
+
+
+class StoreUnavailable(IcowError, ConnectionError):
+    """The model repository's object store (an S3 endpoint) could not be reached or refused us."""
 
 
 class QueueFull(IcowError):

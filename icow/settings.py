@@ -5,6 +5,9 @@ variable                    meaning                                             
 ==========================  ==================================================  =============
 ``ICOW_REDIS_URL``          Redis URL (``redis://``, ``rediss://``, ``unix://``)  none: embedded
 ``ICOW_REPO``               model repository folder for workers                 none
+                            (or ``s3://bucket/prefix``; AWS_* variables: boto3)
+``ICOW_CACHE_DIR``          where workers keep models downloaded from S3          $XDG_CACHE_HOME/icow
+                                                                                or ~/.cache/icow
 ``ICOW_RESULT_TTL_S``       how long results are kept                            86400
 ``ICOW_INLINE_MAX_BYTES``   tensors above this travel under their own key        262144
 ``ICOW_MAX_TENSOR_BYTES``   largest tensor accepted                             268435456
@@ -33,6 +36,7 @@ from icow.errors import InvalidInput
 class Settings:
     redis_url: str | None = None
     repo: str | None = None
+    cache_dir: str = ""  # from_env() fills it: ICOW_CACHE_DIR, else the user's cache folder
     result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S
     inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES
     max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES
@@ -60,6 +64,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         redis_url=env.get("ICOW_REDIS_URL") or None,
         repo=env.get("ICOW_REPO") or None,
+        cache_dir=env.get("ICOW_CACHE_DIR")
+        or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "icow"),
         result_ttl_s=_int(env, "ICOW_RESULT_TTL_S", keys.DEFAULT_RESULT_TTL_S),
         inline_max_bytes=_int(env, "ICOW_INLINE_MAX_BYTES", protocol.DEFAULT_INLINE_MAX_BYTES),
         max_tensor_bytes=_int(env, "ICOW_MAX_TENSOR_BYTES", tensor.DEFAULT_MAX_TENSOR_BYTES),

@@ -1,5 +1,9 @@
 """The model repository ("collected ONNX weights"): ``<repo>/<model>/<version>/model.onnx``.
 
+``<repo>`` is a folder, or ``s3://bucket/prefix`` on any S3-compatible store: files then come
+through a local cache, each checked against its version's ``manifest.json`` (workers/store.py,
+workers/s3store.py); everything below is the same for both.
+
 Versions are positive integers; the highest is "latest". A model may have a
 ``<repo>/<model>/config.toml`` next to its versions::
 
@@ -17,17 +21,20 @@ Versions are positive integers; the highest is "latest". A model may have a
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from icow import keys
-from icow.errors import InvalidInput
+from icow.errors import IcowError, InvalidInput
 from icow.workers.runtime import GpuOptions
+from icow.workers.store import CONFIG_FILE, MODEL_FILE, Store, open_store
 
-MODEL_FILE = "model.onnx"
-CONFIG_FILE = "config.toml"
+__all__ = ["CONFIG_FILE", "MODEL_FILE", "ModelConfig", "ModelEntry", "Repository"]
+
+log = logging.getLogger("icow.repository")
 PROVIDER_NAMES = ("cuda", "tensorrt", "cpu")
 
 
@@ -48,8 +55,19 @@ class ModelConfig:
         if not path.is_file():
             return ModelConfig()
         try:
-            raw = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            text = path.read_text()
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{path}: {exc}") from exc
+        return ModelConfig.parse(text, str(path))
+
+    @staticmethod
+    def parse(text: str | None, path: str) -> ModelConfig:
+        """A config.toml's text (None: no file, the defaults); ``path`` names it in errors."""
+        if text is None:
+            return ModelConfig()
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{path}: {exc}") from exc
         versions = raw.pop("versions", "all")
         if isinstance(versions, list):
@@ -96,33 +114,52 @@ class ModelEntry:
 
 
 class Repository:
-    """Reads a model repository folder. Cheap to rescan; holds no sessions."""
+    """Reads a model repository (a folder or ``s3://bucket/prefix``). Cheap to rescan; holds no
+    sessions. ``cache_dir`` (S3 only) defaults to ``ICOW_CACHE_DIR`` or the user's cache folder."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root).resolve()
-        if not self.root.is_dir():
-            raise InvalidInput(f"model repository {self.root} is not a folder")
+    def __init__(self, root: str | Path, *, cache_dir: str | Path | None = None):
+        self.store: Store = open_store(root, cache_dir=cache_dir)
+        self.root = self.store.root  # the local folder the model files lie in
+        self.failed: dict[tuple[str, int], str] = {}  # versions refused (checksum, download), and why
 
     def scan(self, only: set[str] | None = None) -> dict[str, ModelEntry]:
-        """Every valid model (or those in ``only``) with the versions its policy serves."""
+        """Every valid model (or those in ``only``) with the versions its policy serves, each
+        present and verified on local disk. A version that cannot be fetched is left out (and
+        kept in ``failed``); the policy then picks among the others."""
         found: dict[str, ModelEntry] = {}
-        for d in sorted(self.root.iterdir()):
-            if not d.is_dir() or not keys.MODEL_NAME_RE.match(d.name) or (only and d.name not in only):
+        for name, present in sorted(self.store.listing().items()):
+            if not present or not keys.MODEL_NAME_RE.match(name) or (only and name not in only):
                 continue
-            present = sorted(
-                int(v.name)
-                for v in d.iterdir()
-                if v.is_dir() and v.name.isdigit() and int(v.name) >= 1 and (v / MODEL_FILE).is_file()
-            )
-            if not present:
-                continue
-            cfg = ModelConfig.load(d / CONFIG_FILE)
-            if cfg.versions == "latest":
-                served = present[-1:]
-            elif cfg.versions == "all":
-                served = present
-            else:
-                served = [v for v in present if v in cfg.versions]
+            cfg = ModelConfig.parse(self.store.config_text(name), f"{self.store.where}/{name}/{CONFIG_FILE}")
+            served = self._fetch_served(name, present, cfg)
             if served:
-                found[d.name] = ModelEntry(d.name, d, tuple(served), cfg)
+                found[name] = ModelEntry(name, self.store.model_dir(name), tuple(served), cfg)
         return found
+
+    def _fetch_served(self, name: str, present: list[int], cfg: ModelConfig) -> list[int]:
+        candidates = list(present)
+        while True:
+            served = _policy(cfg, candidates)
+            refused = []
+            for v in served:
+                try:
+                    self.store.fetch(name, v)
+                    self.failed.pop((name, v), None)
+                except IcowError as exc:
+                    reason = f"{type(exc).__name__}: {exc}"[:500]
+                    if self.failed.get((name, v)) != reason:
+                        log.error("model %s v%s is refused and not served: %s", name, v, reason)
+                    self.failed[(name, v)] = reason
+                    refused.append(v)
+            if not refused:
+                return served
+            candidates = [v for v in candidates if v not in refused]
+
+
+def _policy(cfg: ModelConfig, present: list[int]) -> list[int]:
+    """The versions the config's ``versions`` policy serves among those present (ascending)."""
+    if cfg.versions == "latest":
+        return present[-1:]
+    if cfg.versions == "all":
+        return list(present)
+    return [v for v in present if v in cfg.versions]

@@ -26,7 +26,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return cmd_health(argparse.Namespace(redis=url, worker=args.name, host=None, quiet=False))
     repo = args.repo or s.repo
     if not repo:
-        raise IcowError("give --repo DIR (or set ICOW_REPO)")
+        raise IcowError("give --repo DIR or s3://bucket/prefix (or set ICOW_REPO)")
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
     models = {m.strip() for m in args.models.split(",") if m.strip()} if args.models else None
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", help="run a worker serving a model repository")
-    w.add_argument("--repo", help="model repository folder (ICOW_REPO)")
+    w.add_argument("--repo", help="model repository: a folder or s3://bucket/prefix (ICOW_REPO)")
     w.add_argument("--redis", help="Redis URL (ICOW_REDIS_URL)")
     w.add_argument("--models", help="serve only these models (comma-separated)")
     w.add_argument("--device", type=int, help="GPU device id for CUDA (ICOW_DEVICE)")

@@ -73,11 +73,8 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return run_exporter(_url(args), args.port, args.addr)
 
 
-def push_model(file: str | Path, repo: str | Path, name: str, version: int | None = None) -> Path:
-    """Copy an ONNX file into ``<repo>/<name>/<version>/model.onnx`` atomically (workers that
-    rescan never see a half-written file); version defaults to the latest + 1."""
-    from icow.workers.repository import MODEL_FILE
-
+def _check_push(file: str | Path, name: str) -> Path:
+    """The file to push, once it is a valid ONNX model and the name a valid model name."""
     keys.check_model_name(name)
     src = Path(file)
     if not src.is_file():
@@ -88,6 +85,16 @@ def push_model(file: str | Path, repo: str | Path, name: str, version: int | Non
         onnx.checker.check_model(str(src))
     except Exception as exc:
         raise InvalidInput(f"{src} is not a valid ONNX model: {exc}") from exc
+    return src
+
+
+def push_model(file: str | Path, repo: str | Path, name: str, version: int | None = None) -> Path:
+    """Copy an ONNX file into ``<repo>/<name>/<version>/model.onnx`` atomically (workers that
+    rescan never see a half-written file), with its ``manifest.json`` (so the folder can be
+    copied to an S3 repository as it is); version defaults to the latest + 1."""
+    from icow.workers.store import MANIFEST_FILE, MODEL_FILE, Manifest
+
+    src = _check_push(file, name)
     root = Path(repo)
     if not root.is_dir():
         raise InvalidInput(f"model repository {root} is not a folder")
@@ -104,6 +111,7 @@ def push_model(file: str | Path, repo: str | Path, name: str, version: int | Non
     staging = Path(tempfile.mkdtemp(prefix=".push-", dir=model_dir))  # not a digit: never scanned
     try:
         shutil.copyfile(src, staging / MODEL_FILE)
+        (staging / MANIFEST_FILE).write_bytes(Manifest.of_file(staging / MODEL_FILE).to_bytes())
         os.rename(staging, final)  # atomic on one filesystem
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -111,12 +119,26 @@ def push_model(file: str | Path, repo: str | Path, name: str, version: int | Non
     return final / MODEL_FILE
 
 
+def push_model_s3(file: str | Path, repo: str, name: str, version: int | None = None) -> str:
+    """Upload an ONNX file as a new version of an ``s3://bucket/prefix`` repository (model
+    first, its manifest last; see workers/s3store.py). Returns the object's URL."""
+    from icow.workers.s3store import S3Store
+
+    src = _check_push(file, name)
+    return S3Store(repo).push(src, name, version)
+
+
 def cmd_models_push(args: argparse.Namespace) -> int:
+    from icow.workers.store import is_s3_url
+
     repo = args.repo or settings.from_env().repo
     if not repo:
-        raise IcowError("give --repo DIR (or set ICOW_REPO)")
-    path = push_model(args.file, repo, args.name, args.version)
-    print(f"pushed {path}; workers serving {repo} pick it up at their next rescan")
+        raise IcowError("give --repo DIR or s3://bucket/prefix (or set ICOW_REPO)")
+    if is_s3_url(repo):
+        where: str | Path = push_model_s3(args.file, repo, args.name, args.version)
+    else:
+        where = push_model(args.file, repo, args.name, args.version)
+    print(f"pushed {where}; workers serving {repo} pick it up at their next rescan")
     return 0
 
 

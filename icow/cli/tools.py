@@ -87,7 +87,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         from icow.cli.ops import cmd_models_push
 
         if not args.name or not args.push_name:
-            raise InvalidInput("icow models push FILE --name MODEL [--version V] --repo DIR")
+            raise InvalidInput("icow models push FILE --name MODEL [--version V] --repo DIR|s3://BUCKET/PREFIX")
         return cmd_models_push(
             argparse.Namespace(file=args.name, name=args.push_name, version=args.version, repo=args.repo)
         )
@@ -138,7 +138,7 @@ def add_commands(sub: Any) -> None:
     m.add_argument("action", nargs="?", choices=["list", "show", "push"], default="list")
     m.add_argument("name", nargs="?", help="the model (show), or the .onnx FILE (push)")
     m.add_argument("--name", dest="push_name", help="push: the model's name in the repository")
-    m.add_argument("--repo", help="push: the model repository folder (ICOW_REPO)")
+    m.add_argument("--repo", help="push: the model repository, a folder or s3://bucket/prefix (ICOW_REPO)")
     m.add_argument("--version", type=int)
     m.add_argument("--json", action="store_true")
     m.add_argument("--redis")
