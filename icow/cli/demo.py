@@ -26,8 +26,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         repo = samples.sample_repository(Path(tmp) / "repo")
         print(f"sample model repository: {repo} (mlp v1, scale v1 and v2)")
         t0 = time.perf_counter()
-        with LocalFleet(repo, url, workers=1) as fleet:
-            where = "embedded redis-server" if fleet.embedded else "configured Redis"
+        # a throwaway folder, but with the append-only file on, as `icow up` runs it
+        with LocalFleet(repo, url, workers=1, persist=True) as fleet:
+            where = "embedded valkey-server (AOF on)" if fleet.embedded else "configured Redis"
             print(f"fleet up in {time.perf_counter() - t0:.1f} s: 1 worker, {where} at {fleet.url}")
             with Client(fleet.url) as client:
                 import redis
@@ -90,10 +91,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     from icow.workers import samples
 
     url = args.redis or settings.from_env().redis_url
+    data_dir = None if args.ephemeral else Path(args.data_dir)
     with tempfile.TemporaryDirectory(prefix="icow-up-") as tmp:
         repo = args.repo or str(samples.sample_repository(Path(tmp) / "repo"))
-        with LocalFleet(repo, url, workers=args.workers, quiet=False, port=args.port) as fleet:
+        fleet = LocalFleet(
+            repo, url, workers=args.workers, quiet=False, port=args.port, persist=not args.ephemeral, data_dir=data_dir
+        )
+        with fleet:
             print(f"ICOW fleet up: {args.workers} worker(s) serving {repo}")
+            if fleet.embedded is not None:
+                kept = "nothing kept (--ephemeral)" if data_dir is None else f"append-only file in {fleet.embedded.dir}"
+                print(f"embedded Redis: {kept}")
             print(f"ICOW_REDIS_URL={fleet.url}")
             print("Press Ctrl-C to stop.", flush=True)
             stop = False

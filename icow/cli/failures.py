@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -37,6 +37,59 @@ def dead_letters(r: redis.Redis, limit: int) -> list[dict[str, Any]]:
     return [protocol.unpackb(raw) for raw in raws if raw is not None]
 
 
+def utc(epoch_s: Any) -> str:
+    """``2026-11-26 13:47:44 UTC`` for an epoch in seconds ("-" when absent or unreadable)."""
+    try:
+        return datetime.fromtimestamp(float(epoch_s), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"
+
+
+def model_label(rec: dict[str, Any]) -> str:
+    """``mlp v2``, ``mlp`` (no version known), or ``-`` (the job named no usable model)."""
+    model, version = rec.get("model"), rec.get("version")
+    if not model:
+        return "-"
+    return f"{model} v{version}" if version is not None else str(model)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bytes):  # e.g. the start of a message that could not be parsed
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value)
+    return str(value)
+
+
+def summary_line(rec: dict[str, Any]) -> str:
+    """One dead letter on one line, for `icow failures`."""
+    message = _text(rec.get("message"))[:100]
+    return (
+        f"{utc(rec.get('time'))}  {_text(rec.get('id'))}  {model_label(rec)}  {_text(rec.get('error'))}: "
+        f"{message}  (deliveries {_text(rec.get('deliveries'))})"
+    )
+
+
+def detail_lines(rec: dict[str, Any], failure: tuple[str, str] | None) -> list[str]:
+    """One dead letter, a field per line, for `icow failures show`; ``failure`` is the job's
+    failure result (type, message) when it is still stored."""
+    rows = [
+        ("job", _text(rec.get("id"))),
+        ("model", model_label(rec)),
+        ("error", _text(rec.get("error"))),
+        ("message", _text(rec.get("message"))),
+        ("time", utc(rec.get("time"))),
+        ("deliveries", _text(rec.get("deliveries"))),
+    ]
+    known = {"id", "model", "version", "error", "message", "time", "deliveries"}
+    rows += [(k, _text(v)) for k, v in rec.items() if k not in known]
+    if failure is not None:
+        rows.append(("result", f"{failure[0]}: {failure[1]}"))
+    return [f"{k:>10}: {v}" for k, v in rows]
+
+
 def cmd_failures(args: argparse.Namespace) -> int:
     r = _redis(args)
     try:
@@ -48,26 +101,22 @@ def cmd_failures(args: argparse.Namespace) -> int:
             if raw is None:
                 raise JobNotFound(f"no dead-letter record for job {args.job_id} (unknown, succeeded, or expired)")
             record = protocol.unpackb(raw)
-            if result is not None:
-                record["result"] = protocol.failure_of(protocol.parse_meta(result))
+            failure = protocol.failure_of(protocol.parse_meta(result)) if result is not None else None
             if args.json:
-                print(json.dumps(record, indent=2, default=str))
+                if failure is not None:
+                    record["result"] = {"error": failure[0], "message": failure[1]}
+                print(json.dumps(record, indent=2, default=_text))
             else:
-                for k, v in record.items():
-                    print(f"{k:>10}: {v}")
+                print("\n".join(detail_lines(record, failure)))
             return 0
         records = dead_letters(r, args.limit)
         if args.json:
-            print(json.dumps(records, indent=2, default=str))
+            print(json.dumps(records, indent=2, default=_text))
             return 0
         if not records:
             print("no dead-lettered jobs")
         for rec in records:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.get("time", 0)))
-            print(
-                f"{when}  {rec['id']}  {rec.get('model')} v{rec.get('version')}  {rec['error']}: "
-                f"{str(rec.get('message'))[:100]}  (deliveries {rec.get('deliveries')})"
-            )
+            print(summary_line(rec))
         return 0
     finally:
         r.close()

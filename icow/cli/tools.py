@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -37,6 +38,37 @@ def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
     return inputs
 
 
+MAX_FILENAME_BYTES = 255  # NAME_MAX of Linux and macOS file systems
+
+
+def output_filename(name: str) -> str:
+    """The file an output tensor is saved to inside ``--out DIR``: never a path. Output names
+    come from the model, so they are percent-encoded (RFC 3986: ``a/b`` -> ``a%2Fb.npy``,
+    ``../x`` -> ``%2E.%2Fx.npy``, NUL -> ``%00``; a leading dot too, so no name is hidden or
+    ``..``); distinct names give distinct files. A name too long for a file is refused."""
+    safe = quote(name, safe="")
+    if safe.startswith(".") or not safe:
+        safe = "%2E" + safe[1:] if safe else "%"
+    filename = safe + ".npy"
+    if len(filename.encode()) > MAX_FILENAME_BYTES:
+        raise InvalidInput(f"output name {name[:40]!r}... is too long for a file name; use --out FILE.npz")
+    return filename
+
+
+def write_outputs(out: Path, outputs: dict[str, np.ndarray]) -> list[Path]:
+    """Save ``outputs`` to ``out``: a ``.npz`` file (names as keys) or a folder with one ``.npy``
+    per output (:func:`output_filename`). Returns the files written."""
+    if out.suffix == ".npz":
+        arrays: dict[str, Any] = dict(outputs)  # numpy's stub types **kwds as the allow_pickle flag
+        np.savez(out, **arrays)
+        return [out]
+    files = {name: out / output_filename(name) for name in outputs}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        np.save(path, outputs[name], allow_pickle=False)
+    return list(files.values())
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     if args.resume or args.many or (len(args.inputs) == 1 and Path(args.inputs[0]).is_dir()):
         return _infer_many(args)
@@ -45,20 +77,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     inputs = load_inputs(args.inputs)
     with _client(args) as client:
         outputs = client.infer(args.model, inputs, version=args.version, timeout_s=args.timeout or 60.0)
-    out = Path(args.out)
-    if out.suffix == ".npz":
-        np.savez(out, **outputs)
-        written = [str(out)]
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name, arr in outputs.items():
-            path = out / f"{name}.npy"
-            np.save(path, arr, allow_pickle=False)
-            written.append(str(path))
+    written = write_outputs(Path(args.out), outputs)
     for name, arr in outputs.items():
         print(f"{name}: {arr.dtype} {list(arr.shape)}")
-    print("wrote " + ", ".join(written))
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
