@@ -359,7 +359,7 @@ test('as the client ACL user (icow.keys.CLIENT_ACL_RULES): submit, wait, status,
     const cancelling = job.cancel();
     await worker.serveCancel();
     assert.equal(await cancelling, true);
-    assert.ok((await waiting) instanceof JobCancelled); // woken by the cancel answer (bells are not readable)
+    assert.ok((await waiting) instanceof JobCancelled); // woken by the bell, or by the cancel answer where bells are not readable
     await worker.take(Q);
 
     const bulk = await limited.submitBulk('bulky', { x: { shape: [3, 1], data: Float32Array.of(1, 2, 3) } }, { samplesPerJob: 2 });
@@ -374,4 +374,29 @@ test('as the client ACL user (icow.keys.CLIENT_ACL_RULES): submit, wait, status,
   }
   assert.equal(await server.conn.exists(limited.replyList), 0);
   await server.conn.call('ACL', 'DELUSER', 'icow-client');
+});
+
+test('an ACL user that may not read bells still waits and learns of a cancel (reply list alone)', async () => {
+  const rules = JSON.parse(python('import json\nfrom icow.keys import CLIENT_ACL_RULES\nprint(json.dumps(CLIENT_ACL_RULES))'));
+  const withoutBells = rules.filter((r) => !r.includes('bell:'));
+  await server.conn.call('ACL', 'SETUSER', 'icow-nobell', 'reset', 'on', '>pw', ...withoutBells);
+  const limited = new Client(server.urlFor('icow-nobell', 'pw'));
+  const other = new Client(server.url);
+  try {
+    const job = await limited.submit(MODEL, x(1));
+    const waiting = job.result({ timeoutS: 30 }).catch((err) => err);
+    const cancelling = other.cancel(job.cancelToken); // another process: no cancel answer reaches `limited`
+    await worker.serveCancel();
+    assert.equal(await cancelling, true);
+    assert.ok((await waiting) instanceof JobCancelled); // from the result key, at the next slice
+    assert.equal(limited._replies.bells, false);
+    await worker.take(Q); // the cancelled job
+    const pending = limited.infer(MODEL, x(7), { timeoutS: 30 });
+    await worker.serve(Q);
+    assert.deepEqual(Array.from((await pending).x.data), [7]);
+  } finally {
+    await other.close();
+    await limited.close();
+    await server.conn.call('ACL', 'DELUSER', 'icow-nobell');
+  }
 });
