@@ -26,9 +26,11 @@ import boto3
 import numpy as np
 import pytest
 import redis
+import yaml
 from moto.server import ThreadedMotoServer
 
 from icow import keys
+from icow.cli import build_parser
 from icow.errors import InvalidInput, StoreUnavailable
 from icow.workers import samples
 from icow.workers.models import ModelManager
@@ -343,3 +345,27 @@ def test_s3_urls_and_manifests_are_validated() -> None:
     for bad_doc in (b"{", b"{}", b'{"size": -1, "sha256": "' + b"a" * 64 + b'"}', b'{"size": 1, "sha256": "zz"}'):
         with pytest.raises(InvalidInput):
             Manifest.parse(bad_doc, "m")
+
+
+def test_compose_and_kubernetes_show_the_s3_repository_as_an_option() -> None:
+    """compose.yaml's `worker-s3` (profile s3, with a MinIO) and the Kubernetes example's
+    commented S3 option, uncommented, are well-formed and their command lines parse."""
+    root = Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((root / "compose.yaml").read_text())
+    w = compose["services"]["worker-s3"]
+    assert w["profiles"] == ["s3"] and compose["services"]["minio"]["profiles"] == ["s3"]
+    args = build_parser().parse_args(w["command"])
+    assert args.command == "worker" and args.repo.startswith("s3://")
+    parse_s3_url(args.repo)
+    assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(w["environment"])
+    assert w["environment"]["ICOW_REDIS_URL"] == compose["services"]["worker"]["environment"]["ICOW_REDIS_URL"]
+    assert w["volumes"] == []  # no ./models mount
+
+    text = (root / "docs" / "deploy" / "kubernetes" / "icow.yaml").read_text()
+    block = text.split("# --- S3 option\n", 1)[1].split("# --- end of the S3 option", 1)[0]
+    option = yaml.safe_load("\n".join(re.sub(r"^\s*# ?", "", line) for line in block.splitlines()))
+    args = build_parser().parse_args(option["args"])
+    assert args.repo.startswith("s3://") and parse_s3_url(args.repo)
+    env = {e["name"] for e in option["env"]}
+    assert {"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ICOW_CACHE_DIR"} <= env
+    assert option["volumeMounts"][0]["name"] == option["volumes"][0]["name"]
