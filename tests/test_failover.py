@@ -1,0 +1,197 @@
+"""The primary Redis dies under load (SIGKILL) and Sentinel promotes the replica: workers and
+clients carry on through the same ``redis+sentinel://`` URL, and with durable submits no
+acknowledged job is lost.
+
+Several client processes submit jobs, each with a distinct input, to two workers; once every
+client has had jobs acknowledged, the primary is SIGKILLed. A submit that raises is not
+acknowledged (the client goes on with its next job). Afterwards every acknowledged job is
+awaited: answered (and correct: ``scale`` doubles its input), or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from icow import connection
+from icow.cli.fleet import start_worker, stop_process
+from icow.workers import samples
+from icow.workers.heartbeat import live_workers
+from tests.sentinel import SentinelSet
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = int(os.environ.get("ICOW_FAILOVER_CLIENTS", "3"))
+JOBS_PER_CLIENT = int(os.environ.get("ICOW_FAILOVER_JOBS", "150"))
+
+# One client process: submits JOBS jobs (input: its number), prints "started" once a third
+# are acknowledged, writes {acked: [[id, n]], refused} to OUT. A refused submit is retried as
+# a new job after a short pause (what a caller does with BrokerUnavailable).
+CLIENT = r"""
+import json, sys, time
+import numpy as np
+from icow.client import Client
+from icow.errors import BrokerUnavailable, ModelNotFound
+
+url, first, jobs, durable, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+acked, refused = [], []
+with Client(url, durable=durable, connect_timeout_s=1.0, timeout_s=3.0) as c:
+    for n in range(first, first + jobs):
+        try:
+            job = c.submit("scale", {"x": np.full((1, 2), n, np.float32)})
+        except (BrokerUnavailable, ModelNotFound) as exc:
+            refused.append([n, type(exc).__name__, str(exc)[:200]])
+            time.sleep(0.05)
+            continue
+        acked.append([job.id, n])
+        if len(acked) == jobs // 3:
+            print("started", flush=True)
+        time.sleep(0.005)
+json.dump({"acked": acked, "refused": refused}, open(out, "w"))
+print("done", flush=True)
+"""
+
+
+@pytest.fixture
+def sentinel_set() -> Iterator[SentinelSet]:
+    s = SentinelSet()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def scale_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("failover-repo")
+    samples.scale(root / "scale" / "1" / "model.onnx", 2.0)
+    return root
+
+
+def _wait_workers(url: str, names: set[str], procs: list[subprocess.Popen[bytes]], timeout_s: float = 90) -> None:
+    r = connection.connect(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for p in procs:
+                assert p.poll() is None, f"a worker exited with {p.returncode}"
+            if names <= {w["name"] for w in live_workers(r) if w.get("ready")}:
+                return
+            time.sleep(0.1)
+    finally:
+        r.close()
+    raise TimeoutError(f"workers {names} not ready")
+
+
+def run_failover(s: SentinelSet, repo: Path, tmp: Path, *, durable: bool) -> dict[str, Any]:
+    """Clients x 2 workers, SIGKILL of the primary mid-load; counts of what happened."""
+    names = {f"failover-{i}-{os.getpid()}@local" for i in range(2)}
+    quiet = not os.environ.get("ICOW_TEST_VERBOSE")
+    workers = [
+        start_worker(repo, s.url, quiet=quiet, extra=["--name", n, "--threads", "1", "--lease", "4"]) for n in names
+    ]
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        _wait_workers(s.url, names, workers)
+        for i in range(CLIENTS):
+            args = [s.url, str(i * JOBS_PER_CLIENT), str(JOBS_PER_CLIENT), "1" if durable else "0"]
+            clients.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", CLIENT, *args, str(tmp / f"client{i}.json")],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for c in clients:  # every client has jobs acknowledged before the primary dies
+            assert c.stdout is not None and c.stdout.readline().strip() == "started"
+        promoted_s = s.fail_primary()
+        for c in clients:
+            assert c.wait(180) == 0
+        acked: dict[str, int] = {}
+        refused: list[Any] = []
+        for i in range(CLIENTS):
+            report = json.loads((tmp / f"client{i}.json").read_text())
+            acked.update({job_id: n for job_id, n in report["acked"]})
+            refused += report["refused"]
+        answered, wrong, lost = _collect(s.url, acked, timeout_s=90)
+        alive = [w.poll() is None for w in workers]
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+        for w in workers:
+            stop_process(w)
+    return {
+        "durable": durable,
+        "clients": CLIENTS,
+        "submitted": CLIENTS * JOBS_PER_CLIENT,
+        "acknowledged": len(acked),
+        "refused": len(refused),
+        "answered": answered,
+        "wrong": wrong,
+        "lost": lost,
+        "promotion_s": round(promoted_s, 2),
+        "workers_alive": alive,
+    }
+
+
+def _collect(url: str, acked: dict[str, int], timeout_s: float) -> tuple[int, int, list[str]]:
+    """Wait for every acknowledged job: (answered correctly, answered wrongly, ids lost)."""
+    from icow.client import Client
+    from icow.errors import IcowError
+
+    answered = wrong = 0
+    lost: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    with Client(url, connect_timeout_s=1.0) as c:
+        for job_id, n in acked.items():
+            try:
+                y = c.job(job_id).result(timeout_s=max(0.5, deadline - time.monotonic()))["y"]
+            except IcowError:
+                lost.append(job_id)
+                continue
+            if np.array_equal(y, np.full((1, 2), 2 * n, np.float32)):
+                answered += 1
+            else:
+                wrong += 1
+    return answered, wrong, lost
+
+
+def _report(stats: dict[str, Any], tmp: Path) -> None:
+    line = json.dumps({k: v for k, v in stats.items() if k != "lost"} | {"lost": len(stats["lost"])})
+    print(f"\nfailover: {line}")
+    out = os.environ.get("ICOW_FAILOVER_REPORT")
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def test_failover_with_durable_submits_loses_no_acknowledged_job(
+    sentinel_set: SentinelSet, scale_repo: Path, tmp_path: Path
+) -> None:
+    stats = run_failover(sentinel_set, scale_repo, tmp_path, durable=True)
+    _report(stats, tmp_path)
+    assert stats["acknowledged"] > 0 and all(stats["workers_alive"])
+    assert stats["wrong"] == 0
+    assert stats["lost"] == [], f"{len(stats['lost'])} acknowledged jobs lost: {stats['lost'][:5]}"
+    assert stats["answered"] == stats["acknowledged"]
+
+
+def test_failover_without_durable_submits_reports_what_is_lost(
+    sentinel_set: SentinelSet, scale_repo: Path, tmp_path: Path
+) -> None:
+    """No assertion on the count lost: asynchronous replication may drop the last writes
+    acknowledged by the dead primary. The figures go to README and docs/RELIABILITY.md."""
+    stats = run_failover(sentinel_set, scale_repo, tmp_path, durable=False)
+    _report(stats, tmp_path)
+    assert stats["acknowledged"] > 0 and all(stats["workers_alive"])
+    assert stats["wrong"] == 0
+    assert stats["answered"] + len(stats["lost"]) == stats["acknowledged"]
