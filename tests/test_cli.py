@@ -35,6 +35,7 @@ def test_demo_runs_a_whole_fleet_and_exits_0() -> None:
     assert "correct: True" in proc.stdout
     assert "InvalidJob" in proc.stdout
     assert "CPUExecutionProvider" in proc.stdout or "CUDAExecutionProvider" in proc.stdout
+    assert "embedded valkey-server (AOF on)" in proc.stdout
     assert proc.stdout.strip().endswith("demo OK")
 
 

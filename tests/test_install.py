@@ -134,6 +134,9 @@ def test_pip_install_icow_is_the_client_alone(wheel: Path, tmp_path: Path) -> No
     refused = run(icow, "worker", "--repo", tmp_path, "--redis", "redis://127.0.0.1:1/0", cwd=tmp_path)
     assert refused.returncode == 2
     assert "pip install 'icow[worker]'" in refused.stderr and "Traceback" not in refused.stderr
+    models = run(icow, "models", "--redis", "redis://127.0.0.1:1/0", cwd=tmp_path)  # runs: no Redis there
+    assert models.returncode == 2 and models.stderr.startswith("icow: error: ")
+    assert "icow[worker]" not in models.stderr and "Traceback" not in models.stderr
 
 
 @pytest.mark.slow
