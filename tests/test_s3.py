@@ -369,3 +369,94 @@ def test_compose_and_kubernetes_show_the_s3_repository_as_an_option() -> None:
     env = {e["name"] for e in option["env"]}
     assert {"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ICOW_CACHE_DIR"} <= env
     assert option["volumeMounts"][0]["name"] == option["volumes"][0]["name"]
+
+
+def test_a_local_repository_pushed_with_icow_can_be_copied_to_s3_as_it_is(bucket: str, tmp_path: Path) -> None:
+    """`icow models push --repo DIR` writes manifest.json too, so `aws s3 sync DIR s3://...`
+    (here: a plain upload of every file) gives a repository that workers verify and serve."""
+    from icow.cli.ops import push_model
+
+    local = tmp_path / "models"
+    local.mkdir()
+    push_model(samples.scale(tmp_path / "v1.onnx", 2.0), local, "m")
+    assert sorted(p.name for p in (local / "m" / "1").iterdir()) == ["manifest.json", "model.onnx"]
+    s3 = boto3.client("s3")
+    for f in local.rglob("*"):
+        if f.is_file():
+            s3.put_object(Bucket=bucket, Key=f"synced/{f.relative_to(local)}", Body=f.read_bytes())
+    entry = Repository(f"s3://{bucket}/synced").scan()["m"]
+    assert entry.versions == (1,) and sha256_file(entry.file(1)) == sha256_file(local / "m" / "1" / "model.onnx")
+
+
+def count_calls(repo: Repository) -> dict[str, int]:
+    """S3 operations the repository's store makes from now on, by name (botocore's events)."""
+    calls: dict[str, int] = {}
+
+    def seen(model: Any, **_: Any) -> None:
+        calls[model.name] = calls.get(model.name, 0) + 1
+
+    store: Any = repo.store
+    store.client.meta.events.register("before-call.s3", seen)
+    return calls
+
+
+def test_a_rescan_is_one_listing_and_a_refused_version_is_not_downloaded_again(bucket: str, tmp_path: Path) -> None:
+    url = f"s3://{bucket}/models"
+    store = S3Store(url)
+    store.push(samples.scale(tmp_path / "v1.onnx", 2.0), "m")
+    store.push(samples.scale(tmp_path / "v2.onnx", 3.0), "m")
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="models/m/config.toml", Body=b"providers = ['cpu']\n")
+    s3.put_object(Bucket=bucket, Key="models/m/2/model.onnx", Body=samples.scale(tmp_path / "x.onnx", 9.0).read_bytes())
+    repo = Repository(url)
+    calls = count_calls(repo)
+    assert repo.scan()["m"].versions == (1,)
+    assert calls == {"ListObjectsV2": 1, "GetObject": 5}  # config, 2 manifests, 2 models
+    calls.clear()
+    assert repo.scan()["m"].versions == (1,) and ("m", 2) in repo.failed
+    assert calls == {"ListObjectsV2": 1}  # nothing changed: nothing read
+
+    store.push(samples.scale(tmp_path / "v3.onnx", 4.0), "m")
+    calls.clear()
+    assert repo.scan()["m"].versions == (1, 3)
+    assert calls == {"ListObjectsV2": 1, "GetObject": 2}  # only v3's manifest and model
+
+
+def test_workers_sharing_a_cache_download_each_file_once(
+    bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"s3://{bucket}/models"
+    S3Store(url).push(samples.scale(tmp_path / "v1.onnx", 2.0), "m")
+    repos = [Repository(url, cache_dir=tmp_path / "shared") for _ in range(4)]
+    found: list[tuple[int, ...]] = []
+    with caplog.at_level(logging.INFO, logger="icow.s3"):
+        threads = [threading.Thread(target=lambda r=r: found.append(r.scan()["m"].versions)) for r in repos]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert found == [(1,)] * 4
+    assert sum("fetched" in rec.message for rec in caplog.records) == 1
+
+
+def test_non_aws_endpoints_are_addressed_path_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    from icow.workers.s3store import make_client
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    c = make_client()
+    assert c.meta.endpoint_url == "http://minio:9000" and c.meta.config.s3["addressing_style"] == "path"
+    assert c.meta.region_name == "eu-west-1"  # AWS_REGION, not only AWS_DEFAULT_REGION
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    c = make_client()
+    assert c.meta.endpoint_url.endswith(".amazonaws.com") and c.meta.config.s3["addressing_style"] == "auto"
+
+
+def test_boto3_is_imported_only_for_s3_repositories(tmp_path: Path) -> None:
+    samples.scale(tmp_path / "m" / "1" / "model.onnx", 2.0)
+    code = (
+        "import sys; from icow.workers.repository import Repository; from icow.cli import ops; "
+        f"Repository({str(tmp_path)!r}).scan(); print('boto3' in sys.modules, 'botocore' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False False", proc.stderr
