@@ -421,6 +421,11 @@ def test_a_rescan_is_one_listing_and_a_refused_version_is_not_downloaded_again(b
     assert repo.scan()["m"].versions == (1, 3)
     assert calls == {"ListObjectsV2": 1, "GetObject": 2}  # only v3's manifest and model
 
+    s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "models/m/2/model.onnx"}, {"Key": "models/m/2/manifest.json"}]}
+    )
+    assert repo.scan()["m"].versions == (1, 3) and not repo.failed  # a deleted version is no failure
+
 
 def test_workers_sharing_a_cache_download_each_file_once(
     bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -127,7 +127,11 @@ class Repository:
         present and verified on local disk. A version that cannot be fetched is left out (and
         kept in ``failed``); the policy then picks among the others."""
         found: dict[str, ModelEntry] = {}
-        for name, present in sorted(self.store.listing().items()):
+        listing = self.store.listing()
+        for m, v in list(self.failed):  # gone from the store: nothing to report any more
+            if v not in listing.get(m, ()):
+                del self.failed[(m, v)]
+        for name, present in sorted(listing.items()):
             if not present or not keys.MODEL_NAME_RE.match(name) or (only and name not in only):
                 continue
             cfg = ModelConfig.parse(self.store.config_text(name), f"{self.store.where}/{name}/{CONFIG_FILE}")
