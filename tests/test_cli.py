@@ -16,7 +16,7 @@ import redis
 
 from icow import keys, protocol
 from icow.cli.fleet import LocalRedis
-from icow.cli.tools import output_filename
+from icow.cli.tools import output_filename, write_outputs
 from icow.errors import InvalidInput
 from icow.workers import samples
 from icow.workers.repository import Repository
@@ -105,6 +105,15 @@ def test_output_names_become_escaped_file_names_never_paths() -> None:
     assert all("/" not in f and "\0" not in f and not f.startswith(".") for f in files)
     with pytest.raises(InvalidInput, match="too long"):
         output_filename("y" * 300)
+
+
+def test_outputs_with_hostile_names_stay_inside_the_out_folder(tmp_path: Path) -> None:
+    outputs = {n: np.full(2, i, np.float32) for i, n in enumerate(["a/b", "../x", "..", "/abs", "ok"])}
+    written = write_outputs(tmp_path / "out", outputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written)
+    assert sorted(p.name for p in written) == ["%2E.%2Fx.npy", "%2E..npy", "%2Fabs.npy", "a%2Fb.npy", "ok.npy"]
+    assert [float(np.load(p)[0]) for p in written] == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def test_infer_out_dir_escapes_output_names(redis_url: str, tmp_path: Path) -> None:
