@@ -177,6 +177,7 @@ class LocalRedis:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self.stop()
                 raise BrokerUnavailable(f"redis-server exited at start: {err.strip()}")
             try:
                 if self._ping():
