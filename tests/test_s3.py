@@ -151,6 +151,10 @@ def test_a_version_is_visible_only_once_its_manifest_is_written(bucket: str, tmp
     assert repo.scan()["m"].versions == (1,)
     s3.put_object(Bucket=bucket, Key="repo/m/2/manifest.json", Body=Manifest.of_file(v2).to_bytes())
     assert repo.scan()["m"].versions == (1, 2)
+    for odd in ("02", "0", "²", "x"):  # not version folders: ignored
+        s3.put_object(Bucket=bucket, Key=f"repo/m/{odd}/model.onnx", Body=v2.read_bytes())
+        s3.put_object(Bucket=bucket, Key=f"repo/m/{odd}/manifest.json", Body=Manifest.of_file(v2).to_bytes())
+    assert repo.scan()["m"].versions == (1, 2) and not repo.failed
 
 
 def test_a_version_pushed_while_the_watcher_runs_is_served(bucket: str, tmp_path: Path, r: redis.Redis) -> None:

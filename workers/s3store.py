@@ -33,7 +33,15 @@ from urllib.parse import urlsplit
 
 from icow import keys, settings
 from icow.errors import InvalidInput, StoreUnavailable
-from icow.workers.store import CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, S3_SCHEME, Manifest, sha256_file
+from icow.workers.store import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    S3_SCHEME,
+    VERSION_RE,
+    Manifest,
+    sha256_file,
+)
 
 log = logging.getLogger("icow.s3")
 
@@ -123,7 +131,7 @@ class S3Store:
             parts = rel.split("/")
             if len(parts) == 2 and parts[1] == CONFIG_FILE:
                 found.setdefault(parts[0], [])
-            if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) < 1 or parts[2] != MODEL_FILE:
+            if len(parts) != 3 or not VERSION_RE.match(parts[1]) or parts[2] != MODEL_FILE:
                 continue
             versions = found.setdefault(parts[0], [])
             if f"{parts[0]}/{parts[1]}/{MANIFEST_FILE}" in objects:
@@ -223,7 +231,7 @@ class S3Store:
             if not d.is_dir() or not keys.MODEL_NAME_RE.match(d.name):
                 continue
             for v in d.iterdir():
-                if v.is_dir() and v.name.isdigit() and int(v.name) not in found.get(d.name, ()):
+                if v.is_dir() and VERSION_RE.match(v.name) and int(v.name) not in found.get(d.name, ()):
                     shutil.rmtree(v, ignore_errors=True)
                     self._verified.pop((d.name, int(v.name)), None)
 
@@ -263,7 +271,7 @@ class S3Store:
         for page in self._call("list", lambda: list(pages)):
             for obj in page.get("Contents", ()):
                 head = obj["Key"][len(base) :].split("/", 1)[0]
-                if head.isdigit():
+                if VERSION_RE.match(head):
                     found.add(int(head))
         return found
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,7 @@ CONFIG_FILE = "config.toml"
 MANIFEST_FILE = "manifest.json"
 S3_SCHEME = "s3://"
 _CHUNK = 1 << 20
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")  # a version folder: a positive integer, no leading zero
 
 
 def sha256_file(path: Path) -> str:
@@ -112,7 +114,7 @@ class LocalStore:
                 found[d.name] = sorted(
                     int(v.name)
                     for v in d.iterdir()
-                    if v.is_dir() and v.name.isdigit() and int(v.name) >= 1 and (v / MODEL_FILE).is_file()
+                    if v.is_dir() and VERSION_RE.match(v.name) and (v / MODEL_FILE).is_file()
                 )
         return found
 

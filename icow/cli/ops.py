@@ -92,7 +92,7 @@ def push_model(file: str | Path, repo: str | Path, name: str, version: int | Non
     """Copy an ONNX file into ``<repo>/<name>/<version>/model.onnx`` atomically (workers that
     rescan never see a half-written file), with its ``manifest.json`` (so the folder can be
     copied to an S3 repository as it is); version defaults to the latest + 1."""
-    from icow.workers.store import MANIFEST_FILE, MODEL_FILE, Manifest
+    from icow.workers.store import MANIFEST_FILE, MODEL_FILE, VERSION_RE, Manifest
 
     src = _check_push(file, name)
     root = Path(repo)
@@ -101,7 +101,7 @@ def push_model(file: str | Path, repo: str | Path, name: str, version: int | Non
     model_dir = root / name
     model_dir.mkdir(exist_ok=True)
     if version is None:
-        present = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        present = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
         version = max(present, default=0) + 1
     if version < 1:
         raise InvalidInput("version must be a positive integer")
