@@ -1,126 +1,92 @@
-"""The Celery side: the app, its configuration, and the one task every ICOW job runs as.
+"""The Celery side: the worker's shell (process, bootsteps, remote control, `celery inspect` /
+`status`, events, Flower) and the bootstep that runs ICOW's intake.
 
-``icow worker`` configures this app and starts a solo-pool worker (one process per GPU, no
-fork after CUDA init). It also works with stock tooling: ``celery -A icow.workers.app
-inspect registered`` lists ``icow.infer``.
+Celery never consumes ICOW's queues: kombu's BRPOP would take a message out of Redis before
+recording it anywhere (a killed worker loses it) and would hand hostile bytes to Celery's own
+decoders. ICOW's intake (workers/broker.py, workers/runner.py) runs in a thread started by
+:class:`IntakeStep`; Celery's consumer only listens on the control queue ``icow:celery``.
+docs/RELIABILITY.md says why a bootstep rather than a kombu transport.
+
+``celery -A icow.workers.app inspect registered`` lists ``icow.infer``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps
 
 from icow import keys, protocol
-from icow.workers import tls
-from icow.workers.runner import Incoming, JobRunner
 
 log = logging.getLogger("icow.worker")
+
+CONTROL_QUEUE = keys.PREFIX + "celery"
 
 app = Celery("icow", set_as_current=False)
 app.conf.update(
     broker_url=os.environ.get("ICOW_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    result_backend=None,  # results are written by icow.workers.results, once per job id
-    # The worker sends no tasks (clients build their messages with icow.protocol); this is the
-    # serializer of Celery's remote-control replies, and JSON lets stock `celery inspect`,
-    # `celery status` and Flower read them without being configured for msgpack.
+    result_backend=None,  # results are written by icow.workers.broker, once per job id
+    # The worker sends no tasks; this is the serializer of Celery's remote-control replies, and
+    # JSON lets stock `celery inspect`, `celery status` and Flower read them.
     task_serializer="json",
-    result_serializer="msgpack",
-    accept_content=["msgpack", "json"],
-    task_acks_late=True,  # a job is acked only after its result is stored
-    task_reject_on_worker_lost=True,
+    result_serializer="json",
+    accept_content=["json"],
     worker_prefetch_multiplier=1,
     worker_hijack_root_logger=True,
-    worker_cancel_long_running_tasks_on_connection_loss=True,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,  # keep reconnecting while Redis is away
-    task_default_queue="icow:q:_default",
+    task_default_queue=CONTROL_QUEUE,
     worker_send_task_events=False,
     task_send_sent_event=False,
-    worker_consumer="icow.workers.consumer:IcowConsumer",
-    # A short lease instead of kombu's one-hour visibility timeout: the heartbeat renews the
-    # lease of every in-flight message, so only a dead worker's jobs come back, within seconds.
-    broker_transport_options={
-        "visibility_timeout": keys.DEFAULT_LEASE_S,
-        "unacked_restore_interval": 1,
-        "unacked_restore_throttle": 1,
-    },
 )
 
-_runner: JobRunner | None = None
-_consumer: Any = None  # Celery's consumer, known once the worker is ready
+
+class IntakeStep(bootsteps.StartStopStep):
+    """Worker bootstep: runs the intake loop in a thread from start to warm shutdown; the
+    batch in hand is finished (and answered) before the worker exits."""
+
+    runner: Any = None  # set by icow.workers.serve before the worker starts
+
+    def __init__(self, parent: Any, **kwargs: Any):
+        super().__init__(parent, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        if self.runner is None:
+            log.error("no ICOW runner configured: start workers with `icow worker --repo DIR`")
+            return
+        self._thread = threading.Thread(target=self.runner.run_forever, args=(self._stop,), name="icow-intake")
+        self._thread.start()
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def terminate(self, parent: Any) -> None:
+        self.stop(parent)
 
 
-@signals.worker_ready.connect
-def _keep_consumer(sender: Any = None, **_: Any) -> None:
-    global _consumer
-    _consumer = sender
+app.steps["worker"].add(IntakeStep)
 
 
-def delivered_tags() -> list[str]:
-    """Delivery tags of the messages Celery has handed over and not yet acked."""
-    try:
-        qos = _consumer.task_consumer.channel.qos
-        return [t for t in list(qos._delivered) if isinstance(t, str)]
-    except Exception:  # not ready yet, reconnecting, or mutated while read: next beat
-        return []
-
-
-def _tag_of(task_id: str) -> str | None:
-    try:
-        qos = _consumer.task_consumer.channel.qos
-        for tag, message in reversed(list(qos._delivered.items())):
-            if (message.headers or {}).get("id") == task_id:
-                return str(tag)
-    except Exception:
-        pass
-    return None
-
-
-def configure(runner: JobRunner) -> None:
+def configure(runner: Any) -> None:
     """Install the process's runner (its warm models and Redis connection)."""
-    global _runner
-    _runner = runner
+    IntakeStep.runner = runner
 
 
-def _runner_from_env() -> JobRunner:
-    """For workers started by ``celery -A icow.workers.app worker``: build from ICOW_*."""
-    import redis
-
-    from icow import settings
-    from icow.workers.models import ModelManager
-    from icow.workers.repository import Repository
-
-    s = settings.from_env()
-    if not s.repo:
-        raise RuntimeError("ICOW_REPO is not set; start workers with `icow worker --repo DIR`")
-    manager = ModelManager(Repository(s.repo), device=s.device, threads=s.threads)
-    manager.start()
-    url = s.redis_url or app.conf.broker_url
-    r = redis.Redis.from_url(url, **tls.redis_options(url))
-    manager.publish(r)
-    return JobRunner(
-        manager, r, worker=f"{os.getpid()}", max_tensor_bytes=s.max_tensor_bytes, inline_max_bytes=s.inline_max_bytes
-    )
-
-
-@signals.worker_process_init.connect
-def _init_process(**_: Any) -> None:
-    # Prefork children build their own sessions (never inherit CUDA state over fork).
-    if _runner is None and os.environ.get("ICOW_REPO"):
-        configure(_runner_from_env())
-
-
-@app.task(name=protocol.TASK_NAME, bind=True, ignore_result=True, acks_late=True, typing=False)
+@app.task(name=protocol.TASK_NAME, bind=True, ignore_result=True, typing=False)
 def infer(self: Any, *args: Any, **kwargs: Any) -> None:
-    """Run one ICOW job; its result is written under its id by the runner."""
-    global _runner
-    if _runner is None:
-        configure(_runner_from_env())
-    assert _runner is not None
-    job = args[0] if len(args) == 1 and not kwargs else kwargs.get("job") if not args else args
-    info = self.request.delivery_info or {}
-    incoming = Incoming(self.request.id, job, _tag_of(self.request.id), redelivered=bool(info.get("redelivered")))
-    _runner.serve(incoming, info.get("routing_key"))
+    """Registered for stock tooling. ICOW jobs go to ``icow:q:<model>``; a task sent to the
+    control queue by mistake is answered with a failure naming the right queue."""
+    runner = IntakeStep.runner
+    if runner is not None and self.request.id:
+        try:
+            job_id = keys.check_job_id(self.request.id)
+        except Exception:
+            return
+        runner.fail_now(job_id, "InvalidJob", "ICOW jobs are sent to the queue icow:q:<model>, not to Celery's queue")

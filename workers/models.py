@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -32,17 +33,35 @@ class ModelManager:
         self._sessions: dict[tuple[str, int], OnnxModel] = {}
         self._lock = threading.Lock()
         self.load_times_s: dict[tuple[str, int], float] = {}
+        self.failed: dict[tuple[str, int], str] = {}  # versions that do not load, and why
 
     @property
     def names(self) -> list[str]:
         return sorted(self.entries)
 
     def start(self) -> None:
-        """Load every preloaded model version now (the worker is ready after this)."""
-        for entry in self.entries.values():
-            if entry.config.preload:
-                for v in entry.versions:
-                    self.get(entry.name, v)
+        """Load every preloaded model version now (the worker is ready after this). A version
+        that does not load is marked failed with the reason and not served; the rest are (the
+        repository watcher retries it at each rescan)."""
+        entries = dict(self.entries)
+        for name, entry in self.entries.items():
+            good = []
+            for v in entry.versions:
+                try:
+                    if entry.config.preload:
+                        self.get(name, v)
+                    else:  # the file must at least load
+                        OnnxModel(name, v, entry.file(v), providers=("cpu",), threads=1).unload()
+                    good.append(v)
+                except Exception as exc:
+                    self.mark_failed(name, v, exc)
+            entries[name] = dataclasses.replace(entry, versions=tuple(good))
+        self.entries = entries
+
+    def mark_failed(self, name: str, version: int, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        self.failed[(name, version)] = reason
+        log.error("model %s v%s does not load and is not served: %s", name, version, reason)
 
     def entry(self, name: str) -> ModelEntry:
         entry = self.entries.get(name)
@@ -52,7 +71,7 @@ class ModelManager:
 
     def get(self, name: str, version: int | None = None) -> OnnxModel:
         entry = self.entry(name)
-        v = entry.latest if version is None else version
+        v = max(entry.versions, default=0) if version is None else version
         if v not in entry.versions:
             raise ModelNotFound(f"model {name!r} has no version {v}; served versions: {list(entry.versions)}")
         model = self._sessions.get((name, v))
@@ -104,6 +123,7 @@ class ModelManager:
             "models": {m: list(e.versions) for m, e in self.entries.items()},
             "providers": {f"{m.name}:{m.version}": m.providers[0] for m in loaded},
             "cpu_fallback": sorted(f"{m.name}:{m.version}" for m in loaded if getattr(m, "cpu_fallback", False)),
+            "failed": {f"{m}:{v}": why for (m, v), why in self.failed.items()},
         }
 
     def metadata(self) -> list[dict[str, Any]]:
@@ -114,7 +134,11 @@ class ModelManager:
                 model = self._sessions.get((entry.name, v))
                 if model is None:
                     # Not preloaded: read the signature on the CPU and let the session go.
-                    model = OnnxModel(entry.name, v, entry.file(v), providers=("cpu",), threads=1)
+                    try:
+                        model = OnnxModel(entry.name, v, entry.file(v), providers=("cpu",), threads=1)
+                    except Exception as exc:
+                        self.mark_failed(entry.name, v, exc)
+                        continue
                     meta = model.metadata()
                     meta["providers"] = []
                     model.unload()

@@ -1,25 +1,23 @@
 """Queue inspection without consuming: backlog per model and the age of its oldest waiting job.
 
-Clients ``LPUSH`` and workers ``BRPOP``, so the oldest message of a list is its right end
-(``LINDEX -1``). Its creation time is the ``created`` field of the job inside the message
-(kombu JSON envelope -> base64 ``body`` -> msgpack ``[[job], {}, embed]``). Messages may carry
-megabytes of inline tensors, so a Lua script returns only the first bytes of each oldest
-message; ICOW's encoder puts ``created`` before the tensors, so a few hundred bytes suffice.
-Only when they do not (another encoder, another key order) is the whole message fetched.
+A model's jobs wait in its latest queue ``icow:q:<m>`` and one pinned queue per published
+version ``icow:q:<m>@<v>``, each in four priority lists (icow/keys.py). Clients ``LPUSH`` and
+workers take from the right end, so the oldest message of a list is ``LINDEX -1``; its
+creation time is read by icow.protocol from the first bytes only (a Lua script returns a
+prefix; nothing scans whole messages).
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import redis
 
 from icow import keys
+from icow.protocol import created_from_message
 
 PREFIX_BYTES = 1024
 
@@ -43,32 +41,6 @@ class QueueState:
     oldest_age_s: float | None  # age of the oldest waiting job; None when empty or unreadable
 
 
-def created_from_message(message: bytes) -> float | None:
-    """The job's ``created`` time from a whole message or a prefix of one; None if not in it."""
-    start = message.find(b'"body":"')
-    if start < 0:
-        return None
-    start += len(b'"body":"')
-    end = message.find(b'"', start)
-    b64 = message[start:] if end < 0 else message[start:end]
-    b64 = b64[: len(b64) // 4 * 4]
-    try:
-        body = base64.b64decode(b64, validate=True)
-        u = msgpack.Unpacker(raw=False, strict_map_key=False)
-        u.feed(body)
-        u.read_array_header()  # [args, kwargs, embed]
-        u.read_array_header()  # args = [job]
-        for _ in range(u.read_map_header()):
-            key = u.unpack()
-            if key == "created":
-                value = u.unpack()
-                return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-            u.skip()
-    except (ValueError, msgpack.OutOfData, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
-        return None
-    return None
-
-
 def published_models(r: redis.Redis) -> list[str]:
     return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in r.smembers(keys.MODELS))
 
@@ -79,7 +51,16 @@ def queue_states(r: redis.Redis, models: Iterable[str], *, now: float | None = N
     models = list(models)
     if not models:
         return []
-    lists = [(m, lst) for m in models for lst in keys.queue_lists(m)]
+    pipe = r.pipeline(transaction=False)
+    for m in models:
+        pipe.hkeys(keys.model(m))
+    versions = pipe.execute()
+    lists = [
+        (m, lst)
+        for m, vs in zip(models, versions)
+        for q in [keys.queue(m), *[keys.queue(m, int(v)) for v in vs]]
+        for lst in keys.queue_lists(q)
+    ]
     raw = r.eval(_PEEK, len(lists), *[lst for _, lst in lists], PREFIX_BYTES)
     now = time.time() if now is None else now
     backlog: dict[str, int] = dict.fromkeys(models, 0)

@@ -7,23 +7,20 @@ version the policy no longer serves (``versions = "latest"`` and a newer one arr
 folder was deleted) is unpublished and its session dropped. Changing the settings of a version
 already served (providers, threads, GPU options) takes a worker restart.
 
-New models need their queue consumed. Celery's consumer is not thread-safe, so the watcher only
-hands their names over; :class:`QueueSubscriber`, a consumer bootstep, subscribes to them from
-the consumer's own event loop.
+A version that does not load stays marked failed (``ModelManager.failed``: heartbeat, `icow
+status`, the ``icow_model_failed`` metric) and is retried at every rescan. The intake takes from
+the queues of whatever is served at each take, so new models and versions need nothing else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
-from celery import bootsteps
 
 from icow import keys
 from icow.workers.models import ModelManager
@@ -31,13 +28,6 @@ from icow.workers.repository import ModelEntry
 from icow.workers.runtime import OnnxModel
 
 log = logging.getLogger("icow.reload")
-
-# KEYS: the model's metadata hash, the set of models. ARGV: model name, versions to drop.
-_UNPUBLISH = """
-redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
-if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
-return 1
-"""
 
 
 @dataclass
@@ -86,6 +76,7 @@ class RepositoryWatcher:
         for m, v in sorted(_versions(new) - _versions(old)):
             if self._try_load(new[m], v):
                 ch.added.append((m, v))
+                mgr.failed.pop((m, v), None)
             else:
                 ch.failed.append((m, v))
         for m, v in ch.failed:  # serve it once it loads; until then what was served before
@@ -107,7 +98,11 @@ class RepositoryWatcher:
         for m, v in ch.removed:
             gone.setdefault(m, []).append(v)
         for m, vs in gone.items():
-            self.r.eval(_UNPUBLISH, 2, keys.model(m), keys.MODELS, m, *[str(v) for v in vs])
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hdel(keys.model(m), *[str(v) for v in vs])
+            pipe.hlen(keys.model(m))
+            if not pipe.execute()[1]:
+                self.r.srem(keys.MODELS, m)
         log.info("model repository changed: serving %s, dropped %s", ch.added, ch.removed)
         if ch.new_models and self.on_new_models is not None:
             self.on_new_models(ch.new_models)
@@ -121,7 +116,8 @@ class RepositoryWatcher:
                 OnnxModel(entry.name, v, entry.file(v), providers=("cpu",), threads=1).unload()
             return True
         except Exception as exc:
-            log.warning("model %s v%s does not load (yet): %s", entry.name, v, exc)
+            if (entry.name, v) not in self.manager.failed:
+                self.manager.mark_failed(entry.name, v, exc)
             return False
 
     def start(self) -> None:
@@ -138,31 +134,3 @@ class RepositoryWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-class QueueSubscriber(bootsteps.StartStopStep):
-    """Consumer bootstep: subscribes to queues handed over by other threads, from the
-    consumer's event loop (``pending`` is filled by :meth:`RepositoryWatcher.on_new_models`)."""
-
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-    pending: queue.SimpleQueue[str] = queue.SimpleQueue()
-
-    @classmethod
-    def subscribe(cls, names: list[str]) -> None:
-        """Ask the consumer (from any thread) to consume these models' queues."""
-        for name in names:
-            cls.pending.put(name)
-
-    def start(self, c: Any) -> None:
-        c.timer.call_repeatedly(0.5, self._drain, (c,), priority=10)
-
-    def _drain(self, c: Any) -> None:
-        while True:
-            try:
-                name = self.pending.get_nowait()
-            except queue.Empty:
-                return
-            q = keys.queue(name)
-            if not c.task_consumer.consuming_from(q):
-                c.add_task_queue(q)
-                log.info("consuming %s", q)

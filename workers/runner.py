@@ -1,12 +1,15 @@
-"""Runs jobs: decode and validate (never trusting the queue), run the model, answer every job.
+"""Runs jobs: the intake loop (take, decode, validate, claim, run, answer), one job at a time
+failing alone.
 
-Every job handed to :meth:`JobRunner.handle_many` gets exactly one answer: a success, or a
-structured failure naming the problem. Nothing a job contains can crash the worker.
-
-:meth:`JobRunner.serve` is the Celery task's body: it runs the job Celery delivered together
-with the jobs already waiting behind it (taken straight from Redis by workers/intake.py and
-batched by workers/batching.py), then lingers a few milliseconds for the next job before
-handing control back to Celery's event loop.
+The loop (:meth:`JobRunner.run_forever`, in the worker's intake thread) asks the broker for
+the next take: the messages waiting on the first non-empty list in priority order across every
+queue this worker serves (all its models and versions), at most one batch. Each message is
+decoded by icow.protocol (the only reader of the envelope), validated (the worker never trusts
+the queue), claimed before it runs, run in batches of one model version, and answered. Every
+step is per job: a message that cannot be decoded, a job that fails validation, a model that
+raises, an output that cannot be encoded fails that job alone, with a structured failure (and
+a dead-letter record when the message itself was bad). Nothing a message contains can crash
+the worker.
 """
 
 from __future__ import annotations
@@ -24,42 +27,30 @@ import redis
 from icow import keys, protocol, tensor
 from icow.errors import IcowError, InternalError, InvalidInput, JobExpired, RemoteError
 from icow.workers import batching
-from icow.workers.intake import Delivery, Intake
+from icow.workers.broker import Answer, Broker, CancelRequest, DeadLetter, Oversize, Take
 from icow.workers.models import ModelManager
 from icow.workers.observer import JobObserver, outcome_of
-from icow.workers.results import ResultWriter
 
 log = logging.getLogger("icow.runner")
 
 MAX_TRIES = 3  # deliveries of one job before it is dead-lettered as a poison job
 RETRY_BACKOFF_S = (0.05, 0.25)  # in-process retries of an unexpected (possibly transient) failure
-
-
-@dataclass
-class Incoming:
-    """A job as it arrived: its id, raw job map, delivery tag, or why it could not be read."""
-
-    task_id: str | None
-    raw: Any
-    tag: str | None = None
-    error: str | None = None
-    redelivered: bool = False  # restored after a lease ran out: check for poison before running
+BULK_STEP = 6  # priority steps from here on are bulk: taken one job at a time
 
 
 @dataclass
 class _Job:
-    task_id: str
-    raw: Any
+    job_id: str
     received: float
-    tag: str | None = None
+    message: protocol.Message
     ttl_s: int = keys.DEFAULT_RESULT_TTL_S
     reply_to: str | None = None
     job: dict[str, Any] | None = None
     meta: dict[str, Any] | None = None
-    blobs: dict[str, Any] = field(default_factory=dict)
-    skip: bool = False  # already answered (cancelled, or a redelivered duplicate)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    skip: bool = False  # answered already (cancelled, or a redelivered duplicate)
     tries: int = 1
-    redelivered: bool = False
+    dead: bool = False  # the failure also goes to the dead letters
 
 
 def _error_type(exc: BaseException) -> tuple[str, str]:
@@ -73,174 +64,164 @@ def _error_type(exc: BaseException) -> tuple[str, str]:
 
 
 def _salvage(raw: Any) -> tuple[int, str | None]:
-    """TTL and reply list of a job that failed validation, if they themselves are valid."""
+    """TTL and reply list of a job that may fail validation, if they themselves are valid."""
     ttl, reply = keys.DEFAULT_RESULT_TTL_S, None
     if isinstance(raw, Mapping):
         t = raw.get("ttl")
         if isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= keys.MAX_RESULT_TTL_S:
             ttl = t
         r = raw.get("reply_to")
-        if isinstance(r, str) and r.startswith(keys.reply("")) and len(r) < 200:
+        if keys.is_reply(r):
             reply = r
     return ttl, reply
-
-
-def incoming_from(d: Delivery) -> Incoming:
-    """Decode a message the runner took from a queue itself (as Celery would have)."""
-    if d.envelope is None:
-        return Incoming(None, None, d.tag, d.error)
-    task_id = d.task_id
-    headers = d.envelope.get("headers")
-    task = headers.get("task") if isinstance(headers, dict) else None
-    if task != protocol.TASK_NAME:
-        return Incoming(task_id, None, d.tag, f"unknown task {task!r}; ICOW workers run {protocol.TASK_NAME!r}")
-    try:
-        _, job = protocol.decode_celery_message(d.envelope)
-    except InvalidInput as exc:
-        return Incoming(task_id, None, d.tag, str(exc))
-    redelivered = bool(headers.get("redelivered")) if isinstance(headers, dict) else False
-    return Incoming(task_id, job, d.tag, redelivered=redelivered)
 
 
 class JobRunner:
     def __init__(
         self,
         manager: ModelManager,
-        r: redis.Redis,
+        broker: Broker,
         *,
         worker: str,
         max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
         inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
         observer: JobObserver | None = None,
-        linger_s: float = 0.02,
-        slice_s: float = 1.0,
+        idle_block_s: float = 1.0,
     ):
         self.manager = manager
+        self.broker = broker
         self.observer = observer  # told about every answered job (metrics, heartbeat stats)
-        self.r = r
         self.worker = worker
         self.max_tensor_bytes = max_tensor_bytes
         self.inline_max_bytes = inline_max_bytes
-        self.writer = ResultWriter(r)
-        self.intake = Intake(r)
-        self.linger_s = linger_s  # how long to wait for the next job before returning to Celery
-        self.slice_s = slice_s  # longest stretch spent outside Celery's event loop
+        self.idle_block_s = idle_block_s
         self.jobs = 0
         self.failures = 0
         self.last_error: str | None = None
-        self._inflight: set[str] = set()
-        self._inflight_lock = threading.Lock()
-        self._bursts = 0
+        self.fleet_latest: dict[str, int] = {}  # model -> highest version a live worker serves
+        self._takes = 0
+        self._idle = True
 
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "failures": self.failures, "last_error": self.last_error}
 
-    def inflight_tags(self) -> list[str]:
-        """Delivery tags of the messages being worked on (their leases are renewed)."""
-        with self._inflight_lock:
-            return list(self._inflight)
+    # -- what to take
 
-    def fail_now(self, task_id: str, error_type: str, message: str) -> None:
-        """Answer a message that never reached the task (e.g. an undecodable body)."""
-        meta = protocol.failure_meta(task_id, error_type=error_type, message=message, worker=self.worker)
-        self.failures += 1
-        self.last_error = f"{error_type}: {message}"[:500]
-        self.writer.write(task_id, meta, ttl_s=keys.DEFAULT_RESULT_TTL_S, reply_to=None)
-
-    # -- the burst loop (the Celery task's body)
-
-    def _lists(self, model: str) -> list[str]:
-        lists = keys.queue_lists(model)
-        # Higher priority first, but every 8th drain starts from the lowest: no starvation.
-        return list(reversed(lists)) if self._bursts % 8 == 7 else lists
-
-    def _all_lists(self) -> list[str]:
-        names = sorted(self.manager.entries)
-        lists = [keys.queue_list(m, step) for step in keys.KOMBU_PRIORITY_STEPS for m in names]
-        return list(reversed(lists)) if self._bursts % 8 == 7 else lists
-
-    def _max_batch(self, model: str | None) -> int:
-        entry = self.manager.entries.get(model or "")
-        return entry.config.max_batch if entry is not None else 1
-
-    def serve(self, first: Incoming, queue: str | None) -> None:
-        """Run ``first`` and the jobs waiting behind it; linger briefly for more."""
-        end = time.monotonic() + self.slice_s
-        items = [first]
-        model = keys.model_of_queue(queue or "")
-        cap = self._max_batch(model)
-        if cap > 1 and model is not None:
-            items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - 1)]
-        while items:
-            self._bursts += 1
-            if model is not None and 1 < len(items) < cap and self._max_wait_ms(model) > 0:
-                time.sleep(self._max_wait_ms(model) / 1000)  # jobs are arriving: let the batch fill
-                items += [incoming_from(d) for d in self.intake.pop(self._lists(model), cap - len(items))]
-            self.handle_many(items)
-            if time.monotonic() >= end or self.linger_s <= 0:
-                return
-            try:
-                watch = keys.queue(model) if model is not None else keys.queue(min(self.manager.entries))
-                burst = self.intake.wait_burst(self._all_lists(), watch, self._linger_cap(), self.linger_s)
-            except redis.exceptions.RedisError:
-                return
-            items = [incoming_from(d) for d in burst]
-            if burst:
-                rk = ((burst[0].envelope or {}).get("properties") or {}).get("delivery_info") or {}
-                model = keys.model_of_queue(rk.get("routing_key", "") if isinstance(rk, dict) else "")
-                cap = self._max_batch(model)
-
-    def _linger_cap(self) -> int:
-        return max([e.config.max_batch for e in self.manager.entries.values()] or [1])
-
-    def _max_wait_ms(self, model: str) -> float:
+    def _max_batch(self, model: str) -> int:
         entry = self.manager.entries.get(model)
-        return entry.config.max_wait_ms if entry is not None else 0.0
+        return max(1, entry.config.max_batch) if entry is not None else 1
 
-    # -- one batch of jobs
-
-    def handle_many(self, items: Sequence[Incoming]) -> None:
-        now = time.time()
-        jobs: list[_Job] = []
-        unanswerable: list[str] = []
-        for it in items:
-            if it.task_id is None or not keys.JOB_ID_RE.match(it.task_id):
-                log.error("dropped a message without a usable job id (%r): %s", it.task_id, it.error)
-                if it.tag:
-                    unanswerable.append(it.tag)
+    def queues(self) -> list[tuple[str, str]]:
+        """(queue, model) of every queue this worker takes from: each served version's pinned
+        queue, and the model's latest queue while this worker serves the fleet's highest live
+        version of it (during a rolling update, workers still on an older version stop taking
+        unpinned jobs within one heartbeat of a newer version going live elsewhere)."""
+        out: list[tuple[str, str]] = []
+        for m, entry in sorted(self.manager.entries.items()):
+            if not entry.versions:
                 continue
-            j = _Job(it.task_id, it.raw, now, tag=it.tag, redelivered=it.redelivered)
-            if it.error is not None:
-                self._fail(j, InvalidInput(it.error))
-            jobs.append(j)
-        with self._inflight_lock:
-            self._inflight.update(j.tag for j in jobs if j.tag)
-        try:
+            out += [(keys.queue(m, v), m) for v in entry.versions]
+            if max(entry.versions) >= self.fleet_latest.get(m, 0):
+                out.append((keys.queue(m), m))
+        return out
+
+    def lists(self) -> list[tuple[str, str, int]]:
+        """(list, wake key, most jobs per take) in serving order: lowest priority number first
+        across every queue; every 8th take starts from the other end so nothing starves."""
+        queues = self.queues()
+        out = [
+            (keys.queue_list(q, step), keys.wake(q), self._max_batch(m) if step < BULK_STEP else 1)
+            for step in keys.PRIORITY_STEPS
+            for q, m in queues
+        ]
+        return list(reversed(out)) if self._takes % 8 == 7 else out
+
+    # -- the loop
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Take and run jobs until ``stop`` is set (the batch in hand is finished first)."""
+        backoff = 0.1
+        while not stop.is_set():
             try:
-                self._parse(jobs)
-                finish = self._fetch(jobs)
-                try:
-                    self._run(jobs)
-                finally:
-                    if finish is not None:  # always read the overlapped reply (frees its connection)
-                        finish()
-            except Exception as exc:  # a bug or Redis trouble mid-way: still answer every job
-                log.exception("unexpected error while running jobs")
-                for j in jobs:
-                    if j.meta is None and not j.skip:
-                        self._fail(j, exc)
-            self._write(jobs, unanswerable)
-        finally:
-            with self._inflight_lock:
-                self._inflight.difference_update(j.tag for j in jobs if j.tag)
+                self.step()
+                backoff = 0.1
+            except redis.exceptions.RedisError as exc:
+                log.warning("Redis trouble in the intake (retrying in %.1f s): %s", backoff, exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("unexpected error in the intake loop (continuing)")
+                stop.wait(backoff)
+
+    def step(self) -> bool:
+        """One take (blocking briefly when the last one found nothing). True if it took jobs."""
+        lists = self.lists()
+        if not lists:
+            time.sleep(self.idle_block_s)
+            return False
+        take, cancels = self.broker.take(lists, block_s=self.idle_block_s if self._idle else 0.0)
+        self._takes += 1
+        for c in cancels:
+            self._cancel(c)
+        self._idle = take is None
+        if take is not None:
+            self.handle(take)
+        return take is not None
+
+    def _cancel(self, request: CancelRequest) -> None:
+        try:
+            code = self.broker.cancel(request)
+            log.info("cancel request answered: %s", code)
+        except redis.exceptions.RedisError:
+            raise
+        except Exception:
+            log.exception("a cancel request failed")
+
+    # -- one take
+
+    def handle(self, take: Take) -> None:
+        """Answer every message of ``take`` (and ack the take with the answers)."""
+        now = time.time()
+        source = keys.parse_queue(take.source)
+        jobs: list[_Job] = []
+        letters: list[DeadLetter] = []
+        for raw in take.messages:
+            if isinstance(raw, Oversize):
+                msg = protocol.oversize_message(raw.length, raw.prefix, self.broker.max_message_bytes)
+                sample = raw.prefix
+            else:
+                msg = protocol.decode_message(raw, now=now, max_bytes=self.broker.max_message_bytes)
+                sample = raw[:256]
+            if msg.job_id is None:
+                reason = msg.error or "the message has no usable job id"
+                log.warning("dead-lettered a message without a usable id (%r): %s", msg.raw_id, reason)
+                letters.append(DeadLetter(msg.raw_id, reason, sample))
+                continue
+            j = _Job(msg.job_id, now, msg)
+            j.ttl_s, j.reply_to = _salvage(msg.job)
+            if msg.error is not None:
+                self._fail(j, InvalidInput(msg.error), dead=True)
+            jobs.append(j)
+        try:
+            self._parse(jobs, source)
+            self._claim(jobs)
+            self._run(jobs, source)
+        except redis.exceptions.RedisError:
+            raise  # the take stays in flight; its lease brings it back
+        except Exception as exc:  # a bug: still answer every job
+            log.exception("unexpected error while running jobs")
+            for j in jobs:
+                if j.meta is None and not j.skip:
+                    self._fail(j, exc)
+        self._write(take, jobs, letters)
         if self.observer is not None:
             self._observe(jobs)
 
-    def _fail(self, j: _Job, exc: BaseException) -> None:
+    def _fail(self, j: _Job, exc: BaseException, *, dead: bool = False) -> None:
         error_type, message = _error_type(exc)
         job = j.job or {}
         j.meta = protocol.failure_meta(
-            j.task_id,
+            j.job_id,
             error_type=error_type,
             message=message,
             model=job.get("model"),
@@ -248,95 +229,60 @@ class JobRunner:
             worker=self.worker,
         )
         j.blobs = {}
+        j.dead = j.dead or dead or error_type not in ("JobCancelled", "JobExpired")
         self.failures += 1
         self.last_error = f"{error_type}: {message}"[:500]
-        log.info("job %s failed: %s: %s", j.task_id, error_type, message)
+        log.info("job %s failed: %s: %s", j.job_id, error_type, message)
 
-    def _parse(self, jobs: list[_Job]) -> None:
+    def _parse(self, jobs: list[_Job], source: tuple[str, int | None, int] | None) -> None:
         for j in jobs:
-            j.ttl_s, j.reply_to = _salvage(j.raw)
             if j.meta is not None:
                 continue
             try:
-                j.job = protocol.parse_job(j.raw, task_id=j.task_id, max_tensor_bytes=self.max_tensor_bytes)
+                job = protocol.parse_job(
+                    j.message.job,
+                    task_id=j.job_id,
+                    max_tensor_bytes=self.max_tensor_bytes,
+                    json_form=j.message.json_form,
+                )
+                if source is not None and job["model"] != source[0]:
+                    raise InvalidInput(f"a job for model {job['model']!r} arrived on the queue of {source[0]!r}")
+                pinned = source[1] if source is not None else None
+                if pinned is not None and job["version"] not in (None, pinned):
+                    raise InvalidInput(f"a job for version {job['version']} arrived on the queue of version {pinned}")
+                if pinned is not None:
+                    job["version"] = pinned
+                if j.message.expires is not None:
+                    job["deadline"] = min(job["deadline"] or j.message.expires, j.message.expires)
+                j.job = job
             except IcowError as exc:
-                self._fail(j, exc)
+                self._fail(j, exc, dead=True)
 
-    def _fetch(self, jobs: list[_Job]) -> Callable[[], None] | None:
-        """One round trip: is it answered already, count the delivery, mark it running, and
-        read its claim-checked inputs.
-
-        For fresh jobs whose inputs are all inline nothing in the reply is needed before
-        running them, so the commands are sent and the reply is read only after the model ran
-        (the round trip overlaps the compute); the returned function reads it. Redelivered jobs
-        (possible poison) and claim-checked inputs wait for the reply first.
-        """
+    def _claim(self, jobs: list[_Job]) -> None:
+        """Claim before running, always: answered already? deliveries so far; mark running.
+        Claim-checked inputs are read in the same round trip."""
         live = [j for j in jobs if j.meta is None and j.job is not None]
         if not live:
-            return None
-        claim_keys, claim_args = self.intake.claim_call([(j.task_id, j.redelivered) for j in live])
-        refs = [t["ref"] for j in live for t in (j.job or {}).get("inputs", ()) if "ref" in t]
-        overlap = not refs and not any(j.redelivered for j in live)
-        if not overlap:
-            pipe = self.r.pipeline(transaction=False)
-            script = self.intake.claim_script
-            pipe.evalsha(script.sha, len(claim_keys), *claim_keys, *claim_args)
-            for ref in refs:
-                pipe.get(ref)
-            claimed, *blobs = pipe.execute(raise_on_error=False)
-            if isinstance(claimed, redis.exceptions.NoScriptError):  # Redis restarted or flushed
-                claimed = script(keys=claim_keys, args=claim_args)
-            for x in (claimed, *blobs):
-                if isinstance(x, Exception):
-                    raise x
-            self._apply_fetch(live, claimed, blobs)
-            return None
-        script = self.intake.claim_script
-        command = ("EVALSHA", script.sha, len(claim_keys), *claim_keys, *claim_args)
-        pool = self.r.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_command(*command))
-        except BaseException:
-            pool.release(conn)
-            raise
-
-        def finish() -> None:
-            try:
-                claimed = conn.read_response()
-            except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts
-                claimed = script(keys=claim_keys, args=claim_args)
-            except BaseException:
-                conn.disconnect()
-                raise
-            finally:
-                pool.release(conn)
-            self._apply_fetch(live, claimed, [])
-
-        return finish
-
-    def _apply_fetch(self, live: list[_Job], claimed: list[Any], blobs: list[Any]) -> None:
+            return
+        refs = [t["ref"] for j in live for t in (j.job or {})["inputs"] if "ref" in t]
+        claimed, blobs = self.broker.claim([(j.job_id, j.ttl_s) for j in live], refs)
         fetched = iter(blobs)
-        for n, j in enumerate(live):
+        for j, (answered, tries) in zip(live, claimed):
             assert j.job is not None
-            j.skip = bool(claimed[2 * n])
-            j.tries = int(claimed[2 * n + 1])
+            j.skip, j.tries = answered, tries
             for i, t in enumerate(j.job["inputs"]):
                 if "ref" in t:
                     data = next(fetched)
-                    if data is None:
-                        if j.meta is None and not j.skip:
-                            self._fail(j, InvalidInput(f"input {t['name']!r}: its claim-checked data has expired"))
-                        continue
-                    j.job["inputs"][i] = {**t, "data": data}
-            if not j.skip and j.meta is None and j.tries > MAX_TRIES:
-                self._fail(
-                    j, InternalError(f"given up after {j.tries - 1} deliveries that never finished (poison job)")
-                )
+                    if data is None and not j.skip and j.meta is None:
+                        self._fail(j, InvalidInput(f"input {t['name']!r}: its claim-checked data has expired"))
+                    elif data is not None:
+                        j.job["inputs"][i] = {**t, "data": data}
+            if not j.skip and j.meta is None and tries > MAX_TRIES:
+                self._fail(j, InternalError(f"given up after {tries - 1} deliveries that never finished (poison job)"))
 
-    def _run(self, jobs: list[_Job]) -> None:
+    def _run(self, jobs: list[_Job], source: tuple[str, int | None, int] | None) -> None:
         ready: dict[tuple[str, int], list[batching.Item]] = {}
-        models = {}
+        models: dict[tuple[str, int], Any] = {}
         for j in jobs:
             if j.meta is not None or j.job is None or j.skip:
                 continue
@@ -350,7 +296,7 @@ class JobRunner:
         for key, items in ready.items():
             model = models[key]
             cap = self._max_batch(model.name) if model.batchable else 1
-            for group in batching.plan(items, max(cap, 1)):
+            for group in batching.plan(items, cap):
                 t0 = time.perf_counter()
                 results = batching.run_group(model.run, group)
                 compute_s = time.perf_counter() - t0
@@ -361,8 +307,11 @@ class JobRunner:
                         res = self._retry(model, item, res)
                     if isinstance(res, BaseException):
                         self._fail(j, res)
-                    else:
+                        continue
+                    try:
                         self._succeed(j, model, res, compute_s, len(group), n_samples)
+                    except Exception as exc:  # an output that cannot be encoded fails this job only
+                        self._fail(j, exc)
 
     def _prepare(self, j: _Job) -> tuple[batching.Item, Any]:
         job = j.job
@@ -371,6 +320,7 @@ class JobRunner:
         if deadline is not None and time.time() > deadline:
             raise JobExpired(f"the job's deadline passed {time.time() - deadline:.3f} s before it could run")
         model = self.manager.get(job["model"], job["version"])
+        job["version"] = model.version
         inputs: dict[str, np.ndarray] = {}
         datatypes: dict[str, str] = {}
         for t in job["inputs"]:
@@ -400,15 +350,17 @@ class JobRunner:
         job = j.job
         assert job is not None
         wire = []
+        blobs: dict[str, bytes] = {}
         for i, (name, arr) in enumerate(outputs.items()):
-            t = tensor.encode(name, np.ascontiguousarray(arr), max_bytes=1 << 62)
+            t = model.encode_output(name, arr) if hasattr(model, "encode_output") else _encode(name, arr)
             if len(t["data"]) > self.inline_max_bytes:
-                ref = keys.blob(j.task_id, "out", i)
-                j.blobs[ref] = t.pop("data")
+                ref = keys.output_blob(j.job_id, i)
+                blobs[ref] = t.pop("data")
                 t["ref"] = ref
             wire.append(t)
+        j.blobs = blobs
         j.meta = protocol.success_meta(
-            j.task_id,
+            j.job_id,
             model=model.name,
             version=model.version,
             outputs=wire,
@@ -421,31 +373,29 @@ class JobRunner:
             },
         )
 
-    def _write(self, jobs: list[_Job], unanswerable: list[str]) -> None:
-        answer = [j for j in jobs if j.meta is not None and not j.skip]
-        items: list[tuple[str, Mapping[str, Any], int, str | None, Mapping[str, Any]]] = [
-            (j.task_id, j.meta, j.ttl_s, j.reply_to, j.blobs) for j in answer if j.meta is not None
-        ]
-        self.jobs += len(items)
-        refs = [
-            keys.blob(j.task_id, "in", i)
+    def _write(self, take: Take, jobs: list[_Job], letters: list[DeadLetter]) -> None:
+        answers = [
+            Answer(j.job_id, j.meta, j.ttl_s, j.reply_to, j.blobs, j.tries if j.dead else 0)
             for j in jobs
-            if isinstance(j.raw, Mapping) and isinstance(j.raw.get("inputs"), list)
-            for i, t in enumerate(j.raw["inputs"])
-            if isinstance(t, Mapping) and "ref" in t
+            if j.meta is not None and not j.skip
         ]
-        dead: list[tuple[str, Mapping[str, Any], int]] = [
-            (j.task_id, j.meta, j.tries)
-            for j in answer
-            if j.meta is not None
-            and protocol.failure_of(j.meta)[0] not in ("JobCancelled", "JobExpired")
-            and j.meta.get("status") == "FAILURE"
+        refs = [
+            t["ref"]
+            for j in jobs
+            if isinstance(j.message.job, Mapping) and isinstance(j.message.job.get("inputs"), list)
+            for t in j.message.job["inputs"]
+            if isinstance(t, Mapping) and keys.is_input_blob(t.get("ref"))
         ]
-        tags = [j.tag for j in jobs if j.tag] + unanswerable
-        written = self.writer.write_many(items, delete=refs, ack=tags, dead=dead)
-        for (job_id, *_), ok in zip(items, written):
+        written = self.broker.answer(answers, acks=[take.run], delete=refs, dead_letters=letters)
+        self.jobs += len(answers)
+        for a, ok in zip(answers, written):
             if not ok:
-                log.warning("job %s already had a result; this run's result was dropped", job_id)
+                log.warning("job %s already had a result; this run's result was dropped", a.job_id)
+
+    def fail_now(self, job_id: str, error_type: str, message: str) -> None:
+        """Answer a job outside a take (e.g. a task Celery handed over by mistake)."""
+        meta = protocol.failure_meta(job_id, error_type=error_type, message=message, worker=self.worker)
+        self.broker.answer([Answer(job_id, meta, keys.DEFAULT_RESULT_TTL_S)])
 
     # -- observer hook (workers/observer.py): metrics and heartbeat stats, never fails a job
 
@@ -455,10 +405,26 @@ class JobRunner:
         try:
             self.observer.jobs_done(
                 [
-                    outcome_of(j.task_id, j.meta, j.job, j.received, done)
+                    outcome_of(j.job_id, j.meta, j.job, j.received, done)
                     for j in jobs
                     if j.meta is not None and not j.skip
                 ]
             )
         except Exception:
             log.exception("a job observer failed")
+
+
+def _encode(name: str, arr: Any) -> dict[str, Any]:
+    """A model output as a wire tensor; outputs that are not tensors are refused by name."""
+    if not isinstance(arr, np.ndarray) or (
+        arr.dtype == object and any(not isinstance(x, (str, bytes)) for x in arr.flat)
+    ):
+        kind = type(arr).__name__ if not isinstance(arr, np.ndarray) else "sequence or map"
+        raise InvalidInput(
+            f"output {name!r} is a {kind}, not a tensor, and ICOW cannot return it; "
+            f"ask for the other outputs with outputs=[...]"
+        )
+    return tensor.encode(name, np.ascontiguousarray(arr), max_bytes=1 << 62)
+
+
+RunnerFactory = Callable[[], JobRunner]

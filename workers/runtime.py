@@ -195,10 +195,16 @@ class OnnxModel:
         self.inputs = tuple(
             TensorMeta(i.name, ORT_TYPES.get(i.type, i.type), _dims(i.shape)) for i in self.session.get_inputs()
         )
+        # Outputs that are not tensors (sequences, maps: e.g. sklearn-onnx's ZipMap) cannot be
+        # returned; they are listed apart and refused by name when a job asks for them.
+        all_outputs = self.session.get_outputs()
+        self.unsupported = {o.name: o.type for o in all_outputs if o.type not in ORT_TYPES}
         self.outputs = tuple(
-            TensorMeta(o.name, ORT_TYPES.get(o.type, o.type), _dims(o.shape)) for o in self.session.get_outputs()
+            TensorMeta(o.name, ORT_TYPES[o.type], _dims(o.shape)) for o in all_outputs if o.type in ORT_TYPES
         )
         self._output_names = [o.name for o in self.outputs]
+        for out, kind in self.unsupported.items():
+            log.warning("model %s v%s: output %r is %s, not a tensor: jobs must leave it out", name, version, out, kind)
 
     @property
     def batchable(self) -> bool:
@@ -214,6 +220,7 @@ class OnnxModel:
             "platform": "onnxruntime",
             "inputs": [t.wire() for t in self.inputs],
             "outputs": [t.wire() for t in self.outputs],
+            "unsupported_outputs": [{"name": n, "type": t} for n, t in self.unsupported.items()],
             "providers": list(self.providers),
         }
 
@@ -236,6 +243,13 @@ class OnnxModel:
                 )
 
     def check_outputs(self, names: list[str] | None) -> None:
+        wanted = list(self.unsupported) if names is None else [n for n in names if n in self.unsupported]
+        if wanted:
+            n = wanted[0]
+            raise InvalidInput(
+                f"output {n!r} of model {self.name} v{self.version} is {self.unsupported[n]}, not a tensor, "
+                f"and ICOW cannot return it; ask for the others with outputs={self._output_names}"
+            )
         if names is not None:
             unknown = sorted(set(names) - set(self._output_names))
             if unknown:

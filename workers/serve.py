@@ -13,10 +13,11 @@ from celery import signals
 from icow import keys
 from icow.errors import InvalidInput
 from icow.workers import tls
+from icow.workers.broker import Broker
 from icow.workers.heartbeat import Heartbeat
 from icow.workers.models import ModelManager
 from icow.workers.observer import FanOut, JobObserver, WorkerStats
-from icow.workers.reload import QueueSubscriber, RepositoryWatcher
+from icow.workers.reload import RepositoryWatcher
 from icow.workers.repository import Repository
 from icow.workers.runner import JobRunner
 
@@ -38,22 +39,35 @@ class WorkerOptions:
     metrics_port: int = 0  # serve Prometheus /metrics on this port (0: off)
     rescan_s: float = keys.RESCAN_INTERVAL_S  # rescan the repository this often (0: never)
     heartbeat_ttl_s: int = keys.HEARTBEAT_TTL_S
-    lease_s: int = keys.DEFAULT_LEASE_S  # a killed worker's jobs are redone after this (renewed while alive)
+    lease_s: float = keys.DEFAULT_LEASE_S  # a killed worker's jobs are redone after this (renewed while alive)
+    max_message_bytes: int = 64 * 1024 * 1024  # larger queue messages are refused unread
 
 
 def hostname(name: str | None = None) -> str:
     return name or f"icow-{os.getpid()}@{socket.gethostname()}"
 
 
-def _renew_then_stats(runner: JobRunner) -> dict[str, object]:
-    """Each heartbeat also renews the lease of every in-flight message (see workers/intake.py)."""
-    from icow.workers import app as app_module
-
+def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.Redis, live_ttl_s: float) -> None:
+    """Every heartbeat: reinstall the functions if Redis lost them, renew this worker's lease
+    and its versions' liveness, learn the fleet's latest versions, republish models and
+    limits that Redis forgot, and put back what dead workers held."""
     try:
-        runner.intake.renew(runner.inflight_tags() + app_module.delivered_tags())
+        broker.install()
+        served = {m: list(e.versions) for m, e in manager.entries.items() if e.versions}
+        now_ms = broker.renew(served, live_ttl_s)
+        live = broker.live_versions(sorted(served), now_ms)
+        runner.fleet_latest = {m: max(vs) for m, vs in live.items() if vs}
+        pipe = r.pipeline(transaction=False)
+        for m in served:
+            pipe.sismember(keys.MODELS, m)
+            pipe.hlen(keys.model(m))
+        found = pipe.execute()
+        if not all(found):
+            log.warning("Redis lost the published models: publishing them again")
+            manager.publish(r)
+        broker.reap()
     except redis.exceptions.RedisError as exc:
-        log.warning("could not renew leases: %s", exc)
-    return runner.stats()
+        log.warning("worker upkeep failed (retrying at the next heartbeat): %s", exc)
 
 
 def run_worker(opts: WorkerOptions) -> int:
@@ -64,8 +78,10 @@ def run_worker(opts: WorkerOptions) -> int:
     if not manager.names:
         wanted = f" among {sorted(opts.models)}" if opts.models else ""
         raise InvalidInput(f"no models{wanted} in repository {opts.repo}")
+    if opts.lease_s < 2 * keys.HEARTBEAT_INTERVAL_S:
+        raise InvalidInput(f"lease_s must be at least {2 * keys.HEARTBEAT_INTERVAL_S:g} s (2 heartbeats)")
     name = hostname(opts.name)
-    manager.start()
+    manager.start()  # a version that does not load is marked failed; the others are served
     r = redis.Redis.from_url(
         opts.redis_url,
         socket_connect_timeout=5,
@@ -73,6 +89,8 @@ def run_worker(opts: WorkerOptions) -> int:
         health_check_interval=30,
         **tls.redis_options(opts.redis_url),
     )
+    broker = Broker(r, name, lease_s=opts.lease_s, max_message_bytes=opts.max_message_bytes)
+    broker.install()
     manager.publish(r)
     for m in manager.loaded():
         log.info("serving %s v%s on %s", m.name, m.version, ", ".join(m.providers))
@@ -88,7 +106,7 @@ def run_worker(opts: WorkerOptions) -> int:
         log.info("metrics on http://0.0.0.0:%s/metrics", opts.metrics_port)
     runner = JobRunner(
         manager,
-        r,
+        broker,
         worker=name,
         max_tensor_bytes=opts.max_tensor_bytes,
         inline_max_bytes=opts.inline_max_bytes,
@@ -99,11 +117,16 @@ def run_worker(opts: WorkerOptions) -> int:
         r,
         name,
         {**manager.state(), "device": opts.device},
-        stats=lambda: {**_renew_then_stats(runner), **stats.snapshot(), **manager.state()},
+        stats=lambda: {
+            **_upkeep(manager, broker, runner, r, opts.heartbeat_ttl_s),
+            **runner.stats(),
+            **stats.snapshot(),
+            **manager.state(),
+        },
         ttl_s=opts.heartbeat_ttl_s,
     )
     heartbeat.start()
-    watcher = RepositoryWatcher(manager, r, interval_s=opts.rescan_s, on_new_models=QueueSubscriber.subscribe)
+    watcher = RepositoryWatcher(manager, r, interval_s=opts.rescan_s)
     watcher.start()
 
     def _ready(**_: object) -> None:
@@ -114,15 +137,11 @@ def run_worker(opts: WorkerOptions) -> int:
     app = app_module.app
     app.conf.broker_url = opts.redis_url
     app.conf.broker_use_ssl = tls.ssl_options(opts.redis_url)  # verify the server (kombu would not)
-    app.steps["consumer"].add(QueueSubscriber)  # subscribes to queues of models added later
-    if opts.lease_s < 2 * keys.HEARTBEAT_INTERVAL_S:
-        raise InvalidInput(f"lease_s must be at least {2 * keys.HEARTBEAT_INTERVAL_S:g} s (2 heartbeats)")
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "visibility_timeout": opts.lease_s}
     worker = app.Worker(
         hostname=name,
         pool="solo",
         concurrency=1,
-        queues=[keys.queue(m) for m in manager.names],
+        queues=[app_module.CONTROL_QUEUE],  # ICOW's queues are read by the intake, never by kombu
         loglevel=opts.loglevel,
         without_gossip=True,
         without_mingle=True,
@@ -135,6 +154,17 @@ def run_worker(opts: WorkerOptions) -> int:
     finally:
         watcher.stop()
         heartbeat.stop()
+        try:
+            broker.release()
+        except redis.exceptions.RedisError:
+            pass
         if metrics_server is not None:
             metrics_server.shutdown()
     return int(worker.exitcode or 0)
+
+
+def _upkeep(
+    manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.Redis, ttl_s: float
+) -> dict[str, object]:
+    maintain(manager, broker, runner, r, ttl_s)
+    return {}

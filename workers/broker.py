@@ -1,0 +1,358 @@
+"""The one owner of ICOW's queues in Redis: take, lease, claim, answer with the ack, cancel,
+renew, and put back what a dead worker held. Nothing else in the worker touches the queue
+lists, the in-flight lists or the leases (icow/keys.py lists them; icow/lua/icow.lua holds
+the functions called here).
+
+A message is always in exactly one place: its queue list, or this worker's in-flight list of
+the take that moved it (``LMOVE`` inside ``icow_take``, atomic, O(1) whatever its size). The
+worker's lease (``icow:leases``) is renewed by its heartbeat; when it runs out (the worker was
+killed or frozen) any live worker's reaper moves the in-flight messages back to their queues.
+An answer and the ack of its take are one ``icow_answer`` call, and results are written
+``SET NX``: a redelivered job that already has an answer is acked without running again.
+
+Idle workers block on the wake-up markers of all their queues at once (``BZPOPMIN``) plus
+the cancel requests; the take runs in the same round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from icow import functions, keys, protocol
+
+log = logging.getLogger("icow.broker")
+
+IDLE_BLOCK_S = 1.0  # longest idle wait: messages pushed without a marker (stock Celery) wait this long
+CANCELS_PER_ROUND = 16
+
+
+@dataclass(frozen=True)
+class Oversize:
+    """A message too large to read whole: its length and first bytes."""
+
+    length: int
+    prefix: bytes
+
+
+@dataclass
+class Take:
+    """Messages moved from one queue list into this worker's in-flight list ``run``."""
+
+    run: str
+    source: str
+    messages: list[bytes | Oversize]
+
+
+@dataclass
+class CancelRequest:
+    token: str
+    reply_to: str | None
+
+
+@dataclass
+class Answer:
+    """One job's result, ready to write."""
+
+    job_id: str
+    meta: Mapping[str, Any]
+    ttl_s: int
+    reply_to: str | None = None
+    blobs: Mapping[str, bytes] = field(default_factory=dict)  # claim-checked outputs
+    dead: int = 0  # deliveries, when the failure goes to the dead letters too
+
+
+@dataclass
+class DeadLetter:
+    """A message that could not be answered (no usable id): recorded with why."""
+
+    raw_id: str | None
+    reason: str
+    sample: bytes
+
+
+class Broker:
+    def __init__(
+        self,
+        r: redis.Redis,
+        worker: str,
+        *,
+        lease_s: float = keys.DEFAULT_LEASE_S,
+        max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.r = r
+        self.worker = worker
+        self.lease_ms = int(lease_s * 1000)
+        self.max_message_bytes = max_message_bytes
+        self._seq = 0
+        self._runs_key = keys.runs(worker)
+
+    def install(self) -> bool:
+        """Load ICOW's Redis Functions unless this version is there (idempotent)."""
+        return functions.install(self.r)
+
+    def _call(self, name: str, fkeys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return functions.call(self.r, name, fkeys, args)
+
+    # -- take
+
+    def take(
+        self,
+        lists: Sequence[tuple[str, str, int]],
+        *,
+        block_s: float = 0.0,
+    ) -> tuple[Take | None, list[CancelRequest]]:
+        """Wait up to ``block_s`` for a wake-up marker (or a cancel request), then move up to
+        the given number of messages from the first non-empty list into a new in-flight list,
+        in one round trip. ``lists``: (queue list, its wake key, most messages) in the order to
+        serve them. Returns the take (None if nothing waited) and cancel requests seen."""
+        self._seq += 1
+        run = keys.run(self.worker, self._seq)
+        wakes = list(dict.fromkeys(w for _, w, _ in lists))
+        fkeys = [self._runs_key, keys.LEASES, run, *[lst for lst, _, _ in lists], *[w for _, w, _ in lists]]
+        args = [self.worker, self.lease_ms, len(lists), self.max_message_bytes, *[n for _, _, n in lists]]
+        pipe = self.r.pipeline(transaction=False)
+        if block_s > 0:
+            pipe.bzpopmin([*wakes, keys.CANCELS], timeout=block_s)
+        else:
+            pipe.zpopmin(keys.CANCELS, CANCELS_PER_ROUND)
+        pipe.fcall(functions.TAKE, len(fkeys), *fkeys, *args)
+        waited, reply = pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            if not functions.is_missing(reply):
+                raise reply
+            self.install()  # Redis lost its functions (restart without persistence): reload
+            reply = self._call(functions.TAKE, fkeys, args)
+        if isinstance(waited, Exception):
+            raise waited
+        cancels = self._cancels(waited, block_s > 0)
+        index = int(reply[0])
+        if index == 0:
+            return None, cancels
+        messages: list[bytes | Oversize] = []
+        for m in reply[1:]:
+            messages.append(Oversize(int(m[0]), bytes(m[1])) if isinstance(m, list) else bytes(m))
+        return Take(run, lists[index - 1][0], messages), cancels
+
+    @staticmethod
+    def _cancels(waited: Any, blocked: bool) -> list[CancelRequest]:
+        members: list[bytes] = []
+        if blocked:
+            if waited and _text(waited[0]) == keys.CANCELS:
+                members.append(waited[1])
+        else:
+            members.extend(m for m, _ in waited or ())
+        out = []
+        for m in members:
+            token, _, reply_to = _text(m).partition(" ")
+            out.append(CancelRequest(token, reply_to if keys.is_reply(reply_to) else None))
+        return out
+
+    # -- claim and inputs
+
+    def claim(
+        self, jobs: Sequence[tuple[str, int]], refs: Sequence[str] = ()
+    ) -> tuple[list[tuple[bool, int]], list[bytes | None]]:
+        """Before running: per (job id, state TTL) whether it is answered already and how many
+        deliveries it has had (this one included); it is marked ``running``. The claim-checked
+        inputs ``refs`` are read in the same round trip."""
+        fkeys: list[str] = []
+        args: list[Any] = [len(jobs), keys.TRIES_TTL_S]
+        for job_id, ttl in jobs:
+            fkeys += [keys.result(job_id), keys.state(job_id), keys.tries(job_id)]
+            args.append(ttl)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.fcall(functions.CLAIM, len(fkeys), *fkeys, *args)
+        for ref in refs:
+            pipe.get(ref)
+        claimed, *blobs = pipe.execute(raise_on_error=False)
+        if isinstance(claimed, Exception):
+            if not functions.is_missing(claimed):
+                raise claimed
+            self.install()
+            claimed = self._call(functions.CLAIM, fkeys, args)
+        for b in blobs:
+            if isinstance(b, Exception):
+                raise b
+        out = [(bool(claimed[2 * i]), int(claimed[2 * i + 1])) for i in range(len(jobs))]
+        return out, list(blobs)
+
+    # -- answer
+
+    def answer(
+        self,
+        answers: Sequence[Answer],
+        *,
+        acks: Sequence[str] = (),
+        delete: Sequence[str] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> list[bool]:
+        """Write results (the first answer per job wins), ack the takes ``acks``, record dead
+        letters and recent failures, and drop consumed inputs: one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for a in answers:
+            for key, data in a.blobs.items():
+                pipe.set(key, data, ex=a.ttl_s)
+        fkeys: list[str] = [self._runs_key, *acks]
+        args: list[Any] = [len(acks), len(answers), keys.DONE_EXTRA_TTL_S]
+        for a in answers:
+            fkeys += [keys.result(a.job_id), keys.state(a.job_id), a.reply_to or ""]
+            args += [protocol.packb(a.meta), a.ttl_s]
+        at = len(pipe)
+        pipe.fcall(functions.ANSWER, len(fkeys), *fkeys, *args)
+        failures = [_failure_record(a.meta) for a in answers if a.meta.get("status") == "FAILURE"]
+        if failures:  # "recent failures" for `icow status` (a capped list, not the dead letters)
+            pipe.lpush(keys.RECENT_FAILURES, *failures)
+            pipe.ltrim(keys.RECENT_FAILURES, 0, keys.RECENT_FAILURES_MAX - 1)
+        dead = [(a.job_id, _dead_record(a.job_id, a.meta, a.dead)) for a in answers if a.dead]
+        dead += [(_dead_id(d), _letter(d)) for d in dead_letters]
+        for job_id, record in dead:
+            pipe.set(keys.dead(job_id), record, ex=keys.DEAD_TTL_S)
+            pipe.lpush(keys.DEAD, job_id)
+        if dead:
+            pipe.ltrim(keys.DEAD, 0, keys.DEAD_MAX - 1)
+        if delete:
+            pipe.delete(*delete)
+        out = pipe.execute(raise_on_error=False)
+        if isinstance(out[at], Exception) and functions.is_missing(out[at]):
+            self.install()
+            out[at] = self._call(functions.ANSWER, fkeys, args)
+        for x in out:
+            if isinstance(x, Exception):
+                raise x
+        return [bool(x) for x in out[at]]
+
+    # -- cancel
+
+    def cancel(self, request: CancelRequest) -> int | None:
+        """Answer a cancel request: 1 cancelled, 0 finished already, -1 running; None when the
+        token is not a valid cancel token (ignored)."""
+        try:
+            job_id = protocol.job_id_for_token(request.token)
+        except Exception:
+            log.warning("ignored a cancel request with a malformed token")
+            return None
+        meta = protocol.failure_meta(
+            job_id, error_type="JobCancelled", message="the job was cancelled before it ran", worker=self.worker
+        )
+        fkeys = [keys.result(job_id), keys.state(job_id), keys.bell(job_id)]
+        args = [protocol.packb(meta), keys.DEFAULT_RESULT_TTL_S, keys.DONE_EXTRA_TTL_S, keys.BELL_TTL_S]
+        code = int(self._call(functions.CANCEL, fkeys, args))
+        if request.reply_to:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.rpush(request.reply_to, protocol.cancel_outcome(job_id, code))
+            pipe.expire(request.reply_to, keys.DEFAULT_RESULT_TTL_S, nx=True)
+            pipe.execute()
+        return code
+
+    # -- leases
+
+    def renew(self, versions: Mapping[str, Sequence[int]], live_ttl_s: float) -> int:
+        """Renew this worker's lease and the liveness of the versions it serves. Returns the
+        server's time in ms."""
+        fkeys = [keys.LEASES, *[keys.live(m) for m in versions]]
+        args: list[Any] = [self.worker, self.lease_ms, int(live_ttl_s * 1000)]
+        for vs in versions.values():
+            args += [len(vs), *vs]
+        return int(self._call(functions.RENEW, fkeys, args))
+
+    def live_versions(self, models: Sequence[str], now_ms: int) -> dict[str, list[int]]:
+        """Versions of each model that some live worker serves."""
+        pipe = self.r.pipeline(transaction=False)
+        for m in models:
+            pipe.zrange(keys.live(m), now_ms, "+inf", byscore=True)
+        return {m: sorted(int(v) for v in vs) for m, vs in zip(models, pipe.execute())}
+
+    def reap(self, lock_s: float = 1.0) -> int:
+        """Put back the in-flight messages of workers whose lease ran out (one reaper at a time
+        fleet-wide). Returns the number of messages put back."""
+        if not self.r.set(keys.REAPER_LOCK, self.worker, nx=True, px=int(lock_s * 1000)):
+            return 0
+        moved = 0
+        for w in self._call(functions.EXPIRED, [keys.LEASES], []):
+            name = _text(w)
+            runs_key = keys.runs(name)
+            for run, source in self.r.hgetall(runs_key).items():
+                run_s, source_s = _text(run), _text(source)
+                parsed = keys.parse_queue(source_s)
+                queue = keys.queue(parsed[0], parsed[1]) if parsed else source_s
+                n = int(self._call(functions.REQUEUE, [runs_key, run_s, source_s, keys.wake(queue)], []))
+                if n:
+                    log.warning("worker %s is gone: %d of its messages were put back on %s", name, n, queue)
+                moved += n
+            self._call(functions.FORGET, [keys.LEASES, runs_key], [name])
+        return moved
+
+    def release(self) -> None:
+        """On a clean stop: nothing is in flight; drop the lease."""
+        self._call(functions.FORGET, [keys.LEASES, self._runs_key], [self.worker])
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _dead_id(d: DeadLetter) -> str:
+    if d.raw_id is not None:
+        try:
+            return "bad:" + keys.check_job_id(d.raw_id[:120])
+        except Exception:
+            pass
+    return f"bad:{protocol.new_job_id()}"
+
+
+def _letter(d: DeadLetter) -> bytes:
+    return protocol.packb(
+        {
+            "id": d.raw_id,
+            "error": "InvalidJob",
+            "message": d.reason[:2000],
+            "model": None,
+            "version": None,
+            "sample": d.sample[:256],
+            "deliveries": 1,
+            "time": time.time(),
+        }
+    )
+
+
+def _dead_record(job_id: str, meta: Mapping[str, Any], tries: int) -> bytes:
+    """A dead letter: why the job was given up on, inspectable with `icow failures show`."""
+    error_type, message = protocol.failure_of(meta)
+    res = meta.get("result") if isinstance(meta.get("result"), Mapping) else {}
+    assert isinstance(res, Mapping)
+    return protocol.packb(
+        {
+            "id": job_id,
+            "error": error_type,
+            "message": message[:2000],
+            "model": res.get("model"),
+            "version": res.get("version"),
+            "worker": res.get("worker"),
+            "deliveries": tries,
+            "time": time.time(),
+        }
+    )
+
+
+def _failure_record(meta: Mapping[str, Any]) -> bytes:
+    res = meta.get("result") if isinstance(meta.get("result"), Mapping) else {}
+    assert isinstance(res, Mapping)
+    msg = res.get("exc_message")
+    return protocol.packb(
+        {
+            "id": meta.get("task_id"),
+            "model": res.get("model"),
+            "version": res.get("version"),
+            "worker": res.get("worker"),
+            "error": res.get("exc_type"),
+            "message": (" ".join(map(str, msg)) if isinstance(msg, list) else str(msg or ""))[:500],
+            "time": time.time(),
+        }
+    )
