@@ -20,10 +20,12 @@ import base64
 import hashlib
 import json
 import math
+import re
 import secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,8 +159,12 @@ def parse_job(
     *,
     task_id: str | None = None,
     max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
+    json_form: bool = False,
 ) -> dict[str, Any]:
     """Validate a job envelope read from the queue (the worker never trusts the queue).
+
+    ``json_form``: the job came in a JSON body, where tensor data is a base64 string; in the
+    msgpack form it must be msgpack bin.
 
     Returns a normalised copy; raises InvalidInput naming the first problem.
     """
@@ -180,7 +186,7 @@ def parse_job(
         raise InvalidInput("inputs must be a non-empty list of tensors")
     seen: set[str] = set()
     checked: list[Any] = []
-    for i, t in enumerate(inputs):
+    for t in inputs:
         name, datatype, shape = tensor.check_header(t, max_bytes=max_tensor_bytes)
         if name in seen:
             raise InvalidInput(f"input {name!r} is given twice")
@@ -191,7 +197,7 @@ def parse_job(
             if not keys.is_input_blob(t["ref"]):
                 raise InvalidInput(f"input {name!r}: claim-check ref must be an {keys.input_blob('<32 hex>')!r} key")
         else:
-            data = _tensor_data(name, t.get("data"))
+            data = _tensor_data(name, t.get("data"), json_form)
             _check_data_size(name, datatype, shape, data)
             t = {**t, "data": data} if data is not t.get("data") else t
         checked.append(t)
@@ -227,10 +233,15 @@ def parse_job(
     }
 
 
-def _tensor_data(name: str, data: Any) -> bytes | bytearray:
-    """Inline tensor bytes: msgpack bin, or (the JSON form) a standard base64 string."""
+def _tensor_data(name: str, data: Any, json_form: bool = False) -> bytes | bytearray:
+    """Inline tensor bytes: msgpack bin, or (the JSON form only) a standard base64 string."""
     if isinstance(data, (bytes, bytearray)):
         return data
+    if isinstance(data, str) and not json_form:
+        raise InvalidInput(
+            f"input {name!r}: data is a msgpack str; send raw bytes as msgpack bin "
+            "(base64 strings only in the JSON form)"
+        )
     if isinstance(data, str):
         try:
             return base64.b64decode(data, validate=True)
@@ -336,7 +347,7 @@ def failure_of(meta: Mapping[str, Any]) -> tuple[str, str]:
 
 def _kombu_json_types(obj: dict[str, Any]) -> Any:
     """kombu's JSON typed values for bytes, decoded as a Celery worker's JSON decoder does, so a
-    JSON message means the same whichever path takes it: ``{"__type__": "base64", "__value__":
+    JSON message means the same whichever client sent it: ``{"__type__": "base64", "__value__":
     <base64>}`` and ``{"__type__": "bytes", "__value__": <utf-8 text>}`` become bytes."""
     if obj.keys() == {"__type__", "__value__"} and isinstance(obj["__value__"], str):
         if obj["__type__"] == "base64":
@@ -346,39 +357,164 @@ def _kombu_json_types(obj: dict[str, Any]) -> Any:
     return obj
 
 
-def decode_celery_message(envelope: Mapping[str, Any]) -> tuple[str, Any]:
-    """(task name, job) from a kombu envelope taken straight off a queue list.
+# ---------------------------------------------------------------------------- the intake's decoder
 
-    The same decoding a Celery worker does, for messages the runner drains itself: base64
-    body, then msgpack (``application/x-msgpack``) or JSON (``application/json``); any other
-    content type (pickle, yaml) is refused. Raises InvalidInput naming the problem.
-    """
-    headers = envelope.get("headers")
-    task = headers.get("task") if isinstance(headers, Mapping) else None
-    if not isinstance(task, str):
-        raise InvalidInput("the message has no task name (headers.task)")
-    body = envelope.get("body")
-    if not isinstance(body, str):
-        raise InvalidInput("the message body must be a base64 string")
-    try:
-        raw = base64.b64decode(body, validate=True)
-    except ValueError as exc:
-        raise InvalidInput(f"the message body is not valid base64 ({exc})") from exc
-    content_type = envelope.get("content-type")
-    try:
-        if content_type == CONTENT_TYPE:
-            decoded = unpackb(raw)
-        elif content_type == "application/json":
-            decoded = json.loads(raw, object_hook=_kombu_json_types)
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a message larger than this is refused unread
+_ID_IN_PREFIX = re.compile(rb'"(?:id|correlation_id)":\s*"([A-Za-z0-9][A-Za-z0-9_.:-]{0,127})"')
+ETA_TOLERANCE_S = 1.0  # an eta this close to now counts as "now"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One raw queue message as the intake decoded it. ``error`` says why it cannot run;
+    ``job_id`` is its id when usable (its failure is then answered), else None."""
+
+    job_id: str | None
+    job: Any = None
+    error: str | None = None
+    json_form: bool = False
+    priority: int = 0
+    expires: float | None = None  # Celery's ``expires`` header: the job's latest start
+    raw_id: str | None = None  # the id as sent, for the dead-letter record
+
+
+def _when(value: Any, what: str) -> float | None:
+    """Celery's ``eta``/``expires`` header (ISO 8601, or unix seconds) as unix seconds."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str) and len(value) < 64:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
         else:
-            raise InvalidInput(f"content type {content_type!r} is not accepted (use msgpack or JSON)")
-    except (ValueError, TypeError, OverflowError, msgpack.exceptions.UnpackException) as exc:
-        raise InvalidInput(f"the message body could not be decoded ({type(exc).__name__}: {exc})") from exc
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    raise InvalidInput(f"header {what} must be an ISO 8601 time or unix seconds, got {str(value)[:80]!r}")
+
+
+def oversize_message(length: int, prefix: bytes, max_bytes: int) -> Message:
+    """A message too large to read: refused from its first bytes (its id, when they hold it)."""
+    found = _ID_IN_PREFIX.search(prefix)
+    job_id = found.group(1).decode() if found else None
+    return Message(job_id, error=f"the message is {length} bytes; the limit is {max_bytes}", raw_id=job_id)
+
+
+def decode_message(raw: bytes, *, now: float | None = None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Decode one raw queue message: the only reader of the kombu envelope. Never raises.
+
+    Checks, in order, before anything else touches the bytes: size, JSON object, headers, a
+    usable id, task name, no compression, content type, base64 body, body decode (msgpack or
+    JSON; nesting is bounded by the decoders, which raise instead of recursing without limit),
+    ``[args, kwargs, embed]`` shape, Celery's ``expires`` (a deadline) and ``eta``/``countdown``
+    (refused: ICOW runs a job as soon as a worker is free).
+    """
+    if len(raw) > max_bytes:
+        return oversize_message(len(raw), raw[:512], max_bytes)
+    try:
+        env = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        found = _ID_IN_PREFIX.search(raw[:4096])
+        job_id = found.group(1).decode() if found else None
+        return Message(None, error=f"the message is not a JSON envelope ({type(exc).__name__})", raw_id=job_id)
+    if not isinstance(env, dict):
+        return Message(None, error=f"the message is JSON {type(env).__name__}, not an envelope object")
+    headers = env.get("headers")
+    props = env.get("properties")
+    headers = headers if isinstance(headers, dict) else {}
+    props = props if isinstance(props, dict) else {}
+    raw_id = headers.get("id", props.get("correlation_id"))
+    raw_id = raw_id[:200] if isinstance(raw_id, str) else None if raw_id is None else repr(raw_id)[:200]
+    try:
+        job_id = keys.check_job_id(raw_id)
+    except InvalidInput as exc:
+        return Message(None, error=f"the message has no usable job id: {exc}", raw_id=raw_id)
+    priority = props.get("priority")
+    priority = priority if isinstance(priority, int) and not isinstance(priority, bool) and 0 <= priority <= 9 else 0
+
+    def refused(reason: str) -> Message:
+        return Message(job_id, error=reason, priority=priority, raw_id=raw_id)
+
+    task = headers.get("task")
+    if task != TASK_NAME:
+        return refused(f"unknown task {str(task)[:100]!r}; ICOW workers run {TASK_NAME!r}")
+    if headers.get("compression") is not None:
+        return refused(f"compressed messages ({str(headers.get('compression'))[:60]}) are refused")
+    content_type = env.get("content-type")
+    if content_type not in (CONTENT_TYPE, "application/json"):
+        return refused(f"content type {str(content_type)[:60]!r} is not accepted (use {CONTENT_TYPE} or JSON)")
+    if props.get("body_encoding", "base64") != "base64":
+        return refused("the body must be base64 (properties.body_encoding)")
+    body = env.get("body")
+    if not isinstance(body, str):
+        return refused("the message body must be a base64 string")
+    try:
+        data = base64.b64decode(body, validate=True)
+        if content_type == CONTENT_TYPE:
+            decoded = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        else:
+            decoded = json.loads(data, object_hook=_kombu_json_types)
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.exceptions.UnpackException) as exc:
+        return refused(f"the message body could not be decoded ({type(exc).__name__})")
     if not isinstance(decoded, list) or len(decoded) < 2 or not isinstance(decoded[0], list):
-        raise InvalidInput("the message body must be [args, kwargs, embed]")
+        return refused("the message body must be [args, kwargs, embed]")
     args, kwargs = decoded[0], decoded[1]
     if len(args) == 1 and not kwargs:
-        return task, args[0]
-    if not args and isinstance(kwargs, Mapping) and "job" in kwargs:
-        return task, kwargs["job"]
-    raise InvalidInput("the task takes exactly one argument: the job")
+        job = args[0]
+    elif not args and isinstance(kwargs, dict) and "job" in kwargs and len(kwargs) == 1:
+        job = kwargs["job"]
+    else:
+        return refused("the task takes exactly one argument: the job")
+    now = time.time() if now is None else now
+    try:
+        expires = _when(headers.get("expires"), "expires")
+        eta = _when(headers.get("eta"), "eta")
+    except InvalidInput as exc:
+        return refused(str(exc))
+    if eta is not None and eta > now + ETA_TOLERANCE_S:
+        return refused(
+            "eta/countdown is not supported: ICOW runs a job as soon as a worker is free "
+            "(use expires or the job's deadline)"
+        )
+    return Message(
+        job_id,
+        job=job,
+        json_form=content_type == "application/json",
+        priority=priority,
+        expires=expires,
+        raw_id=raw_id,
+    )
+
+
+def created_from_message(message: bytes) -> float | None:
+    """The job's ``created`` time from a whole message or a prefix of one; None if not in it
+    (queue inspection reads only the first bytes of the oldest message)."""
+    start = message.find(b'"body":"')
+    if start < 0:
+        return None
+    start += len(b'"body":"')
+    end = message.find(b'"', start)
+    b64 = message[start:] if end < 0 else message[start:end]
+    b64 = b64[: len(b64) // 4 * 4]
+    try:
+        body = base64.b64decode(b64, validate=True)
+        u = msgpack.Unpacker(raw=False, strict_map_key=False)
+        u.feed(body)
+        u.read_array_header()  # [args, kwargs, embed]
+        u.read_array_header()  # args = [job]
+        for _ in range(u.read_map_header()):
+            key = u.unpack()
+            if key == "created":
+                value = u.unpack()
+                return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+            u.skip()
+    except (ValueError, msgpack.OutOfData, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
+        return None
+    return None
+
+
+def cancel_outcome(job_id: str, code: int) -> bytes:
+    """What a worker pushes onto a canceller's reply list: 1 cancelled, 0 already finished,
+    -1 already running."""
+    return packb({"status": "CANCEL", "task_id": f"cancel:{job_id}", "result": int(code)})
