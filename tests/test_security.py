@@ -175,10 +175,10 @@ def test_the_client_user_cannot_write_results_through_the_workers_functions(
     r = redis.Redis.from_url(client_url)
     try:
         answer_keys = [keys.runs("x"), keys.result(victim), keys.state(victim), keys.reply("b" * 32)]
-        with pytest.raises(redis.exceptions.ResponseError, match="(?i)perm|no permissions|can't access"):
+        with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)perm|no permissions|can.t access"):
             r.fcall(functions.ANSWER, len(answer_keys), *answer_keys, 0, 1, 60, meta, 60)
         cancel_keys = [keys.result(victim), keys.state(victim), keys.bell(victim)]
-        with pytest.raises(redis.exceptions.ResponseError, match="(?i)perm|no permissions|can't access"):
+        with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)perm|no permissions|can.t access"):
             r.fcall(functions.CANCEL, len(cancel_keys), *cancel_keys, meta, 60, 60, 60)
     finally:
         r.close()
