@@ -28,6 +28,7 @@ from icow import keys, protocol, tensor
 from icow.errors import IcowError, InternalError, InvalidInput, JobExpired, RemoteError
 from icow.workers import batching
 from icow.workers.broker import Answer, Broker, CancelRequest, DeadLetter, Oversize, Take
+from icow.workers.followup import Answered, FollowUp
 from icow.workers.models import ModelManager
 from icow.workers.observer import JobObserver, outcome_of
 
@@ -87,10 +88,12 @@ class JobRunner:
         inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
         observer: JobObserver | None = None,
         idle_block_s: float = 1.0,
+        after_answer: FollowUp | None = None,
     ):
         self.manager = manager
         self.broker = broker
         self.observer = observer  # told about every answered job (metrics, heartbeat stats)
+        self.after_answer = after_answer  # shadow runs, kept inputs (workers/followup.py)
         self.worker = worker
         self.max_tensor_bytes = max_tensor_bytes
         self.inline_max_bytes = inline_max_bytes
@@ -216,6 +219,9 @@ class JobRunner:
         self._write(take, jobs, letters)
         if self.observer is not None:
             self._observe(jobs)
+        if self.after_answer is not None:  # the answers are written: nothing here can delay or change them
+            done = [Answered(j.job_id, j.job, j.meta, j.blobs) for j in jobs if j.job and j.meta and not j.skip]
+            self.after_answer.jobs_answered(done)
 
     def _fail(self, j: _Job, exc: BaseException, *, dead: bool = False) -> None:
         error_type, message = _error_type(exc)
