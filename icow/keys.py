@@ -43,6 +43,10 @@ key                                  type    by  content
 ``icow:worker:<w>``                  string  W   the worker's heartbeat (msgpack)
 ``icow:failures``                    list    W   recent failures, newest first (capped)
 ``icow:dead:<id>``, ``icow:dead``    string  W   dead letters (msgpack) and their ids, newest first
+``icow:kept:<m>``                    list    W   inputs of the last ``keep_inputs`` jobs answered for
+                                                 ``<m>`` (msgpack, newest first), for `icow replay`;
+                                                 expires with the jobs' result TTL; never readable
+                                                 by the client user (other callers' inputs)
 ===================================  ======  ==  ===================================================
 """
 
@@ -82,6 +86,8 @@ TRIES_TTL_S = 600
 DEAD = PREFIX + "dead"
 DEAD_TTL_S = 7 * 24 * 3600
 DEAD_MAX = 10_000
+KEPT_MAX = 10_000  # most inputs a model's ``keep_inputs`` may keep
+REPLAY_ID_PREFIX = "replay-"  # jobs of `icow replay`: never kept again, never shadowed
 
 # \Z, not $: "$" also matches before a trailing newline.
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
@@ -203,6 +209,15 @@ def dead(job_id: str) -> str:
 
 def bulk(bulk_id: str) -> str:
     return f"{PREFIX}bulk:{bulk_id}"
+
+
+def kept(model_name: str) -> str:
+    """The list of ``model_name``'s kept inputs (``keep_inputs`` in its config.toml)."""
+    return f"{PREFIX}kept:{model_name}"
+
+
+def is_replay_job(job_id: str) -> bool:
+    return job_id.startswith(REPLAY_ID_PREFIX)
 
 
 # -- fleet

@@ -518,3 +518,52 @@ def cancel_outcome(job_id: str, code: int) -> bytes:
     """What a worker pushes onto a canceller's reply list: 1 cancelled, 0 already finished,
     -1 already running."""
     return packb({"status": "CANCEL", "task_id": f"cancel:{job_id}", "result": int(code)})
+
+
+# ---------------------------------------------------------------------------- kept inputs (replay)
+
+
+def kept_entry(job: Mapping[str, Any], *, time_s: float | None = None) -> bytes:
+    """A kept input record (``icow:kept:<m>``): the job's id, model, the version that answered
+    it, when, its result TTL, the outputs it asked for, and its input tensors inline (claim-
+    checked data included). Workers write it; `icow replay` reads it with :func:`parse_kept`."""
+    return packb(
+        {
+            "v": PROTOCOL_VERSION,
+            "id": job["id"],
+            "model": job["model"],
+            "version": job.get("version"),
+            "time": time.time() if time_s is None else time_s,
+            "ttl": job.get("ttl", keys.DEFAULT_RESULT_TTL_S),
+            "outputs": job.get("outputs"),
+            "inputs": [
+                {"name": t["name"], "datatype": t["datatype"], "shape": list(t["shape"]), "data": bytes(t["data"])}
+                for t in job["inputs"]
+            ],
+        }
+    )
+
+
+def parse_kept(raw: Any, *, max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES) -> dict[str, Any]:
+    """Validate a kept input record; InvalidInput naming the first problem."""
+    try:
+        rec = unpackb(raw)
+    except Exception as exc:
+        raise InvalidInput(f"a kept input record is not msgpack ({type(exc).__name__})") from exc
+    if not isinstance(rec, dict) or rec.get("v") != PROTOCOL_VERSION:
+        raise InvalidInput("a kept input record must be a map of this protocol version")
+    keys.check_job_id(rec.get("id"))
+    keys.check_model_name(rec.get("model"))
+    when, ttl = rec.get("time"), rec.get("ttl")
+    if not isinstance(when, (int, float)) or isinstance(when, bool) or not isinstance(ttl, int):
+        raise InvalidInput("a kept input record needs a time and a ttl")
+    inputs = rec.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("a kept input record needs a non-empty list of inputs")
+    for t in inputs:
+        name, datatype, shape = tensor.check_header(t, max_bytes=max_tensor_bytes)
+        _check_data_size(name, datatype, shape, _tensor_data(name, t.get("data")))
+    outputs = rec.get("outputs")
+    if outputs is not None and not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
+        raise InvalidInput("a kept input record's outputs must be a list of names or null")
+    return rec

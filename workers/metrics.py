@@ -20,6 +20,14 @@ metric                                  type       labels
 ``icow_session_cpu_fallback``           gauge      model, version: 1 when a GPU provider was
                                                    requested but onnxruntime runs on the CPU
 ``icow_worker_ready``                   gauge      1 once the preloaded models are warm
+``icow_shadow_jobs_total``              counter    model, primary, shadow (versions), outcome:
+                                                   compared, mismatch, failed, dropped
+``icow_shadow_max_abs_error``           histogram  model, primary, shadow, output: per job
+``icow_shadow_max_rel_error``           histogram  model, primary, shadow, output: per job, over
+                                                   the primary's largest magnitude
+``icow_shadow_argmax_agreement_ratio``  gauge      model, primary, shadow, output: rows whose argmax
+                                                   agrees / rows, since start (2-D float outputs)
+``icow_shadow_latency_ratio``           histogram  model, primary, shadow: shadow / primary compute
 ======================================  =========  ==========================================
 """
 
@@ -29,16 +37,19 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from icow.workers.models import ModelManager
 from icow.workers.observer import JobOutcome
+from icow.workers.shadow import ShadowResult
 
 OTHER = "_other"  # label for a model this worker does not serve (bounds label cardinality)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_ERROR_BUCKETS = (0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1, 10, 100)
+_RATIO_BUCKETS = (0.25, 0.5, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4, 8)
 
 
 class _SessionCollector(Collector):
@@ -142,3 +153,54 @@ class WorkerMetrics:
         """Serve ``/metrics`` from a daemon thread; returns the HTTP server."""
         server, _ = start_http_server(port, addr=addr, registry=self.registry)
         return server
+
+
+class ShadowMetrics:
+    """A :class:`~icow.workers.shadow.ShadowListener` that feeds the ``icow_shadow_*`` metrics."""
+
+    def __init__(self, registry: CollectorRegistry):
+        labels = ["model", "primary", "shadow"]
+        self.jobs = Counter("icow_shadow_jobs", "Shadow runs by outcome", [*labels, "outcome"], registry=registry)
+        self.abs_error = Histogram(
+            "icow_shadow_max_abs_error",
+            "Max absolute error of an output, per shadowed job",
+            [*labels, "output"],
+            buckets=_ERROR_BUCKETS,
+            registry=registry,
+        )
+        self.rel_error = Histogram(
+            "icow_shadow_max_rel_error",
+            "Max absolute error over the primary's largest magnitude, per shadowed job",
+            [*labels, "output"],
+            buckets=_ERROR_BUCKETS,
+            registry=registry,
+        )
+        self.agreement = Gauge(
+            "icow_shadow_argmax_agreement_ratio",
+            "Rows of 2-D float outputs whose argmax agrees, over rows compared (since start)",
+            [*labels, "output"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "icow_shadow_latency_ratio",
+            "Shadow compute time over the primary's",
+            labels,
+            buckets=_RATIO_BUCKETS,
+            registry=registry,
+        )
+        self._rows: Tally[tuple[str, str, str, str]] = Tally()
+        self._agree: Tally[tuple[str, str, str, str]] = Tally()
+
+    def shadow_done(self, result: ShadowResult) -> None:
+        labels = (result.model, str(result.primary), str(result.shadow))
+        self.jobs.labels(*labels, result.outcome).inc()
+        for name, d in result.outputs.items():
+            self.abs_error.labels(*labels, name).observe(d.max_abs_error)
+            self.rel_error.labels(*labels, name).observe(d.max_rel_error)
+            if d.argmax_rows:
+                key = (*labels, name)
+                self._rows[key] += d.argmax_rows
+                self._agree[key] += d.argmax_agree
+                self.agreement.labels(*key).set(self._agree[key] / self._rows[key])
+        if result.latency_ratio is not None:
+            self.latency.labels(*labels).observe(result.latency_ratio)

@@ -17,6 +17,8 @@ Versions are positive integers; the highest is "latest". A model may have a
                                 # "kSameAsRequested"; cudnn_conv_algo_search = "HEURISTIC";
                                 # tensorrt_fp16 = true; tensorrt_cache_dir = "/cache/trt"
     max_queue = 0               # backpressure: most jobs waiting in the queue (0: no limit)
+    shadow = { version = 3, fraction = 0.1 }  # run a sample of live jobs on v3 too (workers/shadow.py)
+    keep_inputs = 0             # keep the last N jobs' inputs for `icow replay` (workers/kept.py)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from icow import keys
 from icow.errors import IcowError, InvalidInput
 from icow.workers.runtime import GpuOptions
+from icow.workers.shadow import ShadowSpec
 from icow.workers.store import CONFIG_FILE, MODEL_FILE, Store, open_store
 
 __all__ = ["CONFIG_FILE", "MODEL_FILE", "ModelConfig", "ModelEntry", "Repository"]
@@ -48,6 +51,8 @@ class ModelConfig:
     max_wait_ms: float = 0.0
     max_queue: int = 0  # 0: the fleet default (ICOW_MAX_QUEUE), itself 0 = unbounded
     gpu: GpuOptions = field(default_factory=GpuOptions)  # gpu_mem_limit, arena_extend_strategy, ...
+    shadow: ShadowSpec | None = None  # a version run on a sample of live jobs, answering nobody
+    keep_inputs: int = 0  # inputs of the last N jobs kept for `icow replay` (0: none)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -89,8 +94,12 @@ class ModelConfig:
             max_wait_ms=float(raw.pop("max_wait_ms", 0.0)),
             max_queue=int(raw.pop("max_queue", 0)),
             gpu=GpuOptions.pop_from(raw, str(path)),
+            shadow=ShadowSpec.pop_from(raw, str(path)),
+            keep_inputs=int(raw.pop("keep_inputs", 0)),
             extra=raw,
         )
+        if not 0 <= cfg.keep_inputs <= keys.KEPT_MAX:
+            raise InvalidInput(f"{path}: keep_inputs must be in 0..{keys.KEPT_MAX}")
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.threads < 0 or cfg.max_queue < 0:
             raise InvalidInput(
                 f"{path}: max_batch >= 1, max_wait_ms >= 0, threads >= 0 and max_queue >= 0 are required"

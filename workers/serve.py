@@ -14,12 +14,15 @@ from icow import keys
 from icow.errors import InvalidInput
 from icow.workers import tls
 from icow.workers.broker import Broker
+from icow.workers.followup import FollowUps
 from icow.workers.heartbeat import Heartbeat
+from icow.workers.kept import InputKeeper
 from icow.workers.models import ModelManager
 from icow.workers.observer import FanOut, JobObserver, WorkerStats
 from icow.workers.reload import RepositoryWatcher
 from icow.workers.repository import Repository
 from icow.workers.runner import JobRunner
+from icow.workers.shadow import ShadowListener, ShadowRunner, ShadowStats
 
 log = logging.getLogger("icow.worker")
 
@@ -96,14 +99,18 @@ def run_worker(opts: WorkerOptions) -> int:
         log.info("serving %s v%s on %s", m.name, m.version, ", ".join(m.providers))
     stats = WorkerStats()  # per-model counts and rates for the heartbeat (`icow status`)
     observers: list[JobObserver] = [stats]
+    shadow_stats = ShadowStats()  # shadow runs' comparisons for the heartbeat (and metrics below)
+    shadow_listeners: list[ShadowListener] = [shadow_stats]
     metrics_server = None
     if opts.metrics_port:
-        from icow.workers.metrics import WorkerMetrics
+        from icow.workers.metrics import ShadowMetrics, WorkerMetrics
 
         metrics = WorkerMetrics(manager, ready=lambda: bool(heartbeat.info.get("ready")))
         observers.append(metrics)
+        shadow_listeners.append(ShadowMetrics(metrics.registry))
         metrics_server = metrics.serve(opts.metrics_port)
         log.info("metrics on http://0.0.0.0:%s/metrics", opts.metrics_port)
+    shadow = ShadowRunner(manager, shadow_listeners)  # shadow runs (config.toml `shadow`), in a thread
     runner = JobRunner(
         manager,
         broker,
@@ -111,7 +118,9 @@ def run_worker(opts: WorkerOptions) -> int:
         max_tensor_bytes=opts.max_tensor_bytes,
         inline_max_bytes=opts.inline_max_bytes,
         observer=FanOut(*observers),
+        after_answer=FollowUps(InputKeeper(manager, r), shadow),
     )
+    shadow.start()
     app_module.configure(runner)
     heartbeat = Heartbeat(
         r,
@@ -121,6 +130,7 @@ def run_worker(opts: WorkerOptions) -> int:
             **_upkeep(manager, broker, runner, r, opts.heartbeat_ttl_s),
             **runner.stats(),
             **stats.snapshot(),
+            **shadow_stats.snapshot(),
             **manager.state(),
         },
         ttl_s=opts.heartbeat_ttl_s,
@@ -153,6 +163,7 @@ def run_worker(opts: WorkerOptions) -> int:
         worker.start()
     finally:
         watcher.stop()
+        shadow.stop()
         heartbeat.stop()
         try:
             broker.release()
