@@ -430,7 +430,9 @@ def _encode(name: str, arr: Any) -> dict[str, Any]:
             f"output {name!r} is a {kind}, not a tensor, and ICOW cannot return it; "
             f"ask for the other outputs with outputs=[...]"
         )
-    return tensor.encode(name, np.ascontiguousarray(arr), max_bytes=1 << 62)
+    # np.ascontiguousarray returns at least 1-d: a scalar output would come back as shape [1].
+    arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    return tensor.encode(name, arr, max_bytes=1 << 62)
 
 
 RunnerFactory = Callable[[], JobRunner]
