@@ -17,6 +17,7 @@ the cancel requests; the take runs in the same round trip.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,11 @@ class Broker:
         self.worker = worker
         self.lease_ms = int(lease_s * 1000)
         self.max_message_bytes = max_message_bytes
-        self._seq = 0
+        # Take numbers start at a random point in each process: a worker restarted under the
+        # same name (a fixed --name, a StatefulSet pod) must never take into, then ack (DEL), a
+        # run list that still holds its previous life's messages (tests/test_chaos.py).
+        self._seq = secrets.randbits(40) << 20
+        self._restored = False
         self._runs_key = keys.runs(worker)
 
     def install(self) -> bool:
@@ -112,6 +117,8 @@ class Broker:
         the given number of messages from the first non-empty list into a new in-flight list,
         in one round trip. ``lists``: (queue list, its wake key, most messages) in the order to
         serve them. Returns the take (None if nothing waited) and cancel requests seen."""
+        if not self._restored:
+            self.restore_own()
         self._seq += 1
         run = keys.run(self.worker, self._seq)
         wakes = list(dict.fromkeys(w for _, w, _ in lists))
@@ -277,16 +284,30 @@ class Broker:
         moved = 0
         for w in self._call(functions.EXPIRED, [keys.LEASES], []):
             name = _text(w)
-            runs_key = keys.runs(name)
-            for run, source in self.r.hgetall(runs_key).items():
-                run_s, source_s = _text(run), _text(source)
-                parsed = keys.parse_queue(source_s)
-                queue = keys.queue(parsed[0], parsed[1]) if parsed else source_s
-                n = int(self._call(functions.REQUEUE, [runs_key, run_s, source_s, keys.wake(queue)], []))
-                if n:
-                    log.warning("worker %s is gone: %d of its messages were put back on %s", name, n, queue)
-                moved += n
-            self._call(functions.FORGET, [keys.LEASES, runs_key], [name])
+            moved += self._requeue_all(name)
+            self._call(functions.FORGET, [keys.LEASES, keys.runs(name)], [name])
+        return moved
+
+    def restore_own(self) -> int:
+        """Before the first take: put back what a previous process under this worker's name
+        left in flight. Its lease is this process's now and is renewed, so no reaper would
+        ever see it run out and those messages would wait for this process to die."""
+        moved = self._requeue_all(self.worker)
+        self._restored = True
+        return moved
+
+    def _requeue_all(self, name: str) -> int:
+        """Move every in-flight list of worker ``name`` back to its queue."""
+        moved = 0
+        runs_key = keys.runs(name)
+        for run, source in self.r.hgetall(runs_key).items():
+            run_s, source_s = _text(run), _text(source)
+            parsed = keys.parse_queue(source_s)
+            queue = keys.queue(parsed[0], parsed[1]) if parsed else source_s
+            n = int(self._call(functions.REQUEUE, [runs_key, run_s, source_s, keys.wake(queue)], []))
+            if n:
+                log.warning("worker %s is gone: %d of its messages were put back on %s", name, n, queue)
+            moved += n
         return moved
 
     def release(self) -> None:
