@@ -53,6 +53,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             rescan_s=args.rescan,
             heartbeat_ttl_s=args.heartbeat_ttl,
             lease_s=s.lease_s if args.lease is None else args.lease,
+            **({} if args.max_message_bytes is None else {"max_message_bytes": args.max_message_bytes}),
         )
     )
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default="INFO")
     w.add_argument("--events", action="store_true", help="send Celery task events (Flower)")
     w.add_argument("--lease", type=int, help="seconds before a dead worker's jobs are redone (ICOW_LEASE_S, 15)")
+    w.add_argument("--max-message-bytes", type=int, help="larger queue messages are refused unread (default 64 MiB)")
     w.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 or absent: off)")
     w.add_argument(
         "--rescan", type=float, default=keys.RESCAN_INTERVAL_S, help="rescan the repository every S s (0: off)"
