@@ -73,6 +73,8 @@ class OutputDiff:
 
     max_abs_error: float
     max_rel_error: float  # max |shadow - primary| / max |primary| (0 when both are all zero)
+    mean_abs_error: float = 0.0
+    size: int = 0  # elements compared
     argmax_rows: int = 0  # classifier-like outputs (2-D float): rows compared ...
     argmax_agree: int = 0  # ... and rows whose argmax is the same
 
@@ -104,17 +106,19 @@ def compare(primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray])
         if a.dtype.kind in "OSU" or b.dtype.kind in "OSU":  # BYTES: equal or not
             if a.dtype.kind != b.dtype.kind or not np.array_equal(a, b):
                 return f"output {name!r}: the strings differ"
-            out[name] = OutputDiff(0.0, 0.0)
+            out[name] = OutputDiff(0.0, 0.0, size=a.size)
             continue
         fa, fb = a.astype(np.float64), b.astype(np.float64)
-        err = float(np.max(np.abs(fa - fb))) if fa.size else 0.0
+        diff = np.abs(fa - fb)
+        err = float(np.max(diff)) if fa.size else 0.0
+        mean = float(np.mean(diff)) if fa.size else 0.0
         scale = float(np.max(np.abs(fa))) if fa.size else 0.0
         rel = err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))
         rows = agree = 0
         if a.ndim == 2 and a.dtype.kind == "f" and a.shape[1] > 1 and a.shape[0] > 0:
             rows = a.shape[0]
             agree = int(np.sum(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
-        out[name] = OutputDiff(err, rel, rows, agree)
+        out[name] = OutputDiff(err, rel, mean, a.size, rows, agree)
     return out
 
 

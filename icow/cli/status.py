@@ -69,7 +69,38 @@ def fleet_status(r: Any, *, failures: int = 10, now: float | None = None) -> dic
             continue
         if isinstance(rec, dict):
             recent.append(rec)
-    return {"time": now, "queues": queues, "workers": out_workers, "recent_failures": recent}
+    return {
+        "time": now,
+        "queues": queues,
+        "workers": out_workers,
+        "recent_failures": recent,
+        "shadow": shadow_rows(workers),
+    }
+
+
+def shadow_rows(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shadow runs (workers/shadow.py) added up over the workers' heartbeats, per model and
+    (primary, shadow) versions."""
+    totals: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for w in workers:
+        for row in w.get("shadow") or []:
+            if not isinstance(row, dict):
+                continue
+            key = (str(row.get("model")), int(row.get("primary") or 0), int(row.get("shadow") or 0))
+            t = totals.setdefault(key, {"model": key[0], "primary": key[1], "shadow": key[2]})
+            for k in ("compared", "mismatch", "failed", "dropped", "argmax_rows", "argmax_agree", "latency_ratios"):
+                t[k] = t.get(k, 0) + int(row.get(k) or 0)
+            t["latency_ratio_sum"] = t.get("latency_ratio_sum", 0.0) + float(row.get("latency_ratio_sum") or 0.0)
+            for k in ("max_abs_error", "max_rel_error"):
+                t[k] = max(t.get(k, 0.0), float(row.get(k) or 0.0))
+            t["last_error"] = row.get("last_error") or t.get("last_error")
+    out = []
+    for t in totals.values():
+        rows, n = t.pop("argmax_rows"), t.pop("latency_ratios")
+        t["argmax_agreement"] = round(t.pop("argmax_agree") / rows, 6) if rows else None
+        t["latency_ratio"] = round(t.pop("latency_ratio_sum") / n, 3) if n else None
+        out.append(t)
+    return sorted(out, key=lambda t: (t["model"], t["primary"], t["shadow"]))
 
 
 def _age(seconds: float | None) -> str:
@@ -124,7 +155,25 @@ def render(doc: dict[str, Any]) -> Any:
         when = _age(doc["time"] - rec["time"]) + " ago" if isinstance(rec.get("time"), float) else "-"
         model = f"{rec.get('model') or '?'}" + (f":{rec['version']}" if rec.get("version") else "")
         f.add_row(when, _text(rec.get("id")), model, _text(rec.get("error")), _text(rec.get("message"))[:120])
-    return Group(q, w, f)
+    if not doc.get("shadow"):
+        return Group(q, w, f)
+    s = Table(title="shadow runs", title_justify="left", expand=True)
+    for col in ("model", "primary -> shadow", "compared", "mismatch", "failed", "dropped", "max abs err"):
+        s.add_column(col, justify="left" if col == "model" else "right")
+    for col in ("max rel err", "argmax agree", "latency x"):
+        s.add_column(col, justify="right")
+    for row in doc["shadow"]:
+        agree, ratio = row["argmax_agreement"], row["latency_ratio"]
+        s.add_row(
+            row["model"],
+            f"{row['primary']} -> {row['shadow']}",
+            *(str(row[k]) for k in ("compared", "mismatch", "failed", "dropped")),
+            f"{row['max_abs_error']:.3g}",
+            f"{row['max_rel_error']:.3g}",
+            "-" if agree is None else f"{agree:.2%}",
+            "-" if ratio is None else f"{ratio:.2f}",
+        )
+    return Group(q, w, f, s)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,170 @@
+"""Shadow runs: a version that answers nobody runs on live jobs after they are answered, and its
+differences from the primary show in the worker's /metrics and in `icow status` (heartbeats).
+Real Redis, a real worker process."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from icow.cli.fleet import free_port
+from icow.cli.status import fleet_status, render
+from icow.client import Client
+from icow.errors import InvalidInput, ModelNotFound
+from icow.workers import samples
+from icow.workers.repository import ModelConfig
+from icow.workers.shadow import ShadowSpec, compare
+
+from .conftest import WorkerProcess
+
+T = TypeVar("T")
+SCALE = f"shadowed-{uuid.uuid4().hex[:6]}"  # v1 = x * 2 serves callers; v2 = x * 3 is the shadow
+CLASSIFIER = f"shadowed-mlp-{uuid.uuid4().hex[:6]}"  # v1 and its shadow v2 are the same network
+
+
+def until(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 30) -> T:
+    """Read until ``ok`` holds (the worker's shadow thread and heartbeat run on their own)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if ok(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+
+def metric(samples_: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples_.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture(scope="module")
+def shadow_worker(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[WorkerProcess, int]]:
+    repo = tmp_path_factory.mktemp("shadow-repo")
+    samples.scale(repo / SCALE / "1" / "model.onnx", 2.0)
+    samples.scale(repo / SCALE / "2" / "model.onnx", 3.0)
+    (repo / SCALE / "config.toml").write_text(
+        "versions = [1]\nproviders = ['cpu']\nshadow = { version = 2, fraction = 1.0 }\n"
+    )
+    samples.mlp(repo / CLASSIFIER / "1" / "model.onnx", seed=4)
+    samples.mlp(repo / CLASSIFIER / "2" / "model.onnx", seed=4)
+    (repo / CLASSIFIER / "config.toml").write_text(
+        "versions = [1]\nproviders = ['cpu']\nshadow = { version = 2, fraction = 1.0 }\n"
+    )
+    port = free_port()
+    w = WorkerProcess(repo, redis_url, f"shadow-{uuid.uuid4().hex[:6]}@local", ["--metrics-port", str(port)])
+    yield w, port
+    w.stop()
+
+
+def test_callers_get_the_primary_outputs_and_the_shadow_differences_show_in_metrics(
+    shadow_worker: tuple[WorkerProcess, int], redis_url: str
+) -> None:
+    _, port = shadow_worker
+    labels = {"model": SCALE, "primary": "1", "shadow": "2"}
+    with Client(redis_url) as c:
+        for k in range(1, 6):
+            out = c.infer(SCALE, {"x": np.full((1, 2), k, np.float32)}, timeout_s=30)
+            np.testing.assert_array_equal(out["y"], np.full((1, 2), 2 * k, np.float32))  # v1's, never v2's
+        with pytest.raises(ModelNotFound):  # the shadow version takes no jobs of its own
+            c.infer(SCALE, {"x": np.ones((1, 2), np.float32)}, version=2, timeout_s=30)
+    got = until(lambda: scrape(port), lambda s: metric(s, "icow_shadow_jobs_total", **labels, outcome="compared") >= 5)
+    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="compared") == 5
+    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="failed") == 0
+    # |3k - 2k| = k for k = 1..5: the per-job max abs errors add up to 15; relative error 0.5 each
+    assert metric(got, "icow_shadow_max_abs_error_count", **labels, output="y") == 5
+    assert metric(got, "icow_shadow_max_abs_error_sum", **labels, output="y") == pytest.approx(15.0)
+    assert metric(got, "icow_shadow_max_rel_error_sum", **labels, output="y") == pytest.approx(2.5)
+    assert metric(got, "icow_shadow_latency_ratio_count", **labels) == 5
+
+
+def test_a_classifier_shadowed_by_the_same_network_agrees_everywhere(
+    shadow_worker: tuple[WorkerProcess, int], redis_url: str
+) -> None:
+    _, port = shadow_worker
+    labels = {"model": CLASSIFIER, "primary": "1", "shadow": "2"}
+    x = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    with Client(redis_url) as c:
+        out = c.infer(CLASSIFIER, {"x": x}, timeout_s=30)
+    np.testing.assert_allclose(out["y"], samples.mlp_reference(x, seed=4), atol=1e-5)
+    got = until(lambda: scrape(port), lambda s: metric(s, "icow_shadow_jobs_total", **labels, outcome="compared") >= 1)
+    assert metric(got, "icow_shadow_argmax_agreement_ratio", **labels, output="y") == 1.0
+    assert metric(got, "icow_shadow_max_abs_error_sum", **labels, output="y") == 0.0
+
+
+def test_icow_status_shows_the_shadow_totals_from_heartbeats(
+    shadow_worker: tuple[WorkerProcess, int], redis_url: str, r: redis.Redis
+) -> None:
+    with Client(redis_url) as c:
+        c.infer(SCALE, {"x": np.full((1, 2), 10, np.float32)}, timeout_s=30)
+
+    def row() -> dict[str, Any] | None:
+        return next((s for s in fleet_status(r)["shadow"] if s["model"] == SCALE), None)
+
+    found = until(row, lambda s: s is not None and s["max_abs_error"] >= 10.0)
+    assert found is not None
+    assert (found["primary"], found["shadow"], found["failed"], found["mismatch"]) == (1, 2, 0, 0)
+    assert found["compared"] >= 1 and found["max_abs_error"] == 10.0 and found["max_rel_error"] == 0.5
+    assert found["latency_ratio"] is not None and found["latency_ratio"] > 0
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render(fleet_status(r)))
+    text = console.export_text()
+    assert "shadow runs" in text and f"{SCALE}" in text and "1 -> 2" in text
+
+
+# -- the comparison and the config, no worker needed
+
+
+def test_compare_reports_errors_agreement_and_incomparable_outputs() -> None:
+    a = {"p": np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)}
+    b = {"p": np.array([[0.2, 0.8], [0.1, 0.9]], np.float32)}
+    diffs = compare(a, b)
+    assert not isinstance(diffs, str)
+    d = diffs["p"]
+    assert d.max_abs_error == pytest.approx(0.7) and d.max_rel_error == pytest.approx(0.7 / 0.9)
+    assert (d.argmax_rows, d.argmax_agree) == (2, 1)
+    assert "shape" in str(compare(a, {"p": np.zeros((3, 2), np.float32)}))
+    assert "outputs" in str(compare(a, {"q": b["p"]}))
+
+
+def test_shadow_config_is_validated() -> None:
+    cfg = ModelConfig.parse("shadow = { version = 3, fraction = 0.1 }\nkeep_inputs = 50\n", "config.toml")
+    assert cfg.shadow == ShadowSpec(3, 0.1) and cfg.keep_inputs == 50 and cfg.extra == {}
+    for bad in (
+        "shadow = { version = 0 }",
+        "shadow = { version = 2, fraction = 1.5 }",
+        "shadow = 3",
+        "shadow = { version = 2, share = 0.1 }",
+        "keep_inputs = -1",
+        "keep_inputs = 10000000",
+    ):
+        with pytest.raises(InvalidInput):
+            ModelConfig.parse(bad, "config.toml")
+
+
+def test_the_repository_serves_only_the_versions_listed_while_the_shadow_lies_beside_them(tmp_path: Path) -> None:
+    from icow.workers.repository import Repository
+
+    samples.scale(tmp_path / "m" / "1" / "model.onnx", 2.0)
+    samples.scale(tmp_path / "m" / "2" / "model.onnx", 3.0)
+    (tmp_path / "m" / "config.toml").write_text("versions = [1]\nshadow = { version = 2, fraction = 0.5 }\n")
+    entry = Repository(tmp_path).scan()["m"]
+    assert entry.versions == (1,) and entry.config.shadow == ShadowSpec(2, 0.5)
