@@ -115,9 +115,11 @@ def test_default_result_ttl_is_one_day(client: Client, r: redis.Redis) -> None:
     assert 86000 < r.ttl(keys.result(job.id)) <= 86400
 
 
-def test_unknown_job_id(client: Client) -> None:
-    with pytest.raises(JobNotFound):
-        client.job(str(uuid.uuid4())).result(timeout_s=1)
+def test_an_unknown_job_id_reads_queued_and_its_wait_times_out(client: Client) -> None:
+    unknown = client.job(str(uuid.uuid4()))  # no record: a client cannot tell it from a queued job
+    assert unknown.status() == "queued"
+    with pytest.raises(JobTimeout):
+        unknown.result(timeout_s=1)
 
 
 def test_bulk_submission_and_results_as_they_complete(client: Client) -> None:
@@ -135,8 +137,7 @@ def test_large_tensors_round_trip(client: Client, r: redis.Redis) -> None:
     job = client.submit("ident", {"x": x})
     y = job.result(timeout_s=60)["y"]
     np.testing.assert_array_equal(x, y)
-    assert r.exists(keys.blob(job.id, "in", 0)) == 0  # consumed inputs are dropped
-    assert r.exists(keys.blob(job.id, "out", 0)) == 1  # outputs live as long as the result
+    assert r.exists(keys.output_blob(job.id, 0)) == 1  # outputs live as long as the result
 
 
 def test_metadata_without_running_a_job(client: Client) -> None:
@@ -156,12 +157,12 @@ def test_metadata_without_running_a_job(client: Client) -> None:
 
 
 def test_unknown_model_is_refused_at_submit(client: Client) -> None:
-    with pytest.raises(ModelNotFound, match="no worker has published"):
+    with pytest.raises(ModelNotFound, match="no live worker serves model 'nope'"):
         client.submit("nope", {"x": np.zeros(1, np.float32)})
 
 
-def test_unknown_version_fails_the_job(client: Client) -> None:
-    with pytest.raises(ModelNotFound, match="no version 7"):
+def test_an_unserved_version_is_refused_at_submit(client: Client) -> None:
+    with pytest.raises(ModelNotFound, match="no live worker serves model 'scale' version 7"):
         client.infer("scale", {"x": np.ones((1, 2), np.float32)}, version=7, timeout_s=30)
 
 
@@ -224,7 +225,6 @@ def test_corrupt_messages_get_a_failure_result(
     client: Client, r: redis.Redis, body: bytes, task: str, message: str
 ) -> None:
     job_id = str(uuid.uuid4())
-    r.set(keys.state(job_id), b"queued", ex=60)
     _push(r, "icow:q:mlp", _envelope(job_id, body, task))
     with pytest.raises(InvalidJob, match=message):
         client.job(job_id).result(timeout_s=30)
@@ -262,3 +262,13 @@ async def test_async_client_round_trip(redis_url: str, worker: WorkerProcess) ->
             await c.infer("mlp", {"x": np.ones((1, 5), np.float32)}, timeout_s=30)
         with pytest.raises(ModelNotFound):
             await c.submit("nope", {"x": x})
+
+
+async def test_async_bulk_and_reattach(redis_url: str, worker: WorkerProcess) -> None:
+    xs = np.arange(20, dtype=np.float32).reshape(10, 2)
+    async with AsyncClient(redis_url) as c:
+        bulk = await c.submit_bulk("scale", {"x": xs}, samples_per_job=3)
+        np.testing.assert_array_equal((await bulk.result(timeout_s=60))["y"], xs * 3)
+        again = await c.bulk(bulk.id)
+        assert await again.progress() == (4, 4)
+        np.testing.assert_array_equal((await again.result(timeout_s=10))["y"], xs * 3)
