@@ -1,0 +1,104 @@
+"""Kept inputs and `icow replay`: a worker keeps the last N jobs' inputs of a model with
+``keep_inputs = N``; `icow replay` runs them on two versions through the fleet and exits 0 when
+they agree, 1 when they differ past the threshold. Real Redis, a real worker, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from icow import keys, protocol
+from icow.client import Client
+from icow.workers import samples
+
+from .conftest import WorkerProcess
+
+MODEL = f"kept-{uuid.uuid4().hex[:6]}"  # v1 = x * 2, v2 = x * 2 (the same), v3 = x * 3
+KEEP = 5
+ICOW = [sys.executable, "-m", "icow.cli"]
+
+
+def icow_replay(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ICOW, "replay", MODEL, "--redis", redis_url, "--timeout", "60", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def kept_worker(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[WorkerProcess]:
+    repo = tmp_path_factory.mktemp("kept-repo")
+    for v, factor in ((1, 2.0), (2, 2.0), (3, 3.0)):
+        samples.scale(repo / MODEL / str(v) / "model.onnx", factor)
+    (repo / MODEL / "config.toml").write_text(f"providers = ['cpu']\nkeep_inputs = {KEEP}\n")
+    w = WorkerProcess(repo, redis_url, f"kept-{uuid.uuid4().hex[:6]}@local")
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def kept(kept_worker: WorkerProcess, redis_url: str) -> list[bytes]:
+    """Seven jobs answered (the last one's input claim-checked): the last five are kept."""
+    with Client(redis_url) as c:
+        for k in range(1, 7):
+            c.infer(MODEL, {"x": np.full((1, 2), k, np.float32)}, version=1, timeout_s=30)
+        big = np.arange(80_000, dtype=np.float32).reshape(40_000, 2) / 1000  # 320 KB: over the inline limit
+        c.infer(MODEL, {"x": big}, timeout_s=30)
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        return list(conn.lrange(keys.kept(MODEL), 0, -1))
+    finally:
+        conn.close()
+
+
+def test_the_last_n_answered_jobs_inputs_are_kept_with_their_ttl(kept: list[bytes], r: redis.Redis) -> None:
+    assert len(kept) == KEEP
+    records = [protocol.parse_kept(raw) for raw in kept]  # newest first
+    newest = records[0]
+    assert newest["model"] == MODEL and newest["version"] == 3 and newest["ttl"] == keys.DEFAULT_RESULT_TTL_S
+    assert newest["inputs"][0]["shape"] == [40_000, 2] and len(newest["inputs"][0]["data"]) == 320_000  # claim-checked
+    assert [np.frombuffer(rec["inputs"][0]["data"], np.float32)[0] for rec in records[1:]] == [6, 5, 4, 3]
+    assert 0 < r.ttl(keys.kept(MODEL)) <= keys.DEFAULT_RESULT_TTL_S
+
+
+def test_replay_of_an_identical_version_reports_zero_error_and_exits_0(
+    kept: list[bytes], redis_url: str, r: redis.Redis
+) -> None:
+    proc = icow_replay(redis_url, "--from", "1", "--to", "2", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["passed"] and doc["compared"] == KEEP and doc["failed"] == {"v1": 0, "v2": 0}
+    assert doc["outputs"]["y"]["max_abs_error"] == 0 and doc["outputs"]["y"]["jobs"] == KEEP
+    assert set(doc["latency"]) == {"v1", "v2"} and doc["latency"]["v1"]["jobs"] == KEEP
+    assert r.lrange(keys.kept(MODEL), 0, -1) == kept  # replay jobs are not kept again
+
+
+def test_replay_of_a_changed_version_reports_the_difference_and_exits_1(kept: list[bytes], redis_url: str) -> None:
+    proc = icow_replay(redis_url, "--from", "1", "--to", "3", "--max-abs-err", "0.5")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL: output 'y': max abs error 79.999 > 0.5" in proc.stdout  # |3x - 2x| at x = 79.999
+    assert "latency v1" in proc.stdout and "latency v3" in proc.stdout
+    last_two = icow_replay(redis_url, "--from", "1", "--to", "3", "--last", "2", "--json", "--max-abs-err", "100")
+    doc = json.loads(last_two.stdout)
+    assert last_two.returncode == 0 and doc["compared"] == 2
+    assert doc["outputs"]["y"]["max_abs_error"] == pytest.approx(79.999, abs=1e-3)
+    assert doc["outputs"]["y"]["max_rel_error"] == pytest.approx(0.5)
+
+
+def test_replay_without_kept_inputs_is_an_error(kept_worker: WorkerProcess, redis_url: str) -> None:
+    proc = subprocess.run(
+        [*ICOW, "replay", "nothing-kept", "--from", "1", "--to", "2", "--redis", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "no kept inputs for model 'nothing-kept'" in proc.stderr
