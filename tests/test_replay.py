@@ -102,3 +102,30 @@ def test_replay_without_kept_inputs_is_an_error(kept_worker: WorkerProcess, redi
         timeout=60,
     )
     assert proc.returncode == 2 and "no kept inputs for model 'nothing-kept'" in proc.stderr
+
+
+def test_the_client_user_cannot_read_kept_inputs_and_the_worker_user_can() -> None:
+    """Kept inputs are other callers' data: `icow replay` runs with the worker user's URL."""
+    from icow.cli.fleet import LocalRedis
+
+    from .test_security import ADMIN_PW, REDIS_ACL
+
+    if REDIS_ACL is None:
+        pytest.skip("needs a redis-server >= 7.0")
+    server = LocalRedis(password=ADMIN_PW, exe=REDIS_ACL)
+    try:
+        admin = redis.Redis.from_url(server.url)
+        admin.execute_command("ACL", "SETUSER", "icow-worker", "reset", "on", ">worker-pw", *keys.WORKER_ACL_RULES)
+        admin.execute_command("ACL", "SETUSER", "icow-client", "reset", "on", ">client-pw", *keys.CLIENT_ACL_RULES)
+        admin.close()
+        worker = redis.Redis.from_url(f"redis://icow-worker:worker-pw@127.0.0.1:{server.port}/0")
+        client = redis.Redis.from_url(f"redis://icow-client:client-pw@127.0.0.1:{server.port}/0")
+        worker.lpush(keys.kept("m"), b"record")
+        assert worker.lrange(keys.kept("m"), 0, -1) == [b"record"]
+        for command in (("LRANGE", keys.kept("m"), 0, -1), ("LPUSH", keys.kept("m"), b"x"), ("DEL", keys.kept("m"))):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.execute_command(*command)
+        worker.close()
+        client.close()
+    finally:
+        server.stop()

@@ -168,3 +168,43 @@ def test_the_repository_serves_only_the_versions_listed_while_the_shadow_lies_be
     (tmp_path / "m" / "config.toml").write_text("versions = [1]\nshadow = { version = 2, fraction = 0.5 }\n")
     entry = Repository(tmp_path).scan()["m"]
     assert entry.versions == (1,) and entry.config.shadow == ShadowSpec(2, 0.5)
+
+
+def test_a_full_shadow_queue_drops_the_job_instead_of_waiting(tmp_path: Path) -> None:
+    """The intake never waits for the shadow: past the queue's bound, jobs are counted as dropped."""
+    from icow import tensor
+    from icow.workers.followup import Answered
+    from icow.workers.models import ModelManager
+    from icow.workers.repository import Repository
+    from icow.workers.shadow import ShadowResult, ShadowRunner, ShadowStats
+
+    samples.scale(tmp_path / "m" / "1" / "model.onnx", 2.0)
+    samples.scale(tmp_path / "m" / "2" / "model.onnx", 3.0)
+    (tmp_path / "m" / "config.toml").write_text("versions = [1]\nshadow = { version = 2, fraction = 1.0 }\n")
+    manager = ModelManager(Repository(tmp_path))
+    seen: list[ShadowResult] = []
+    stats = ShadowStats()
+
+    class Recorder:
+        def shadow_done(self, result: ShadowResult) -> None:
+            seen.append(result)
+
+    runner = ShadowRunner(manager, [Recorder(), stats], queue_max=2)  # not started: nothing drains the queue
+    x = tensor.encode("x", np.ones((1, 2), np.float32))
+    y = tensor.encode("y", np.full((1, 2), 2, np.float32))
+    answered = [
+        Answered(
+            f"job-{i}",
+            {"id": f"job-{i}", "model": "m", "version": 1, "inputs": [x], "outputs": None},
+            {"status": "SUCCESS", "result": {"outputs": [y], "timing": {"compute_s": 0.001, "batch_samples": 1}}},
+            {},
+        )
+        for i in range(5)
+    ]
+    runner.jobs_answered(answered)
+    assert [r.outcome for r in seen] == ["dropped"] * 3
+    assert stats.snapshot()["shadow"][0]["dropped"] == 3
+    runner.start()  # the two queued jobs now run on v2 and are compared
+    runner.stop()
+    assert [r.outcome for r in seen] == ["dropped"] * 3 + ["compared"] * 2
+    assert seen[-1].outputs["y"].max_abs_error == 1.0
