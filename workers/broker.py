@@ -310,6 +310,13 @@ class Broker:
             moved += n
         return moved
 
+    def put_back(self, take: Take) -> int:
+        """Return a take this worker could not finish (Redis went away mid-way) to its queue;
+        it runs again (an answer already written makes the rerun a no-op ack)."""
+        parsed = keys.parse_queue(take.source)
+        queue = keys.queue(parsed[0], parsed[1]) if parsed else take.source
+        return int(self._call(functions.REQUEUE, [self._runs_key, take.run, take.source, keys.wake(queue)], []))
+
     def release(self) -> None:
         """On a clean stop: nothing is in flight; drop the lease."""
         self._call(functions.FORGET, [keys.LEASES, self._runs_key], [self.worker])

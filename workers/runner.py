@@ -104,6 +104,7 @@ class JobRunner:
         self.fleet_latest: dict[str, int] = {}  # model -> highest version a live worker serves
         self._takes = 0
         self._idle = True
+        self._unfinished: list[Take] = []  # takes cut short by a Redis outage: put back first
 
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "failures": self.failures, "last_error": self.last_error}
@@ -158,6 +159,10 @@ class JobRunner:
 
     def step(self) -> bool:
         """One take (blocking briefly when the last one found nothing). True if it took jobs."""
+        while self._unfinished:  # Redis is back: what was in hand goes back to its queue
+            n = self.broker.put_back(self._unfinished[0])
+            log.warning("put back %d messages taken before Redis went away", n)
+            self._unfinished.pop(0)
         lists = self.lists()
         if not lists:
             time.sleep(self.idle_block_s)
@@ -206,17 +211,23 @@ class JobRunner:
                 self._fail(j, InvalidInput(msg.error), dead=True)
             jobs.append(j)
         try:
-            self._parse(jobs, source)
-            self._claim(jobs)
-            self._run(jobs, source)
+            try:
+                self._parse(jobs, source)
+                self._claim(jobs)
+                self._run(jobs, source)
+            except redis.exceptions.RedisError:
+                raise
+            except Exception as exc:  # a bug: still answer every job
+                log.exception("unexpected error while running jobs")
+                for j in jobs:
+                    if j.meta is None and not j.skip:
+                        self._fail(j, exc)
+            self._write(take, jobs, letters)
         except redis.exceptions.RedisError:
-            raise  # the take stays in flight; its lease brings it back
-        except Exception as exc:  # a bug: still answer every job
-            log.exception("unexpected error while running jobs")
-            for j in jobs:
-                if j.meta is None and not j.skip:
-                    self._fail(j, exc)
-        self._write(take, jobs, letters)
+            # The take stays in this worker's in-flight list (its lease is alive, so no reaper
+            # takes it back): put it back once Redis answers again.
+            self._unfinished.append(take)
+            raise
         if self.observer is not None:
             self._observe(jobs)
         if self.after_answer is not None:  # the answers are written: nothing here can delay or change them
