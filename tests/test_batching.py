@@ -1,17 +1,24 @@
 """Dynamic batching: batched runs equal unbatched ones, one bad job fails alone, shapes are
-never mixed, and a batch never holds more than max_batch samples."""
+never mixed, and a batch never holds more than max_batch samples. Priority: a worker takes the
+lowest priority step across all its queues (every model, every version), bulk never starves."""
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
+from icow import functions, keys, protocol
 from icow.client import Client
+from icow.client import bulk as bulk_module
 from icow.errors import InvalidJob
 from icow.workers import batching, samples
 
@@ -150,12 +157,87 @@ def test_interactive_jobs_overtake_a_bulk_backlog(redis_url: str, batch_worker: 
         bulk.result(timeout_s=120)
 
 
-def test_lower_priorities_are_not_starved() -> None:
-    from icow.workers.runner import JobRunner
+# -- priority across every queue of a worker (all models, all versions)
 
-    runner = JobRunner.__new__(JobRunner)
-    orders = []
-    for burst in range(16):
-        runner._bursts = burst
-        orders.append(runner._lists("m")[0])
-    assert orders.count("icow:q:m") == 14 and orders.count("icow:q:m\x06\x169") == 2
+
+def _done_order(r: redis.Redis, jobs: list[Any]) -> list[str]:
+    """Job ids in the order one worker answered them (``date_done`` of their result metas:
+    one process's clock, so this is its completion order)."""
+    metas = {j.id: protocol.parse_meta(r.get(keys.result(j.id))) for j in jobs}
+    return sorted(metas, key=lambda i: datetime.fromisoformat(metas[i]["date_done"]))
+
+
+@pytest.fixture
+def prio_repo(tmp_path: Path) -> tuple[Path, str, str]:
+    """Two models on one worker: ``bulk`` (an MLP) and ``fast`` (scale), names unique per test."""
+    tag = uuid.uuid4().hex[:6]
+    bulk_model, fast_model = f"bulk{tag}", f"fast{tag}"
+    samples.mlp(tmp_path / bulk_model / "1" / "model.onnx")
+    samples.scale(tmp_path / fast_model / "1" / "model.onnx", 2.0)
+    for m in (bulk_model, fast_model):
+        (tmp_path / m / "config.toml").write_text("max_batch = 1\nproviders = ['cpu']\n")
+    return tmp_path, bulk_model, fast_model
+
+
+def test_interactive_jobs_of_another_model_overtake_a_queued_bulk_backlog(
+    redis_url: str, r: redis.Redis, prio_repo: tuple[Path, str, str]
+) -> None:
+    """Queued before the worker starts: 5 interactive jobs of model B after 100 bulk jobs of
+    model A. The worker takes the lowest priority across both models' queues: B first."""
+    repo, bulk_model, fast_model = prio_repo
+    functions.install(r)
+    with Client(redis_url, require_published=False) as c:  # nothing serves them yet
+        bulk = c.submit_bulk(bulk_model, {"x": np.ones((100, 4), np.float32)}, samples_per_job=1)
+        fast = c.submit_many(fast_model, [{"x": np.full((1, 2), i, np.float32)} for i in range(5)])
+        w = WorkerProcess(repo, redis_url, f"test-prio-{os.getpid()}@local")
+        try:
+            bulk.result(timeout_s=120)
+            assert [float(j.result(timeout_s=30)["y"][0, 0]) for j in fast] == [0.0, 2.0, 4.0, 6.0, 8.0]
+        finally:
+            w.stop()
+        order = _done_order(r, [*bulk.jobs, *fast])
+        last_fast = max(order.index(j.id) for j in fast)
+        # At most one bulk job before them: every 8th take serves the other end first.
+        assert last_fast <= len(fast), f"interactive jobs answered at ranks up to {last_fast} of {len(order)}"
+
+
+def test_an_interactive_job_overtakes_another_models_backlog_on_a_running_worker(
+    redis_url: str, r: redis.Redis, prio_repo: tuple[Path, str, str]
+) -> None:
+    repo, bulk_model, fast_model = prio_repo
+    w = WorkerProcess(repo, redis_url, f"test-prio-{os.getpid()}@local")
+    try:
+        with Client(redis_url) as c:
+            bulk = c.submit_bulk(bulk_model, {"x": np.ones((400, 4), np.float32)}, samples_per_job=1)
+            bulk.jobs[0].result(timeout_s=60)  # the backlog is draining
+            job = c.submit(fast_model, {"x": np.ones((1, 2), np.float32)})
+            waiting = r.llen(keys.queue_list(keys.queue(bulk_model), bulk_module.PRIORITY_BATCH))
+            assert job.result(timeout_s=60)["y"][0, 0] == 2.0
+            bulk.result(timeout_s=120)
+        order = _done_order(r, [*bulk.jobs, job])
+        after = len(order) - 1 - order.index(job.id)
+        # Bulk jobs still queued when it arrived ran after it, but for the one in hand and an
+        # anti-starvation take.
+        assert after >= waiting - 2, f"{waiting} bulk jobs were waiting; only {after} ran after the interactive one"
+    finally:
+        w.stop()
+
+
+def test_lower_priorities_are_not_starved(redis_url: str, r: redis.Redis, prio_repo: tuple[Path, str, str]) -> None:
+    """40 interactive jobs and 3 bulk jobs of one model, queued before the worker starts
+    (max_batch 1: one job per take): every 8th take serves the bulk end first."""
+    repo, _, model = prio_repo
+    functions.install(r)
+    with Client(redis_url, require_published=False) as c:
+        bulk = c.submit_bulk(model, {"x": np.ones((3, 2), np.float32)}, samples_per_job=1)
+        interactive = c.submit_many(model, [{"x": np.ones((1, 2), np.float32)}] * 40)
+        w = WorkerProcess(repo, redis_url, f"test-starve-{os.getpid()}@local")
+        try:
+            bulk.result(timeout_s=60)
+            for j in interactive:
+                j.result(timeout_s=60)
+        finally:
+            w.stop()
+    order = _done_order(r, [*bulk.jobs, *interactive])
+    ranks = sorted(order.index(j.id) for j in bulk.jobs)
+    assert ranks[0] <= 8 and ranks[-1] < len(order) - 1 - 10, f"bulk jobs answered at ranks {ranks} of {len(order)}"
