@@ -19,15 +19,18 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from icow import keys, protocol
+from icow import connection, keys, protocol
 
 log = logging.getLogger("icow.worker")
 
 CONTROL_QUEUE = keys.PREFIX + "celery"
 
+_BROKER = connection.celery_broker(os.environ.get("ICOW_REDIS_URL", "redis://127.0.0.1:6379/0"))
 app = Celery("icow", set_as_current=False)
 app.conf.update(
-    broker_url=os.environ.get("ICOW_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    # `celery -A icow.workers.app inspect ...` with ICOW_REDIS_URL, also redis+sentinel:// URLs
+    broker_url=_BROKER[0],
+    broker_transport_options=_BROKER[1],
     result_backend=None,  # results are written by icow.workers.broker, once per job id
     # The worker sends no tasks; this is the serializer of Celery's remote-control replies, and
     # JSON lets stock `celery inspect`, `celery status` and Flower read them.

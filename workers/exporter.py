@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from icow import keys
+from icow import connection, keys
 from icow.workers import tls
 from icow.workers.heartbeat import live_workers
 from icow.workers.queues import published_models, queue_states
@@ -80,7 +80,7 @@ class FleetCollector(Collector):
 
 def run_exporter(redis_url: str, port: int, addr: str = "0.0.0.0") -> int:
     """Serve the fleet metrics on ``addr:port`` until SIGTERM/SIGINT."""
-    r = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=10, **tls.redis_options(redis_url))
+    r = connection.connect(redis_url, socket_connect_timeout=5, socket_timeout=10, **tls.redis_options(redis_url))
     registry = CollectorRegistry()
     registry.register(FleetCollector(r))
     server: Any

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import redis
 from celery import signals
 
-from icow import keys
+from icow import connection, keys
 from icow.errors import InvalidInput
 from icow.workers import tls
 from icow.workers.broker import Broker
@@ -85,7 +85,7 @@ def run_worker(opts: WorkerOptions) -> int:
         raise InvalidInput(f"lease_s must be at least {2 * keys.HEARTBEAT_INTERVAL_S:g} s (2 heartbeats)")
     name = hostname(opts.name)
     manager.start()  # a version that does not load is marked failed; the others are served
-    r = redis.Redis.from_url(
+    r = connection.connect(  # redis://, rediss://, unix:// or redis+sentinel://
         opts.redis_url,
         socket_connect_timeout=5,
         socket_keepalive=True,
@@ -145,7 +145,8 @@ def run_worker(opts: WorkerOptions) -> int:
 
     signals.worker_ready.connect(_ready, weak=False)
     app = app_module.app
-    app.conf.broker_url = opts.redis_url
+    app.conf.broker_url, transport_options = connection.celery_broker(opts.redis_url)  # sentinel:// for kombu
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
     app.conf.broker_use_ssl = tls.ssl_options(opts.redis_url)  # verify the server (kombu would not)
     worker = app.Worker(
         hostname=name,
