@@ -129,3 +129,8 @@ def test_the_client_user_cannot_read_kept_inputs_and_the_worker_user_can() -> No
         client.close()
     finally:
         server.stop()
+
+
+def test_replay_to_a_version_nobody_serves_is_an_error(kept: list[bytes], redis_url: str) -> None:
+    proc = icow_replay(redis_url, "--from", "1", "--to", "9")
+    assert proc.returncode == 2 and "ModelNotFound" in proc.stderr, proc.stdout + proc.stderr

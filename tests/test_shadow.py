@@ -208,3 +208,22 @@ def test_a_full_shadow_queue_drops_the_job_instead_of_waiting(tmp_path: Path) ->
     runner.stop()
     assert [r.outcome for r in seen] == ["dropped"] * 3 + ["compared"] * 2
     assert seen[-1].outputs["y"].max_abs_error == 1.0
+
+
+def test_replay_jobs_are_not_shadowed(shadow_worker: tuple[WorkerProcess, int], redis_url: str) -> None:
+    _, port = shadow_worker
+    labels = {"model": SCALE, "primary": "1", "shadow": "2"}
+
+    def counts(s: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> tuple[float, float]:
+        return (
+            metric(s, "icow_shadow_jobs_total", **labels, outcome="compared"),
+            metric(s, "icow_shadow_max_abs_error_sum", **labels, output="y"),
+        )
+
+    jobs, errors = counts(scrape(port))
+    with Client(redis_url) as c:
+        c.submit(SCALE, {"x": np.ones((1, 2), np.float32)}, job_id=f"replay-{uuid.uuid4()}").result(timeout_s=30)
+        c.infer(SCALE, {"x": np.full((1, 2), 100, np.float32)}, timeout_s=30)  # its shadow's error: 100
+    # The shadow thread runs jobs in order: once the second job's error is in, the first was passed over.
+    after = counts(until(lambda: scrape(port), lambda s: counts(s)[1] >= errors + 100))
+    assert after == (jobs + 1, errors + 100)
