@@ -20,6 +20,8 @@ metric                                  type       labels
 ``icow_session_cpu_fallback``           gauge      model, version: 1 when a GPU provider was
                                                    requested but onnxruntime runs on the CPU
 ``icow_worker_ready``                   gauge      1 once the preloaded models are warm
+``icow_model_failed``                   gauge (1)  model, version: a version in the repository
+                                                   that does not load (retried at each rescan)
 ``icow_shadow_jobs_total``              counter    model, primary, shadow (versions), outcome:
                                                    compared, mismatch, failed, dropped
 ``icow_shadow_max_abs_error``           histogram  model, primary, shadow, output: per job
@@ -81,7 +83,12 @@ class _SessionCollector(Collector):
             fallback.add_metric(labels, 1 if getattr(m, "cpu_fallback", False) else 0)
         ready = GaugeMetricFamily("icow_worker_ready", "1 once the preloaded models are warm")
         ready.add_metric([], 1 if self.ready() else 0)
-        yield from (load, info, fallback, ready)
+        failed = GaugeMetricFamily(
+            "icow_model_failed", "1 per model version that does not load (not served)", labels=["model", "version"]
+        )
+        for name, version in sorted(dict(self.manager.failed)):
+            failed.add_metric([name, str(version)], 1)
+        yield from (load, info, fallback, ready, failed)
 
 
 class WorkerMetrics:

@@ -52,6 +52,7 @@ def fleet_status(r: Any, *, failures: int = 10, now: float | None = None) -> dic
             "models": w.get("models") or {},
             "providers": w.get("providers") or {},
             "cpu_fallback": w.get("cpu_fallback") or [],
+            "failed_models": w.get("failed") or {},  # "model:version" -> why it does not load
             "jobs": w.get("jobs", 0),
             "failures": w.get("failures", 0),
             "jobs_per_s": round(sum((w.get("jobs_per_s") or {}).values()), 2),
@@ -138,6 +139,8 @@ def render(doc: dict[str, Any]) -> Any:
         if row["cpu_fallback"]:
             where += f" [red](CPU fallback: {len(row['cpu_fallback'])} sessions)[/red]"
         models = ", ".join(f"{m}:{','.join(map(str, vs))}" for m, vs in sorted(row["models"].items()))
+        if row["failed_models"]:
+            models += f" [red](failed to load: {', '.join(sorted(row['failed_models']))})[/red]"
         w.add_row(
             row["name"],
             row["host"],
