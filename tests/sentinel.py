@@ -39,9 +39,14 @@ class Node:
     def __init__(self, exe: str, args: list[str], port: int, log: Path):
         self.port = port
         self.log = log
-        self._log_file = log.open("ab")
-        self.proc = subprocess.Popen([exe, *args], stdout=self._log_file, stderr=subprocess.STDOUT)
-        _wait(f"server on port {port}", self.ping, 10)
+        self._argv = [exe, *args]
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after :meth:`kill`: same port, same data folder)."""
+        self._log_file = self.log.open("ab")
+        self.proc = subprocess.Popen(self._argv, stdout=self._log_file, stderr=subprocess.STDOUT)
+        _wait(f"server on port {self.port}", self.ping, 10)
 
     def conn(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=5)
@@ -172,6 +177,18 @@ class SentinelSet:
         self.wait_promoted(self.replica, timeout_s)
         self.primary, self.replica = self.replica, self.primary
         return time.monotonic() - start
+
+    def revive(self, node: Node, timeout_s: float = 60) -> None:
+        """Restart a killed data node; the sentinels make it a replica of the current primary.
+        Returns once the primary has it as a replica in sync."""
+        node.start()
+
+        def synced() -> bool:
+            with node.conn() as c:
+                info = c.info("replication")
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+        _wait(f"node on port {node.port} back as a replica", synced, timeout_s)
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
