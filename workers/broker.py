@@ -49,6 +49,16 @@ class Take:
     run: str
     source: str
     messages: list[bytes | Oversize]
+    more_runs: list[str] = field(default_factory=list)  # later takes from the same list, merged
+
+    def merge(self, other: Take) -> None:
+        """Add a later take from the same list (a batch that waited ``max_wait_ms`` to fill)."""
+        self.messages += other.messages
+        self.more_runs += [other.run, *other.more_runs]
+
+    @property
+    def runs(self) -> list[str]:
+        return [self.run, *self.more_runs]
 
 
 @dataclass
@@ -315,7 +325,10 @@ class Broker:
         it runs again (an answer already written makes the rerun a no-op ack)."""
         parsed = keys.parse_queue(take.source)
         queue = keys.queue(parsed[0], parsed[1]) if parsed else take.source
-        return int(self._call(functions.REQUEUE, [self._runs_key, take.run, take.source, keys.wake(queue)], []))
+        return sum(
+            int(self._call(functions.REQUEUE, [self._runs_key, run, take.source, keys.wake(queue)], []))
+            for run in take.runs
+        )
 
     def release(self) -> None:
         """On a clean stop: nothing is in flight; drop the lease."""

@@ -173,8 +173,27 @@ class JobRunner:
             self._cancel(c)
         self._idle = take is None
         if take is not None:
+            self._fill(take, lists)
             self.handle(take)
         return take is not None
+
+    def _fill(self, take: Take, lists: Sequence[tuple[str, str, int]]) -> None:
+        """``max_wait_ms``: a partial batch of an interactive list waits once, that long, for
+        more jobs of the same list (only while jobs are arriving: never for a lone job)."""
+        parsed = keys.parse_queue(take.source)
+        entry = self.manager.entries.get(parsed[0]) if parsed else None
+        if entry is None or entry.config.max_wait_ms <= 0 or len(take.messages) < 2:
+            return
+        want = next((n for lst, _, n in lists if lst == take.source), 1)
+        if len(take.messages) >= want:
+            return
+        time.sleep(entry.config.max_wait_ms / 1000)
+        wake = next(w for lst, w, _ in lists if lst == take.source)
+        more, cancels = self.broker.take([(take.source, wake, want - len(take.messages))])
+        for c in cancels:
+            self._cancel(c)
+        if more is not None:
+            take.merge(more)
 
     def _cancel(self, request: CancelRequest) -> None:
         try:
@@ -403,7 +422,7 @@ class JobRunner:
             for t in j.message.job["inputs"]
             if isinstance(t, Mapping) and keys.is_input_blob(t.get("ref"))
         ]
-        written = self.broker.answer(answers, acks=[take.run], delete=refs, dead_letters=letters)
+        written = self.broker.answer(answers, acks=take.runs, delete=refs, dead_letters=letters)
         self.jobs += len(answers)
         for a, ok in zip(answers, written):
             if not ok:
