@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from celery import Celery
 
 from icow import keys, protocol, tensor
 from icow.client import Client
-from icow.errors import InvalidJob, ModelNotFound
+from icow.errors import InvalidJob, JobExpired, ModelNotFound
 from icow.workers import samples
 
 from .conftest import WorkerProcess
@@ -99,12 +100,66 @@ def test_send_task_with_a_json_body(celery_app: Celery) -> None:
     np.testing.assert_array_equal(tensor.decode(out["outputs"][0]), x * 3)
 
 
+# -- Celery's own headers (docs/PROTOCOL.md section 13)
+
+
+def _scale_job(job_id: str, serializer: str) -> dict[str, Any]:
+    x = np.array([[1.0, 2.0]], np.float32)
+    job = _job(job_id, "scale", x)
+    if serializer == "json":
+        job["inputs"][0]["data"] = base64.b64encode(x.tobytes()).decode()  # the JSON form
+    return job
+
+
+@pytest.mark.parametrize("serializer", ["msgpack", "json"])
+def test_celery_expires_is_a_deadline(celery_app: Celery, serializer: str) -> None:
+    late, soon = str(uuid.uuid4()), str(uuid.uuid4())
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    res = celery_app.send_task(
+        "icow.infer",
+        args=[_scale_job(late, serializer)],
+        queue=keys.queue("scale"),
+        task_id=late,
+        serializer=serializer,
+        expires=past,
+    )
+    with pytest.raises(JobExpired):
+        res.get(timeout=30)
+    assert res.status == "FAILURE"
+    with Client(celery_app.conf.broker_url) as c, pytest.raises(JobExpired):
+        c.job(late).result(timeout_s=5)
+    # An expiry still ahead is no obstacle: the job runs.
+    res = celery_app.send_task(
+        "icow.infer",
+        args=[_scale_job(soon, serializer)],
+        queue=keys.queue("scale"),
+        task_id=soon,
+        serializer=serializer,
+        expires=60,
+    )
+    out = res.get(timeout=30)
+    np.testing.assert_array_equal(tensor.decode(out["outputs"][0]), [[3.0, 6.0]])
+
+
+@pytest.mark.parametrize(
+    "when", [{"countdown": 3}, {"eta": datetime.now(UTC) + timedelta(days=365)}], ids=["countdown", "eta"]
+)
+def test_celery_eta_and_countdown_are_refused_with_a_clear_message(celery_app: Celery, when: dict[str, Any]) -> None:
+    job_id = str(uuid.uuid4())
+    res = celery_app.send_task(
+        "icow.infer", args=[_scale_job(job_id, "msgpack")], queue=keys.queue("scale"), task_id=job_id, **when
+    )
+    with pytest.raises(InvalidJob, match=r"eta/countdown is not supported.*as soon as a worker is free"):
+        res.get(timeout=30)  # answered at once, not after the countdown (nor a year later)
+
+
 def test_celery_remote_control_sees_icow_workers(celery_app: Celery, worker: WorkerProcess) -> None:
     inspect = celery_app.control.inspect(destination=[worker.name], timeout=5)
     assert protocol.TASK_NAME in inspect.registered()[worker.name]
     assert celery_app.control.ping(destination=[worker.name], timeout=5) == [{worker.name: {"ok": "pong"}}]
+    # Celery's consumer listens on its control queue only: ICOW's queues are taken by the intake.
     queues = {q["name"] for q in inspect.active_queues()[worker.name]}
-    assert {keys.queue("mlp"), keys.queue("text")} <= queues
+    assert queues == {keys.PREFIX + "celery"}
 
 
 def test_the_celery_command_line_sees_icow_workers(redis_url: str, worker: WorkerProcess) -> None:
@@ -243,7 +298,7 @@ _X = np.ones((1, 4), np.float32)
         ({"created": None}, "created must be a unix time"),
         ({"ttl": "long"}, "ttl must be an integer"),
         ({"version": -1}, "version must be a positive integer"),
-        ({"outputs": "y"}, "outputs must be a list"),
+        ({"outputs": "y"}, "outputs must be a non-empty list"),
         ({"deadline": "soon"}, "deadline must be a unix time"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": "not*base64"}]}, "not valid base64"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": "AACAPw=="}]}, "4 bytes of data"),
