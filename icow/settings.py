@@ -84,7 +84,7 @@ def tls_files(url: str, s: Settings) -> dict[str, str]:
     URL's own ``ssl_ca_certs`` / ``ssl_certfile`` / ``ssl_keyfile``, else ``ICOW_REDIS_CA`` /
     ``ICOW_REDIS_CERT`` / ``ICOW_REDIS_KEY``. Empty for other URLs."""
     parts = urlsplit(url)
-    if parts.scheme != "rediss":
+    if parts.scheme not in ("rediss", "rediss+sentinel"):
         return {}
     query = {k: v[-1] for k, v in parse_qs(parts.query).items() if v}
     out: dict[str, str] = {}

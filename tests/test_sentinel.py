@@ -197,3 +197,20 @@ def test_kombu_reaches_the_primary_through_celery_broker(shared_set: SentinelSet
         assert message.payload == {"hello": "sentinel"}
         message.ack()
         queue.close()
+
+
+def test_rediss_sentinel_urls_verify_the_server_like_rediss() -> None:
+    """TLS under Sentinel takes its CA like rediss:// (URL, else ICOW_REDIS_CA), and kombu gets
+    CERT_REQUIRED. (Not run against a TLS Sentinel: the embedded server has no TLS.)"""
+    import ssl
+
+    from icow import settings
+    from icow.workers import tls
+
+    url = "rediss+sentinel://:pw@s1,s2/icow/0?ssl_ca_certs=/ca.pem"
+    assert tls.ssl_options(url) == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
+    env = settings.Settings(redis_ca="/env-ca.pem")
+    assert settings.tls_files("rediss+sentinel://s1/icow", env) == {"ssl_ca_certs": "/env-ca.pem"}
+    target = connection.parse_sentinel(url)
+    assert target.redis_options()["ssl"] is True
+    assert target.sentinel_options({})["ssl_ca_certs"] == "/ca.pem"

@@ -33,7 +33,7 @@ _CERT_REQS = {
 
 
 def is_tls(url: str) -> bool:
-    return urlsplit(url).scheme == "rediss"
+    return urlsplit(url).scheme in ("rediss", "rediss+sentinel")
 
 
 def _query(url: str) -> dict[str, str]:
