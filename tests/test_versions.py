@@ -41,11 +41,11 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 30.0) -> Any:
 
 
 def live_versions(r: redis.Redis, model: str) -> set[int]:
-    """Versions some live worker serves: members of ``icow:live:<m>`` whose expiry (ms, server
-    clock) has not passed."""
+    """Versions some live worker serves: members ``<version>:<worker>[:latest]`` of
+    ``icow:live:<m>`` whose expiry (ms, server clock) has not passed."""
     sec, usec = r.time()
     now_ms = sec * 1000 + usec // 1000
-    return {int(v) for v in r.zrange(keys.live(model), now_ms, "+inf", byscore=True)}
+    return {int(v.split(b":")[0]) for v in r.zrange(keys.live(model), now_ms, "+inf", byscore=True)}
 
 
 def beat_time(r: redis.Redis, worker: str) -> float:

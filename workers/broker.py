@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,10 @@ class Broker:
         self._seq = secrets.randbits(40) << 20
         self._restored = False
         self._runs_key = keys.runs(worker)
+        # Run lists this process may hold right now (named before the take that makes them):
+        # any other run list under this worker's name is stale and is put back (restore_stale).
+        self._in_hand: set[str] = set()
+        self._hand_lock = threading.Lock()
 
     def install(self) -> bool:
         """Load ICOW's Redis Functions unless this version is there (idempotent)."""
@@ -131,6 +136,8 @@ class Broker:
             self.restore_own()
         self._seq += 1
         run = keys.run(self.worker, self._seq)
+        with self._hand_lock:
+            self._in_hand.add(run)
         wakes = list(dict.fromkeys(w for _, w, _ in lists))
         fkeys = [self._runs_key, keys.LEASES, run, *[lst for lst, _, _ in lists], *[w for _, w, _ in lists]]
         args = [self.worker, self.lease_ms, len(lists), self.max_message_bytes, *[n for _, _, n in lists]]
@@ -151,6 +158,7 @@ class Broker:
         cancels = self._cancels(waited, block_s > 0)
         index = int(reply[0])
         if index == 0:
+            self._drop_hand([run])
             return None, cancels
         messages: list[bytes | Oversize] = []
         for m in reply[1:]:
@@ -243,7 +251,12 @@ class Broker:
         for x in out:
             if isinstance(x, Exception):
                 raise x
+        self._drop_hand(acks)
         return [bool(x) for x in out[at]]
+
+    def _drop_hand(self, runs: Sequence[str]) -> None:
+        with self._hand_lock:
+            self._in_hand.difference_update(runs)
 
     # -- cancel
 
@@ -270,21 +283,35 @@ class Broker:
 
     # -- leases
 
-    def renew(self, versions: Mapping[str, Sequence[int]], live_ttl_s: float) -> int:
-        """Renew this worker's lease and the liveness of the versions it serves. Returns the
-        server's time in ms."""
+    def renew(self, versions: Mapping[str, Sequence[int]], offers: Mapping[str, int], live_ttl_s: float) -> int:
+        """Renew this worker's lease and the liveness of the versions it serves (``offers``:
+        the version of each model it runs unpinned jobs on). An empty ``versions`` for a model
+        withdraws this worker from it at once. Returns the server's time in ms."""
         fkeys = [keys.LEASES, *[keys.live(m) for m in versions]]
         args: list[Any] = [self.worker, self.lease_ms, int(live_ttl_s * 1000)]
-        for vs in versions.values():
-            args += [len(vs), *vs]
+        for m, vs in versions.items():
+            args += [len(vs), *vs, offers.get(m, 0)]
         return int(self._call(functions.RENEW, fkeys, args))
 
-    def live_versions(self, models: Sequence[str], now_ms: int) -> dict[str, list[int]]:
-        """Versions of each model that some live worker serves."""
+    def live_versions(self, models: Sequence[str], now_ms: int) -> tuple[dict[str, list[int]], dict[str, int]]:
+        """Versions of each model that some live worker serves, and the highest version a live
+        worker offers to unpinned jobs (the fleet's "latest")."""
         pipe = self.r.pipeline(transaction=False)
         for m in models:
             pipe.zrange(keys.live(m), now_ms, "+inf", byscore=True)
-        return {m: sorted(int(v) for v in vs) for m, vs in zip(models, pipe.execute())}
+        served: dict[str, list[int]] = {}
+        latest: dict[str, int] = {}
+        for m, members in zip(models, pipe.execute()):
+            vs: set[int] = set()
+            for member in members:
+                version, _, rest = _text(member).partition(":")
+                if not version.isdigit():
+                    continue
+                vs.add(int(version))
+                if rest.endswith(":latest") or not rest:
+                    latest[m] = max(latest.get(m, 0), int(version))
+            served[m] = sorted(vs)
+        return served, latest
 
     def reap(self, lock_s: float = 1.0) -> int:
         """Put back the in-flight messages of workers whose lease ran out (one reaper at a time
@@ -306,11 +333,21 @@ class Broker:
         self._restored = True
         return moved
 
-    def _requeue_all(self, name: str) -> int:
-        """Move every in-flight list of worker ``name`` back to its queue."""
+    def restore_stale(self) -> int:
+        """Every heartbeat: put back run lists under this worker's name that this process does
+        not hold. They appear when Redis failed over after an answer was confirmed by the old
+        primary but before it reached the replica: the new primary still has the take in flight,
+        and this worker's lease, renewed, would keep it there for ever."""
+        runs = self.r.hgetall(self._runs_key)
+        with self._hand_lock:
+            held = set(self._in_hand)
+        return self._requeue_all(self.worker, runs={k: v for k, v in runs.items() if _text(k) not in held})
+
+    def _requeue_all(self, name: str, runs: Mapping[Any, Any] | None = None) -> int:
+        """Move every in-flight list of worker ``name`` (or just ``runs``) back to its queue."""
         moved = 0
         runs_key = keys.runs(name)
-        for run, source in self.r.hgetall(runs_key).items():
+        for run, source in (self.r.hgetall(runs_key) if runs is None else runs).items():
             run_s, source_s = _text(run), _text(source)
             parsed = keys.parse_queue(source_s)
             queue = keys.queue(parsed[0], parsed[1]) if parsed else source_s
@@ -325,10 +362,12 @@ class Broker:
         it runs again (an answer already written makes the rerun a no-op ack)."""
         parsed = keys.parse_queue(take.source)
         queue = keys.queue(parsed[0], parsed[1]) if parsed else take.source
-        return sum(
+        moved = sum(
             int(self._call(functions.REQUEUE, [self._runs_key, run, take.source, keys.wake(queue)], []))
             for run in take.runs
         )
+        self._drop_hand(take.runs)
+        return moved
 
     def release(self) -> None:
         """On a clean stop: nothing is in flight; drop the lease."""

@@ -63,6 +63,16 @@ class ModelManager:
         self.failed[(name, version)] = reason
         log.error("model %s v%s does not load and is not served: %s", name, version, reason)
 
+    def latest(self, name: str) -> int:
+        """The version this worker runs unpinned jobs of ``name`` on: config.toml ``latest`` when
+        it is served (a candidate can be served to pinned jobs, for replay, without becoming
+        "latest"), else the highest served version; 0 when none is served."""
+        entry = self.entries.get(name)
+        if entry is None or not entry.versions:
+            return 0
+        chosen = entry.config.latest
+        return chosen if chosen in entry.versions else max(entry.versions)
+
     def entry(self, name: str) -> ModelEntry:
         entry = self.entries.get(name)
         if entry is None:
@@ -71,7 +81,7 @@ class ModelManager:
 
     def get(self, name: str, version: int | None = None) -> OnnxModel:
         entry = self.entry(name)
-        v = max(entry.versions, default=0) if version is None else version
+        v = self.latest(name) if version is None else version
         if v not in entry.versions:
             raise ModelNotFound(f"model {name!r} has no version {v}; served versions: {list(entry.versions)}")
         model = self._sessions.get((name, v))

@@ -55,11 +55,13 @@ class RepositoryWatcher:
         *,
         interval_s: float = keys.RESCAN_INTERVAL_S,
         on_new_models: Callable[[list[str]], None] | None = None,
+        on_change: Callable[[], None] | None = None,
     ):
         self.manager = manager
         self.r = r
         self.interval_s = interval_s
         self.on_new_models = on_new_models
+        self.on_change = on_change  # renews liveness at once (before the metadata is published)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -90,6 +92,8 @@ class RepositoryWatcher:
         if not ch:
             return ch
         mgr.set_entries(new)
+        if self.on_change is not None:
+            self.on_change()  # new versions live, dropped ones withdrawn, before clients see them
         for m, v in ch.removed:
             mgr.unload(m, v)
         if ch.added:

@@ -19,6 +19,8 @@ Versions are positive integers; the highest is "latest". A model may have a
     max_queue = 0               # backpressure: most jobs waiting in the queue (0: no limit)
     shadow = { version = 3, fraction = 0.1 }  # run a sample of live jobs on v3 too (workers/shadow.py)
     keep_inputs = 0             # keep the last N jobs' inputs for `icow replay` (workers/kept.py)
+    latest = 0                  # the version unpinned jobs run on (0: the highest served); a newer
+                                # version then serves only jobs pinned to it (replay, canaries)
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ModelConfig:
     gpu: GpuOptions = field(default_factory=GpuOptions)  # gpu_mem_limit, arena_extend_strategy, ...
     shadow: ShadowSpec | None = None  # a version run on a sample of live jobs, answering nobody
     keep_inputs: int = 0  # inputs of the last N jobs kept for `icow replay` (0: none)
+    latest: int = 0  # the version unpinned jobs run on (0: the highest served)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -96,6 +99,7 @@ class ModelConfig:
             gpu=GpuOptions.pop_from(raw, str(path)),
             shadow=ShadowSpec.pop_from(raw, str(path)),
             keep_inputs=int(raw.pop("keep_inputs", 0)),
+            latest=int(raw.pop("latest", 0)),
             extra=raw,
         )
         if not 0 <= cfg.keep_inputs <= keys.KEPT_MAX:

@@ -101,7 +101,8 @@ class JobRunner:
         self.jobs = 0
         self.failures = 0
         self.last_error: str | None = None
-        self.fleet_latest: dict[str, int] = {}  # model -> highest version a live worker serves
+        self.fleet_latest: dict[str, int] = {}  # model -> highest version a live worker offers as latest
+        self.announced: set[str] = set()  # models whose liveness this worker renews
         self._takes = 0
         self._idle = True
         self._unfinished: list[Take] = []  # takes cut short by a Redis outage: put back first
@@ -125,7 +126,7 @@ class JobRunner:
             if not entry.versions:
                 continue
             out += [(keys.queue(m, v), m) for v in entry.versions]
-            if max(entry.versions) >= self.fleet_latest.get(m, 0):
+            if self.manager.latest(m) >= self.fleet_latest.get(m, 0):
                 out.append((keys.queue(m), m))
         return out
 

@@ -57,9 +57,11 @@ def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.
     try:
         broker.install()
         served = {m: list(e.versions) for m, e in manager.entries.items() if e.versions}
-        now_ms = broker.renew(served, live_ttl_s)
-        live = broker.live_versions(sorted(served), now_ms)
-        runner.fleet_latest = {m: max(vs) for m, vs in live.items() if vs}
+        withdrawn = {m: [] for m in runner.announced if m not in served}  # dropped since the last beat
+        offers = {m: manager.latest(m) for m in served}
+        now_ms = broker.renew({**served, **withdrawn}, offers, live_ttl_s)
+        runner.announced = set(served)
+        _, runner.fleet_latest = broker.live_versions(sorted(served), now_ms)
         pipe = r.pipeline(transaction=False)
         for m in served:
             pipe.sismember(keys.MODELS, m)
@@ -69,6 +71,7 @@ def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.
             log.warning("Redis lost the published models: publishing them again")
             manager.publish(r)
         broker.reap()
+        broker.restore_stale()
     except redis.exceptions.RedisError as exc:
         log.warning("worker upkeep failed (retrying at the next heartbeat): %s", exc)
 
@@ -136,7 +139,12 @@ def run_worker(opts: WorkerOptions) -> int:
         ttl_s=opts.heartbeat_ttl_s,
     )
     heartbeat.start()
-    watcher = RepositoryWatcher(manager, r, interval_s=opts.rescan_s)
+    watcher = RepositoryWatcher(
+        manager,
+        r,
+        interval_s=opts.rescan_s,
+        on_change=lambda: maintain(manager, broker, runner, r, opts.heartbeat_ttl_s),
+    )
     watcher.start()
 
     def _ready(**_: object) -> None:
@@ -166,7 +174,8 @@ def run_worker(opts: WorkerOptions) -> int:
         watcher.stop()
         shadow.stop()
         heartbeat.stop()
-        try:
+        try:  # withdraw at once: pinned jobs are refused at submit rather than left waiting
+            broker.renew({m: [] for m in runner.announced}, {}, opts.heartbeat_ttl_s)
             broker.release()
         except redis.exceptions.RedisError:
             pass

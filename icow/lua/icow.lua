@@ -23,12 +23,20 @@ end
 local function submit(keys, args)
   local served = 1
   if args[3] == '1' then
-    local now = now_ms()
+    -- icow:live:<m> members are '<version>:<worker>' (and '<version>:<worker>:latest' for the
+    -- version a worker offers to unpinned jobs), scored with their expiry.
+    local members = redis.call('ZRANGE', keys[2], now_ms(), '+inf', 'BYSCORE')
+    served = 0
     if args[2] == '' then
-      if #redis.call('ZRANGE', keys[2], now, '+inf', 'BYSCORE', 'LIMIT', 0, 1) == 0 then served = 0 end
+      if #members > 0 then served = 1 end
     else
-      local exp = redis.call('ZSCORE', keys[2], args[2])
-      if not exp or tonumber(exp) < now then served = 0 end
+      local prefix = args[2] .. ':'
+      for _, m in ipairs(members) do
+        if m == args[2] or string.sub(m, 1, #prefix) == prefix then
+          served = 1
+          break
+        end
+      end
     end
   end
   local limit = tonumber(redis.call('HGET', keys[1], args[1]) or '')
@@ -171,20 +179,31 @@ local function cancel(keys, args)
   return 1
 end
 
--- icow_renew (worker, every heartbeat): renew the worker's lease and the expiry of the
+-- icow_renew (worker, every heartbeat): renew the worker's lease and the liveness of the
 -- versions it serves. KEYS: [1] icow:leases, then icow:live:<m> per model. ARGV: [1] worker,
--- [2] lease ms, [3] live ms, then per model: number of versions, the versions.
+-- [2] lease ms, [3] live ms, then per model: number of versions, the versions, the version it
+-- offers to unpinned jobs (0: none). Members '<v>:<worker>' and '<v>:<worker>:latest'; this
+-- worker's members for versions it no longer serves are removed at once.
 local function renew(keys, args)
   local now = now_ms()
-  redis.call('ZADD', keys[1], now + tonumber(args[2]), args[1])
+  local worker = args[1]
+  redis.call('ZADD', keys[1], now + tonumber(args[2]), worker)
+  local expiry = now + tonumber(args[3])
   local a = 4
   for i = 2, #keys do
     local nv = tonumber(args[a])
-    for v = 1, nv do
-      redis.call('ZADD', keys[i], 'GT', now + tonumber(args[3]), args[a + v])
+    local want = {}
+    for v = 1, nv do want[args[a + v] .. ':' .. worker] = true end
+    local offer = args[a + nv + 1]
+    if offer ~= '0' then want[offer .. ':' .. worker .. ':latest'] = true end
+    local suffix, suffix_l = ':' .. worker, ':' .. worker .. ':latest'
+    for _, m in ipairs(redis.call('ZRANGE', keys[i], 0, -1)) do
+      local mine = string.sub(m, -#suffix) == suffix or string.sub(m, -#suffix_l) == suffix_l
+      if mine and not want[m] then redis.call('ZREM', keys[i], m) end
     end
-    redis.call('ZREMRANGEBYSCORE', keys[i], '-inf', now - 86400000)
-    a = a + 1 + nv
+    for m, _ in pairs(want) do redis.call('ZADD', keys[i], expiry, m) end
+    redis.call('ZREMRANGEBYSCORE', keys[i], '-inf', now - 60000)
+    a = a + 2 + nv
   end
   return now
 end

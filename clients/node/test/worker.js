@@ -44,7 +44,8 @@ export class FakeWorker {
 
   /** Heartbeat: `model` (versions) is served by a live worker. */
   async live(model, versions = [1]) {
-    await this.conn.fcall('icow_renew', 2, 'icow:leases', keys.live(model), this.name, LEASE_MS, 60_000, versions.length, ...versions);
+    // per model: number of versions, the versions, the version offered to unpinned jobs
+    await this.conn.fcall('icow_renew', 2, 'icow:leases', keys.live(model), this.name, LEASE_MS, 60_000, versions.length, ...versions, Math.max(...versions));
   }
 
   /** Take up to `want` messages from `queueName` (all priorities); [] if none. */
