@@ -143,19 +143,18 @@ class Broker:
         args = [self.worker, self.lease_ms, len(lists), self.max_message_bytes, *[n for _, _, n in lists]]
         pipe = self.r.pipeline(transaction=False)
         if block_s > 0:
-            pipe.bzpopmin([*wakes, keys.CANCELS], timeout=block_s)
-        else:
-            pipe.zpopmin(keys.CANCELS, CANCELS_PER_ROUND)
+            pipe.bzpopmin(wakes, timeout=block_s)
         pipe.fcall(functions.TAKE, len(fkeys), *fkeys, *args)
-        waited, reply = pipe.execute(raise_on_error=False)
+        *waited, reply = pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             if not functions.is_missing(reply):
                 raise reply
             self.install()  # Redis lost its functions (restart without persistence): reload
             reply = self._call(functions.TAKE, fkeys, args)
-        if isinstance(waited, Exception):
-            raise waited
-        cancels = self._cancels(waited, block_s > 0)
+        for w in waited:
+            if isinstance(w, Exception):
+                raise w
+        cancels: list[CancelRequest] = []  # answered by the cancel listener (wait_cancels)
         index = int(reply[0])
         if index == 0:
             self._drop_hand([run])
@@ -165,14 +164,13 @@ class Broker:
             messages.append(Oversize(int(m[0]), bytes(m[1])) if isinstance(m, list) else bytes(m))
         return Take(run, lists[index - 1][0], messages), cancels
 
-    @staticmethod
-    def _cancels(waited: Any, blocked: bool) -> list[CancelRequest]:
-        members: list[bytes] = []
-        if blocked:
-            if waited and _text(waited[0]) == keys.CANCELS:
-                members.append(waited[1])
-        else:
-            members.extend(m for m, _ in waited or ())
+    def wait_cancels(self, block_s: float) -> list[CancelRequest]:
+        """Cancel requests, waiting up to ``block_s`` for the first (the worker's cancel listener
+        thread: a request is answered at once even while the intake runs a long batch)."""
+        got = self.r.bzpopmin([keys.CANCELS], timeout=block_s)
+        if not got:
+            return []
+        members = [got[1], *[m for m, _ in self.r.zpopmin(keys.CANCELS, CANCELS_PER_ROUND - 1)]]
         out = []
         for m in members:
             token, _, reply_to = _text(m).partition(" ")

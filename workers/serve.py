@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 
 import redis
@@ -76,6 +77,23 @@ def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.
         log.warning("worker upkeep failed (retrying at the next heartbeat): %s", exc)
 
 
+def serve_cancels(broker: Broker, stop: threading.Event) -> None:
+    """The cancel listener: answers cancel requests as they come (workers/broker.py)."""
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            for request in broker.wait_cancels(1.0):
+                code = broker.cancel(request)
+                log.info("cancel request answered: %s", code)
+            backoff = 0.1
+        except redis.exceptions.RedisError as exc:
+            log.warning("cancel listener: %s (retrying in %.1f s)", exc, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+        except Exception:
+            log.exception("cancel listener failed (continuing)")
+
+
 def run_worker(opts: WorkerOptions) -> int:
     """Serve until shut down (SIGTERM/SIGINT: warm shutdown). Returns the exit code."""
     from icow.workers import app as app_module
@@ -139,6 +157,8 @@ def run_worker(opts: WorkerOptions) -> int:
         ttl_s=opts.heartbeat_ttl_s,
     )
     heartbeat.start()
+    cancels_stop = threading.Event()
+    threading.Thread(target=serve_cancels, args=(broker, cancels_stop), name="icow-cancels", daemon=True).start()
     watcher = RepositoryWatcher(
         manager,
         r,
@@ -171,6 +191,7 @@ def run_worker(opts: WorkerOptions) -> int:
     try:
         worker.start()
     finally:
+        cancels_stop.set()
         watcher.stop()
         shadow.stop()
         heartbeat.stop()
