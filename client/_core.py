@@ -1,25 +1,191 @@
-"""The I/O-free half of the client: validate, encode, decode, deadlines.
+"""The I/O-free half of the client (httpx's model): every decision that needs no Redis call.
 
-The sync (icow.client.sync) and asyncio (icow.client.aio) clients are thin shells that only
-do Redis I/O around these functions, so both behave identically.
+Options and settings, validation and encoding, submit planning (which keys to SET and what to
+pass ``FCALL icow_submit``), reading replies and results, statuses, the mapping of Redis
+failures to ICOW errors, and deadlines live here once. How to *wait* is in
+:mod:`icow.client._wait`. :mod:`icow.client.sync` and :mod:`icow.client.aio` only do the Redis
+I/O around these, so the two clients cannot drift.
 """
 
 from __future__ import annotations
 
-import hashlib
+import secrets
 import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+import redis.exceptions
 
-from icow import keys, protocol, tensor
-from icow.errors import InvalidInput, JobNotFound, NotFound, PayloadTooLarge, QueueFull, remote_error
+from icow import functions, keys, protocol, settings, tensor
+from icow.errors import (
+    BrokerFull,
+    BrokerUnavailable,
+    IcowError,
+    InvalidInput,
+    JobNotFound,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    remote_error,
+)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+T = TypeVar("T")
 Outputs = dict[str, np.ndarray]
+
+SLICE_S = 2.0  # the longest one blocking read lasts: a dead connection is noticed, keys re-read
+MARGIN_S = 1.0  # every call returns within its timeout_s plus this, a frozen Redis included
+DEFAULT_TIMEOUT_S = 10.0  # the bound of calls that take no timeout_s (submit, status, models...)
+DEFAULT_CANCEL_TIMEOUT_S = 10.0
+BELLS_MAX = 64  # bell keys watched in one read, besides the reply list
+STASH_MAX = 10_000  # replies kept for waiters that have not asked yet (the keys keep them all)
+DRAIN_MAX = 1000  # replies taken in one round trip once one has arrived
+SUBMIT_CHUNK = 500  # jobs per FCALL in submit_many
+CANCEL_PREFIX = "cancel:"  # the task_id of a cancel outcome on a reply list: cancel:<job id>
+
+
+# ---------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a client was built with, checked once."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    connect_timeout_s: float = 2.0
+    inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES
+    max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES
+    require_published: bool = True
+    redis_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or "://" not in self.url:
+            raise InvalidInput(f"url must be a Redis URL such as redis://host:6379/0, got {self.url!r}")
+        check_ttl(self.result_ttl_s)
+        for name in ("timeout_s", "connect_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InvalidInput(f"{name} must be a positive number of seconds, got {value!r}")
+        for name in ("inline_max_bytes", "max_tensor_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInput(f"{name} must be a non-negative integer, got {value!r}")
+
+    def redis_kwargs(self) -> dict[str, Any]:
+        """redis-py options, derived from the timeouts (each call then bounds its own commands
+        by its own deadline, see :func:`io_limit`); the caller's ``redis_options`` win."""
+        return {
+            "socket_connect_timeout": self.connect_timeout_s,
+            "socket_timeout": self.timeout_s + MARGIN_S,
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+            **self.redis_options,
+        }
+
+
+def env_arguments(kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(url, constructor keywords) for ``from_env``: ``ICOW_*`` settings, then ``kwargs``."""
+    s = settings.from_env()
+    if not s.redis_url:
+        raise InvalidInput("ICOW_REDIS_URL is not set")
+    out: dict[str, Any] = {
+        "result_ttl_s": s.result_ttl_s,
+        "inline_max_bytes": s.inline_max_bytes,
+        "max_tensor_bytes": s.max_tensor_bytes,
+        **settings.tls_files(s.redis_url, s),  # ICOW_REDIS_CA, ICOW_REDIS_CERT, ICOW_REDIS_KEY
+    }
+    out.update(kwargs)
+    return s.redis_url, out
+
+
+def new_client_id() -> str:
+    """128 random bits: the client's reply list ``icow:reply:<id>`` cannot be guessed."""
+    return secrets.token_hex(16)
+
+
+def check_ttl(ttl_s: object) -> int:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= keys.MAX_RESULT_TTL_S:
+        raise InvalidInput(f"result_ttl_s must be an integer in 1..{keys.MAX_RESULT_TTL_S}, got {ttl_s!r}")
+    return ttl_s
+
+
+def check_timeout(timeout_s: object, what: str = "timeout_s") -> float | None:
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s < 0
+    ):
+        raise InvalidInput(f"{what} must be a non-negative number of seconds or None, got {timeout_s!r}")
+    return timeout_s
+
+
+# ---------------------------------------------------------------------------- deadlines
+
+
+def deadline_of(timeout_s: float | None) -> float | None:
+    """The monotonic time a call with ``timeout_s`` must be over by (None: no deadline)."""
+    return None if timeout_s is None else time.monotonic() + timeout_s
+
+
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def slice_for(deadline: float | None) -> float:
+    """How long the next blocking read may last."""
+    left = remaining(deadline)
+    return SLICE_S if left is None else min(left, SLICE_S)
+
+
+def io_limit(deadline: float | None, blocking_s: float, cap_s: float) -> float:
+    """Seconds one Redis command (or pipeline) may take in all: the time it blocks on purpose
+    (a BLPOP's timeout), then what is left of the call's deadline (at most ``cap_s``), then
+    :data:`MARGIN_S`. So no call outlives its deadline by more than the margin, and a frozen
+    Redis (TCP up, no answer) is given up on in time."""
+    left = remaining(deadline)
+    allowance = cap_s if left is None else min(cap_s, max(left - blocking_s, 0.0))
+    return blocking_s + allowance + MARGIN_S
+
+
+# ---------------------------------------------------------------------------- Redis failures
+
+
+def broker_error(exc: BaseException, what: str) -> IcowError | None:
+    """The ICOW error a Redis failure surfaces as (None: not a Redis failure, let it be).
+
+    Out of memory is :class:`BrokerFull`; an ACL refusal, a missing function library, a
+    refused, broken, timed-out or unreachable connection are :class:`BrokerUnavailable` saying
+    which."""
+    if isinstance(exc, IcowError):
+        return None
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+        return BrokerFull(f"Redis is out of memory (maxmemory) and refused {what}: {text}")
+    if isinstance(exc, redis.exceptions.NoPermissionError) or is_acl_denial(exc):
+        return BrokerUnavailable(
+            f"Redis refused {what}: the ACL user lacks a permission ICOW's client needs "
+            f"(see icow.keys.CLIENT_ACL_RULES): {text}"
+        )
+    if functions.is_missing(exc):
+        return functions.missing_error(exc)
+    if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
+        return BrokerUnavailable(f"Redis did not answer in time while {what}: {text or type(exc).__name__}")
+    if isinstance(exc, redis.exceptions.RedisError | OSError):
+        return BrokerUnavailable(f"Redis is unavailable while {what}: {text or type(exc).__name__}")
+    return None
+
+
+def is_acl_denial(exc: BaseException) -> bool:
+    """A Redis error saying the ACL user may not run a command or touch a key (inside a
+    function Redis words it differently)."""
+    text = str(exc)
+    return text.startswith("NOPERM") or "no permissions" in text or "can't access" in text
+
+
+# ---------------------------------------------------------------------------- models
 
 
 @dataclass(frozen=True)
@@ -33,7 +199,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A served model version and its signature, as published by the workers."""
+    """A published model version and its signature."""
 
     name: str
     version: int
@@ -59,141 +225,107 @@ class ModelInfo:
         )
 
 
-@dataclass
+def model_info(name: str, raw: Mapping[Any, Any], version: int | None) -> ModelInfo:
+    if not raw:
+        raise NotFound(f"model {name!r} is not published by any worker")
+    metas = {int(k): protocol.unpackb(v) for k, v in raw.items()}
+    chosen = max(metas) if version is None else version
+    if chosen not in metas:
+        raise NotFound(f"model {name!r} has no version {version}; published: {sorted(metas)}")
+    return ModelInfo.from_wire(metas[chosen], versions=list(metas))
+
+
+def models_of(names: Sequence[Any], versions: Sequence[Any]) -> dict[str, list[int]]:
+    return {text(n): sorted(int(v) for v in vs) for n, vs in zip(names, versions) if vs}
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ---------------------------------------------------------------------------- submitting
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where jobs go: a model, a version or None (the fleet's latest), a priority (0-9)."""
+
+    model: str
+    version: int | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        keys.check_model_name(self.model)
+        v = self.version
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InvalidInput(f"version must be a positive integer or None, got {v!r}")
+        p = self.priority
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 9:
+            raise InvalidInput(f"priority must be an integer 0..9 (0 is served first), got {p!r}")
+
+    @property
+    def queue(self) -> str:
+        return keys.queue(self.model, self.version)
+
+    def describe(self) -> str:
+        return f"model {self.model!r}" + ("" if self.version is None else f" version {self.version}")
+
+
+@dataclass(frozen=True)
 class PreparedJob:
-    """Everything one submission writes to Redis."""
+    """One encoded job: its message, and the claim-checked inputs to SET before queuing it."""
 
     job_id: str
-    queue_list: str
+    cancel_token: str | None
     message: bytes
-    blobs: dict[str, Any]
+    inputs: dict[str, Any]  # input key -> bytes
     ttl_s: int
-    model: str = ""
-
-
-# The submit script: checks the model's backlog limit and queues jobs in one atomic step, so
-# a full queue refuses jobs without anything half-written. docs/RELIABILITY.md specifies it.
-# KEYS: limits hash, the model's 4 priority lists, then per job: its list, its state key and
-#       its claim-checked blob keys (already SET by the caller in the same round trip).
-# ARGV: model, number of jobs, then per job: message, ttl, number of blob keys.
-# Returns {queued, depth, limit}: jobs 1..queued were queued (a prefix, in order); the blobs
-# of the others are deleted; depth is the backlog after queuing; limit -1 means none.
-SUBMIT_SCRIPT = """
-local limit = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '')
-local depth = 0
-if limit then
-  for i = 2, 5 do depth = depth + redis.call('LLEN', KEYS[i]) end
-end
-local k, a, queued = 6, 3, 0
-for j = 1, tonumber(ARGV[2]) do
-  local nblobs = tonumber(ARGV[a + 2])
-  if limit and depth >= limit then
-    for b = 1, nblobs do redis.call('DEL', KEYS[k + 1 + b]) end
-  else
-    redis.call('SET', KEYS[k + 1], 'queued', 'EX', ARGV[a + 1])
-    redis.call('LPUSH', KEYS[k], ARGV[a])
-    depth = depth + 1
-    queued = queued + 1
-  end
-  k = k + 2 + nblobs
-  a = a + 3
-end
-return {queued, depth, limit or -1}
-"""
-SUBMIT_SHA = hashlib.sha1(SUBMIT_SCRIPT.encode()).hexdigest()
-
-
-def submit_call(model: str, jobs: Sequence[PreparedJob]) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one submit script call queuing ``jobs`` (all for ``model``)."""
-    script_keys = [keys.LIMITS, *keys.queue_lists(model)]
-    args: list[Any] = [model, len(jobs)]
-    for job in jobs:
-        script_keys += [job.queue_list, keys.state(job.job_id), *job.blobs]
-        args += [job.message, job.ttl_s, len(job.blobs)]
-    return script_keys, args
-
-
-def submit_reply(reply: Any) -> tuple[int, int, int]:
-    """(queued, depth, limit) from the submit script's reply."""
-    queued, depth, limit = (int(x) for x in reply)
-    return queued, depth, limit
-
-
-def queue_full(model: str, depth: int, limit: int, queued: list[Any]) -> QueueFull:
-    done = f"; {len(queued)} jobs of this call were queued before the limit (QueueFull.queued)" if queued else ""
-    return QueueFull(
-        f"model {model!r} already has {depth} jobs waiting, its limit is {limit}: not queued{done}",
-        model=model,
-        depth=depth,
-        limit=limit,
-        queued=queued,
-    )
-
-
-def is_acl_denial(exc: Exception) -> bool:
-    """A Redis error saying the ACL user may not run a command or touch a key (also from
-    inside a script, where Redis words it differently)."""
-    text = str(exc)
-    return text.startswith("NOPERM") or "no permissions" in text or "can't access" in text
-
-
-def new_client_id() -> str:
-    return uuid.uuid4().hex
-
-
-def check_timeout(timeout_s: float | None) -> float | None:
-    if timeout_s is not None and (not isinstance(timeout_s, (int, float)) or timeout_s < 0):
-        raise InvalidInput(f"timeout_s must be a non-negative number or None, got {timeout_s!r}")
-    return timeout_s
-
-
-def deadline_of(timeout_s: float | None) -> float | None:
-    return None if timeout_s is None else time.monotonic() + timeout_s
-
-
-def remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def prepare(
-    model: str,
+    target: Target,
     inputs: Mapping[str, Any],
     *,
-    version: int | None = None,
+    options: Options,
+    reply_to: str,
     outputs: Sequence[str] | None = None,
-    result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
-    reply_to: str | None = None,
     deadline_s: float | None = None,
-    priority: int = 0,
+    result_ttl_s: int | None = None,
     job_id: str | None = None,
-    inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
-    max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
+    inline_max_bytes: int | None = None,
 ) -> PreparedJob:
-    """Validate and encode one job. Raises InvalidInput before anything reaches Redis."""
-    keys.check_model_name(model)
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
-        raise InvalidInput(f"version must be a positive integer or None, got {version!r}")
+    """Validate and encode one job. Raises InvalidInput before anything reaches Redis.
+
+    A job gets a fresh id and its cancel token (:func:`icow.protocol.new_job`); a ``job_id``
+    of the caller's has no token, so it cannot be cancelled."""
     if not isinstance(inputs, Mapping) or not inputs:
         raise InvalidInput("inputs must be a non-empty mapping of input name -> numpy array")
-    if outputs is not None and (isinstance(outputs, str) or not all(isinstance(o, str) for o in outputs)):
-        raise InvalidInput("outputs must be a sequence of output names")
-    if not isinstance(result_ttl_s, int) or not 1 <= result_ttl_s <= keys.MAX_RESULT_TTL_S:
-        raise InvalidInput(f"result_ttl_s must be an integer in 1..{keys.MAX_RESULT_TTL_S}")
-    if not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise InvalidInput("priority must be an integer 0..9 (0 is served first)")
-    if deadline_s is not None and (not isinstance(deadline_s, (int, float)) or deadline_s <= 0):
-        raise InvalidInput("deadline_s must be a positive number of seconds")
-    job_id = protocol.new_job_id() if job_id is None else keys.check_job_id(job_id)
+    if outputs is not None and (
+        isinstance(outputs, str) or not outputs or not all(isinstance(o, str) and o for o in outputs)
+    ):
+        raise InvalidInput("outputs must be a non-empty sequence of output names (None returns every output)")
+    ttl_s = options.result_ttl_s if result_ttl_s is None else check_ttl(result_ttl_s)
+    if deadline_s is not None and (
+        isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or deadline_s <= 0
+    ):
+        raise InvalidInput(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
+    token: str | None = None
+    if job_id is None:
+        job_id, token = protocol.new_job()
+    else:
+        keys.check_job_id(job_id)
+    inline_max = options.inline_max_bytes if inline_max_bytes is None else inline_max_bytes
     wire: list[dict[str, Any]] = []
     blobs: dict[str, Any] = {}
     total = 0
-    for i, (name, array) in enumerate(inputs.items()):
+    for name, array in inputs.items():
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"input names must be non-empty strings, got {name!r}")
-        t = tensor.encode(name, array, max_bytes=max_tensor_bytes)
-        total += len(t["data"])
-        if len(t["data"]) > inline_max_bytes:
-            ref = keys.blob(job_id, "in", i)
+        t = tensor.encode(name, array, max_bytes=options.max_tensor_bytes)
+        size = len(t["data"])
+        total += size
+        if size > inline_max:
+            ref = protocol.new_input_key()
             blobs[ref] = t.pop("data")
             t["ref"] = ref
         wire.append(t)
@@ -202,18 +334,118 @@ def prepare(
     now = time.time()
     job = protocol.job_envelope(
         job_id=job_id,
-        model=model,
-        version=version,
+        model=target.model,
+        version=target.version,
         inputs=wire,
         outputs=outputs,
-        result_ttl_s=result_ttl_s,
+        result_ttl_s=ttl_s,
         reply_to=reply_to,
         deadline=None if deadline_s is None else now + deadline_s,
         created=now,
     )
-    queue = keys.queue(model)
-    message = protocol.celery_message(job, queue=queue, priority=priority)
-    return PreparedJob(job_id, keys.queue_list(model, priority), message, blobs, result_ttl_s, model)
+    message = protocol.celery_message(job, queue=target.queue, priority=target.priority)
+    return PreparedJob(job_id, token, message, blobs, ttl_s)
+
+
+def submit_call(target: Target, jobs: Sequence[PreparedJob], require_published: bool) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the ``icow_submit`` call that queues ``jobs`` (docs/PROTOCOL.md §8)."""
+    q = target.queue
+    fkeys = [keys.LIMITS, keys.live(target.model), keys.wake(q), *keys.queue_lists(q)]
+    args: list[Any] = [
+        target.model,
+        "" if target.version is None else str(target.version),
+        "1" if require_published else "0",
+        len(jobs),
+    ]
+    queue_list = keys.queue_list(q, target.priority)
+    for job in jobs:
+        fkeys += [queue_list, *job.inputs]
+        args += [job.message, len(job.inputs)]
+    return fkeys, args
+
+
+def submit_outcome(target: Target, reply: Any) -> tuple[int, int, int]:
+    """(queued, depth, limit) from ``icow_submit``'s reply; ModelNotFound when no live worker
+    serves the target (then nothing was queued)."""
+    queued, depth, limit, served = (int(x) for x in reply)
+    if not served:
+        raise ModelNotFound(f"no live worker serves {target.describe()}: nothing was queued")
+    return queued, depth, limit
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidInput(f"chunk must be a positive integer, got {size!r}")
+    part: list[T] = []
+    for item in items:
+        part.append(item)
+        if len(part) >= size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def queue_full(target: Target, depth: int, limit: int, queued: list[Any]) -> QueueFull:
+    done = f"; {len(queued)} jobs of this call were queued before the limit (QueueFull.queued)" if queued else ""
+    return QueueFull(
+        f"{target.describe()} already has {depth} jobs waiting, its limit is {limit}: not queued{done}",
+        model=target.model,
+        depth=depth,
+        limit=limit,
+        queued=queued,
+    )
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def parse_entry(raw: Any) -> tuple[str, dict[str, Any]] | None:
+    """(task id, meta) of a reply-list or bell entry: a result meta, or a cancel outcome whose
+    task id is ``cancel:<job id>``. None for anything else (nothing a worker writes)."""
+    try:
+        meta = protocol.unpackb(raw)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("task_id"), str):
+        return None
+    if meta.get("status") not in (*protocol.READY_STATES, "CANCEL"):
+        return None
+    return meta["task_id"], meta
+
+
+def read_meta(job_id: str, raw: Any) -> dict[str, Any] | None:
+    """The result meta stored under ``celery-task-meta-<id>``, if it is this job's answer."""
+    if raw is None:
+        return None
+    meta = protocol.parse_meta(raw)
+    if meta.get("task_id") != job_id or meta.get("status") not in protocol.READY_STATES:
+        return None
+    return meta
+
+
+def settled(job_id: str, raw_result: Any, raw_state: Any) -> dict[str, Any] | None:
+    """The job's result from its two keys; None while it is queued or running; JobNotFound
+    once it was answered but the result has expired."""
+    meta = read_meta(job_id, raw_result)
+    if meta is None and raw_state == b"done":
+        raise JobNotFound(f"job {job_id}: its result has expired")
+    return meta
+
+
+def status_of(job_id: str, raw_result: Any, raw_state: Any) -> JobStatus:
+    """docs/PROTOCOL.md §11: a result says succeeded or failed; state ``running`` says running;
+    ``done`` without a result is JobNotFound; no record at all is ``queued`` (a client cannot
+    tell an unknown id from a job that waits in a queue)."""
+    meta = settled(job_id, raw_result, raw_state)
+    if meta is not None:
+        return "succeeded" if meta.get("status") == "SUCCESS" else "failed"
+    return "running" if raw_state == b"running" else "queued"
+
+
+def status_of_meta(meta: Mapping[str, Any]) -> JobStatus:
+    return "succeeded" if meta.get("status") == "SUCCESS" else "failed"
 
 
 def output_refs(meta: Mapping[str, Any]) -> list[str]:
@@ -224,10 +456,9 @@ def output_refs(meta: Mapping[str, Any]) -> list[str]:
 
 
 def decode_result(meta: Mapping[str, Any], blobs: Mapping[str, Any] | None = None) -> Outputs:
-    """Outputs by name from a READY result meta, or raise the remote error it carries."""
-    status = meta.get("status")
+    """Outputs by name from a finished job's meta, or raise the remote error it carries."""
     job_id = meta.get("task_id")
-    if status != "SUCCESS":
+    if meta.get("status") != "SUCCESS":
         error_type, message = protocol.failure_of(meta)
         raise remote_error(error_type, message, job_id=job_id)
     out: Outputs = {}
@@ -241,57 +472,32 @@ def decode_result(meta: Mapping[str, Any], blobs: Mapping[str, Any] | None = Non
     return out
 
 
-def status_of(meta: Mapping[str, Any] | None, state: Any, job_id: str) -> JobStatus:
-    if meta is not None:
-        return "succeeded" if meta.get("status") == "SUCCESS" else "failed"
-    if state is None:
-        raise JobNotFound(f"job {job_id} is unknown or its result has expired")
-    return "running" if state == b"running" else "queued"
+# ---------------------------------------------------------------------------- cancelling
 
 
-def model_info(name: str, raw: Mapping[Any, Any], version: int | None) -> ModelInfo:
-    if not raw:
-        raise NotFound(f"model {name!r} is not published by any worker")
-    metas = {int(k): protocol.unpackb(v) for k, v in raw.items()}
-    chosen = max(metas) if version is None else version
-    if chosen not in metas:
-        raise NotFound(f"model {name!r} has no version {version}; published: {sorted(metas)}")
-    return ModelInfo.from_wire(metas[chosen], versions=list(metas))
+def cancel_key(job_id: str) -> str:
+    """The task id of the fleet's answer to a cancel request for ``job_id``."""
+    return CANCEL_PREFIX + job_id
 
 
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def check_token(job_id: str, token: str | None) -> str | None:
+    """A re-attached job's cancel token must be the one its id was made from."""
+    if token is not None and protocol.job_id_for_token(token) != job_id:
+        raise InvalidInput(f"this cancel token does not belong to job {job_id}")
+    return token
 
 
-# Cancelling: answer a job that has not started with a JobCancelled failure, written like any
-# result (SET NX: the first answer wins), so a worker that later takes it sees it answered and
-# skips it. KEYS: result key, state key, reply list ('' for none). ARGV: meta, default ttl.
-# Returns 1 cancelled, 0 already finished, -1 already running, -2 unknown or expired.
-CANCEL_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local state = redis.call('GET', KEYS[2])
-if state == 'running' then return -1 end
-if not state then return -2 end
-local ttl = redis.call('TTL', KEYS[2])
-if ttl < 1 then ttl = tonumber(ARGV[2]) end
-redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl)
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-if KEYS[3] ~= '' then
-  redis.call('RPUSH', KEYS[3], ARGV[1])
-  if redis.call('TTL', KEYS[3]) < ttl then redis.call('EXPIRE', KEYS[3], ttl) end
-end
-return 1
-"""
+def cancel_request(job_id: str, token: str | None, reply_key: str) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``icow_cancel_request``; InvalidInput for a job without a token."""
+    if token is None:
+        raise InvalidInput(
+            f"job {job_id} has no cancel token: only the client that submitted it with an id of "
+            "ICOW's making (or whoever it gave job.cancel_token to: client.job(id, cancel_token=...)) "
+            "can cancel it; jobs submitted with job_id=... cannot be cancelled"
+        )
+    return [keys.CANCELS], [token, reply_key]
 
 
-def cancel_call(job_id: str, reply_to: str | None) -> tuple[list[str], list[Any]]:
-    meta = protocol.failure_meta(job_id, error_type="JobCancelled", message="the job was cancelled before it ran")
-    return [keys.result(job_id), keys.state(job_id), reply_to or ""], [protocol.packb(meta), keys.DEFAULT_RESULT_TTL_S]
-
-
-def cancel_outcome(job_id: str, code: Any) -> bool:
-    """True if cancelled; False if it already started or finished; JobNotFound if unknown."""
-    if int(code) == -2:
-        raise JobNotFound(f"job {job_id} is unknown or its result has expired")
-    return int(code) == 1
+def cancel_outcome(meta: Mapping[str, Any]) -> bool:
+    """The fleet's answer: True cancelled; False already finished (0) or already running (-1)."""
+    return meta.get("result") == 1

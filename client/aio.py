@@ -1,130 +1,106 @@
-"""The asyncio client: the same surface as icow.client.sync over redis.asyncio."""
+"""The asyncio client: the same surface and the same decisions as icow.client.sync, over
+redis.asyncio. Imported only when ``AsyncClient`` is used."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
 import redis.exceptions
 
-from icow import keys, protocol, settings
-from icow.client import _core
+from icow import connection, functions, keys
+from icow.client import _core, _wait, bulk
+from icow.client._base import ClientBase, JobBase
 from icow.client._core import JobStatus, ModelInfo, Outputs
-from icow.errors import BrokerUnavailable, InvalidInput, JobNotFound, JobTimeout, ModelNotFound
-
-_SLICE_S = 2.0
-_STASH_MAX = 10_000
+from icow.client._wait import Finished, ReplyBox
+from icow.errors import BrokerUnavailable
 
 
-@asynccontextmanager
-async def _redis_errors(what: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise BrokerUnavailable(f"Redis is unavailable while {what}: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        if not _core.is_acl_denial(exc):
-            raise
-        raise BrokerUnavailable(f"Redis refused {what} (check the ACL user's permissions): {exc}") from exc
+class AsyncJob(JobBase):
+    """A handle on one job (asyncio): ``await job.result(timeout_s)``. See icow.client.Job."""
 
-
-class AsyncJob:
-    """A handle on one job (asyncio). ``await job.result(timeout_s)``."""
-
-    def __init__(self, client: AsyncClient, job_id: str, model: str | None = None, *, via_reply: bool = False):
-        self._client = client
-        self.id = job_id
-        self.model = model
-        self._via_reply = via_reply
-        self._meta: dict[str, Any] | None = None
-
-    def __repr__(self) -> str:
-        return f"AsyncJob(id={self.id!r}, model={self.model!r})"
+    _client: AsyncClient
 
     async def status(self) -> JobStatus:
-        if self._meta is not None:
-            return _core.status_of(self._meta, None, self.id)
-        meta, state = await self._client._read_state(self.id)
-        if meta is not None:
-            self._meta = meta
-        return _core.status_of(meta, state, self.id)
+        known = self._known_status()
+        return known if known is not None else await self._client._status(self)
 
     async def done(self) -> bool:
         return await self.status() in ("succeeded", "failed")
 
-    async def cancel(self) -> bool:
-        """Cancel the job if it has not started (see icow.client.Job.cancel)."""
-        return await self._client._cancel(self.id, self._client._replies.key if self._via_reply else None)
-
     async def result(self, timeout_s: float | None = None) -> Outputs:
         _core.check_timeout(timeout_s)
-        if self._meta is None:
-            self._meta = await self._client._wait_meta(self.id, timeout_s, via_reply=self._via_reply)
-        return await self._client._decode(self._meta)
+        meta = self._known_meta()
+        if meta is None:
+            meta = await self._client._wait_for(self, timeout_s)
+        return await self._client._decode(meta)
+
+    async def cancel(self, timeout_s: float = _core.DEFAULT_CANCEL_TIMEOUT_S) -> bool:
+        _core.check_timeout(timeout_s)
+        return await self._client._cancel(self, timeout_s)
 
 
-class _ReplyReader:
-    """One reader task per client pops the reply list and resolves the waiting futures."""
+class _AsyncRouter:
+    """Coroutines sharing a client wait on its one reply list through one reader task, which
+    files every reply in the box and wakes the waiters it is for in the same step (no await in
+    between), so no reply is ever stranded."""
 
-    def __init__(self, r: aioredis.Redis, key: str):
-        self._r = r
-        self.key = key
-        self._stash: dict[str, dict[str, Any]] = {}
-        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+    def __init__(
+        self,
+        box: ReplyBox,
+        blpop: Callable[[list[str], float], Awaitable[Any]],
+        drain: Callable[[], Awaitable[list[Any]]],
+    ):
+        self._box = box
+        self._blpop = blpop
+        self._drain = drain
+        self._waiters: list[tuple[Collection[str], asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def wait(self, job_id: str, deadline: float | None) -> dict[str, Any] | None:
-        if job_id in self._stash:
-            return self._stash.pop(job_id)
-        left = _core.remaining(deadline)
-        if left is not None and left <= 0:
-            return None
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(job_id, []).append(fut)
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._read())
+    async def wait(self, wanted: Collection[str], bells: Sequence[str], slice_s: float) -> dict[str, dict[str, Any]]:
+        """The replies of ``wanted`` that arrive within ``slice_s`` ({} if none)."""
+        hits = self._box.take(wanted)
+        if hits or slice_s <= 0:
+            return hits
+        waiter = (wanted, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._box.watch(bells)
         try:
-            return await asyncio.wait_for(fut, _SLICE_S if left is None else min(left, _SLICE_S))
-        except TimeoutError:
-            return None
+            if self._task is None or self._task.done():
+                self._task = asyncio.ensure_future(self._read())
+            try:
+                await asyncio.wait_for(waiter[1], slice_s)
+            except TimeoutError:
+                pass
         finally:
-            waiting = self._waiters.get(job_id, [])
-            if fut in waiting:
-                waiting.remove(fut)
-                if not waiting:
-                    del self._waiters[job_id]
+            self._waiters.remove(waiter)
+            self._box.unwatch(bells)
+        return self._box.take(wanted)
+
+    def _wake(self, got: set[str]) -> None:
+        for wanted, fut in self._waiters:
+            if not fut.done() and any(k in wanted for k in got):
+                fut.set_result(None)
 
     async def _read(self) -> None:
         try:
             while self._waiters:
-                popped = await self._r.blpop([self.key], timeout=_SLICE_S)
-                if popped is None:
+                first = await self._blpop(self._box.read_keys(), _core.SLICE_S)
+                if first is None:
                     continue
-                raws = [popped[1]]
-                if len(self._waiters) > 1:  # more results are probably waiting: take them all
-                    more: Any = await self._r.lpop(self.key, 1000)
-                    raws += list(more or [])
-                for raw in raws:
-                    meta = protocol.parse_meta(raw)
-                    job_id = str(meta.get("task_id"))
-                    futs = self._waiters.pop(job_id, None)
-                    if futs:
-                        for f in futs:
-                            if not f.done():
-                                f.set_result(meta)
-                    else:
-                        self._stash[job_id] = meta
-                        while len(self._stash) > _STASH_MAX:
-                            self._stash.pop(next(iter(self._stash)))
-        except Exception as exc:  # wake every waiter with the error
-            for futs in self._waiters.values():
-                for f in futs:
-                    if not f.done():
-                        f.set_exception(exc)
-            self._waiters.clear()
+                got = self._box.deliver([first])
+                self._wake(got)
+                if self._waiters and (len(self._waiters) > 1 or len(self._waiters[0][0]) > 1 or not got):
+                    self._wake(self._box.deliver(await self._drain()))
+        except Exception as exc:  # every waiter learns of it (a BrokerUnavailable)
+            for _, fut in self._waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
@@ -135,51 +111,20 @@ class _ReplyReader:
                 pass
 
 
-class AsyncClient:
-    """asyncio twin of :class:`icow.client.Client`."""
+class AsyncClient(ClientBase):
+    """asyncio twin of :class:`icow.client.Client`: the same methods, awaited; submissions from
+    concurrent coroutines in one event-loop turn share one round trip."""
 
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
-        connect_timeout_s: float = 2.0,
-        inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
-        max_tensor_bytes: int = settings.Settings.max_tensor_bytes,
-        require_published: bool = True,
-        **redis_options: Any,
-    ):
-        self.url = url
-        # Refuse jobs for models no worker has published (they would wait forever);
-        # turn off to queue jobs before the fleet is up.
-        self.require_published = require_published
-        self._published: set[str] = set()
-        self.result_ttl_s = result_ttl_s
-        self.inline_max_bytes = inline_max_bytes
-        self.max_tensor_bytes = max_tensor_bytes
-        options: dict[str, Any] = {
-            "socket_connect_timeout": connect_timeout_s,
-            "socket_timeout": _SLICE_S + 10.0,
-            "socket_keepalive": True,
-        }
-        options.update(redis_options)
-        self._r: aioredis.Redis = aioredis.Redis.from_url(url, **options)
-        self.client_id = _core.new_client_id()
-        self._replies = _ReplyReader(self._r, keys.reply(self.client_id))
-        self._cancel_script = self._r.register_script(_core.CANCEL_SCRIPT)
-        self._coalesce: dict[str, list[tuple[_core.PreparedJob, asyncio.Future[None]]]] = {}
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options: Any):
+        super().__init__(url, **options)
+        retry = redis.asyncio.retry.Retry(
+            redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)
+        )
+        self._r: redis.asyncio.Redis = connection.connect_async(url, retry=retry, **self.options.redis_kwargs())
+        self._router = _AsyncRouter(self._box, self._blpop, self._drain)
+        self._coalesce: dict[_core.Target, list[tuple[_core.PreparedJob, float | None, asyncio.Future[None]]]] = {}
         self._flush_scheduled = False
-        self._flushes: set[asyncio.Future[None]] = set()
-
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> AsyncClient:
-        s = settings.from_env()
-        if not s.redis_url:
-            raise InvalidInput("ICOW_REDIS_URL is not set")
-        kwargs.setdefault("result_ttl_s", s.result_ttl_s)
-        for option, path in settings.tls_files(s.redis_url, s).items():  # ICOW_REDIS_CA, ...
-            kwargs.setdefault(option, path)
-        return cls(s.redis_url, **kwargs)
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -188,50 +133,21 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._replies.close()
-        await self._r.aclose()
+        """Delete this client's reply list (results stay under their keys) and disconnect."""
+        await self._router.close()
+        try:
+            async with self._io("closing the client", _core.deadline_of(0.0)):
+                await self._r.delete(self.reply_key)
+        except BrokerUnavailable:
+            pass  # unreachable: the list expires on its own
+        finally:
+            await self._r.aclose()
 
-    def _prepare(self, model: str, inputs: Mapping[str, Any], **kw: Any) -> _core.PreparedJob:
-        if kw.get("result_ttl_s") is None:
-            kw["result_ttl_s"] = self.result_ttl_s
-        return _core.prepare(
-            model,
-            inputs,
-            reply_to=self._replies.key,
-            inline_max_bytes=self.inline_max_bytes,
-            max_tensor_bytes=self.max_tensor_bytes,
-            **kw,
-        )
+    async def ping(self) -> None:
+        async with self._io("pinging", self._deadline()):
+            await self._r.ping()
 
-    async def _check_published(self, model: str) -> None:
-        keys.check_model_name(model)
-        if not self.require_published or model in self._published:
-            return
-        async with _redis_errors("checking the model is published"):
-            names = await self._r.smembers(keys.MODELS)
-        self._published = {_core.text(n) for n in names}
-        if model not in self._published:
-            raise ModelNotFound(f"no worker has published model {model!r}; published: {sorted(self._published)}")
-
-    async def _queue(self, model: str, jobs: Sequence[_core.PreparedJob]) -> tuple[int, int, int]:
-        """One round trip: blobs, then the submit script (see Client._queue)."""
-        script_keys, args = _core.submit_call(model, jobs)
-        pipe = self._r.pipeline(transaction=False)
-        for job in jobs:
-            for key, data in job.blobs.items():
-                pipe.set(key, data, ex=job.ttl_s)
-        pipe.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
-        replies = await pipe.execute(raise_on_error=False)
-        for reply in replies[:-1]:
-            if isinstance(reply, Exception):
-                raise reply
-        reply = replies[-1]
-        if isinstance(reply, redis.exceptions.NoScriptError):  # first use, or Redis restarted
-            await self._r.script_load(_core.SUBMIT_SCRIPT)
-            reply = await self._r.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
-        if isinstance(reply, Exception):
-            raise reply
-        return _core.submit_reply(reply)
+    # -- submitting
 
     async def submit(
         self,
@@ -245,50 +161,62 @@ class AsyncClient:
         result_ttl_s: int | None = None,
         job_id: str | None = None,
     ) -> AsyncJob:
-        await self._check_published(model)
-        job = self._prepare(
-            model,
-            inputs,
-            version=version,
-            outputs=outputs,
-            priority=priority,
-            deadline_s=deadline_s,
-            job_id=job_id,
-            result_ttl_s=result_ttl_s,
-        )
-        async with _redis_errors("submitting a job"):
-            await self._queue_coalesced(model, job)
-        return AsyncJob(self, job.job_id, model, via_reply=True)
+        """See :meth:`icow.client.Client.submit`."""
+        target = _core.Target(model, version, priority)
+        return await self._submit(target, inputs, outputs, deadline_s, result_ttl_s, job_id, self._deadline())
 
-    async def _queue_coalesced(self, model: str, job: _core.PreparedJob) -> None:
-        """Queue one job; jobs submitted by concurrent coroutines in the same event-loop turn
-        share one round trip (one submit script call per model), in submission order."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._coalesce.setdefault(model, []).append((job, fut))
+    async def _submit(
+        self,
+        target: _core.Target,
+        inputs: Mapping[str, Any],
+        outputs: Sequence[str] | None,
+        deadline_s: float | None,
+        result_ttl_s: int | None,
+        job_id: str | None,
+        deadline: float | None,
+    ) -> AsyncJob:
+        [job] = self._prepare(
+            target, [inputs], outputs=outputs, deadline_s=deadline_s, result_ttl_s=result_ttl_s, job_id=job_id
+        )
+        await self._queue_coalesced(target, job, deadline)
+        return AsyncJob(self, job.job_id, target.model, cancel_token=job.cancel_token, own=True)
+
+    async def _queue_coalesced(self, target: _core.Target, job: _core.PreparedJob, deadline: float | None) -> None:
+        """Queue one job; jobs of the same target submitted by concurrent coroutines in the same
+        event-loop turn share one ``icow_submit`` call, in submission order."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._coalesce.setdefault(target, []).append((job, deadline, fut))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(lambda: self._flushes.add(asyncio.ensure_future(self._flush())))
+            loop.call_soon(self._start_flush)
         await fut
+
+    def _start_flush(self) -> None:
+        task = asyncio.ensure_future(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     async def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._coalesce = self._coalesce, {}
-        for model, items in pending.items():
+        for target, items in pending.items():
+            deadlines = [d for _, d, _ in items if d is not None]
             try:
-                queued, depth, limit = await self._queue(model, [job for job, _ in items])
-            except BaseException as exc:
-                for _, fut in items:
+                queued, depth, limit = await self._queue(
+                    target, [job for job, _, _ in items], min(deadlines) if deadlines else None
+                )
+            except Exception as exc:
+                for _, _, fut in items:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for i, (_, fut) in enumerate(items):
-                if fut.done():
-                    continue
-                if i < queued:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(_core.queue_full(model, depth, limit, []))
-        self._flushes.discard(asyncio.current_task())
+            for i, (_, _, fut) in enumerate(items):
+                if not fut.done():
+                    if i < queued:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(_core.queue_full(target, depth, limit, []))
 
     async def submit_many(
         self,
@@ -300,37 +228,66 @@ class AsyncClient:
         priority: int = 0,
         deadline_s: float | None = None,
         result_ttl_s: int | None = None,
-        chunk: int = 500,
+        chunk: int = _core.SUBMIT_CHUNK,
     ) -> list[AsyncJob]:
-        """Queue many jobs in few round trips; QueueFull as in Client.submit_many."""
-        jobs: list[AsyncJob] = []
-        pending: list[_core.PreparedJob] = []
+        """See :meth:`icow.client.Client.submit_many`."""
+        target = _core.Target(model, version, priority)
+        return await self._submit_many(target, batch, outputs, deadline_s, result_ttl_s, chunk, None)
 
-        async def flush() -> None:
-            async with _redis_errors("submitting jobs"):
-                queued, depth, limit = await self._queue(model, pending)
-            jobs.extend(AsyncJob(self, job.job_id, model, via_reply=True) for job in pending[:queued])
-            if queued < len(pending):
-                raise _core.queue_full(model, depth, limit, jobs)
-            pending.clear()
+    async def _submit_many(
+        self,
+        target: _core.Target,
+        batch: Iterable[Mapping[str, Any]],
+        outputs: Sequence[str] | None,
+        deadline_s: float | None,
+        result_ttl_s: int | None,
+        chunk: int,
+        inline_max_bytes: int | None,
+    ) -> list[AsyncJob]:
+        handles: list[AsyncJob] = []
+        prepared = self._prepare(
+            target,
+            batch,
+            outputs=outputs,
+            deadline_s=deadline_s,
+            result_ttl_s=result_ttl_s,
+            inline_max_bytes=inline_max_bytes,
+        )
+        for part in _core.chunked(prepared, chunk):
+            queued, depth, limit = await self._queue(target, part, self._deadline())
+            handles += [
+                AsyncJob(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True) for j in part[:queued]
+            ]
+            if queued < len(part):
+                raise _core.queue_full(target, depth, limit, handles)
+        return handles
 
-        await self._check_published(model)
-        for inputs in batch:
-            job = self._prepare(
-                model,
-                inputs,
-                version=version,
-                outputs=outputs,
-                priority=priority,
-                deadline_s=deadline_s,
-                result_ttl_s=result_ttl_s,
-            )
-            pending.append(job)
-            if len(pending) >= chunk:
-                await flush()
-        if pending:
-            await flush()
-        return jobs
+    async def submit_bulk(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        samples_per_job: int = 256,
+        version: int | None = None,
+        outputs: Sequence[str] | None = None,
+        priority: int = bulk.PRIORITY_BATCH,
+        result_ttl_s: int | None = None,
+    ) -> bulk.AsyncBulk:
+        """See :meth:`icow.client.Client.submit_bulk`."""
+        target = _core.Target(model, version, priority)
+        plan = bulk.Plan.of(inputs, samples_per_job, result_ttl_s or self.options.result_ttl_s)
+        jobs = await self._submit_many(target, plan.chunks, outputs, None, result_ttl_s, _core.SUBMIT_CHUNK, 0)
+        async with self._io("recording a bulk", self._deadline()):
+            await self._r.set(keys.bulk(plan.bulk_id), plan.record(model, jobs), ex=plan.ttl_s)
+        return bulk.AsyncBulk(self, plan.bulk_id, model, jobs, plan.samples)
+
+    async def bulk(self, bulk_id: str) -> bulk.AsyncBulk:
+        """Re-attach to a bulk submission by id (from any process)."""
+        keys.check_job_id(bulk_id)
+        async with self._io("reading a bulk", self._deadline()):
+            raw = await self._r.get(keys.bulk(bulk_id))
+        model, job_ids, samples = bulk.parse_record(bulk_id, raw)
+        return bulk.AsyncBulk(self, bulk_id, model, [AsyncJob(self, i, model) for i in job_ids], samples)
 
     async def infer(
         self,
@@ -342,124 +299,240 @@ class AsyncClient:
         timeout_s: float | None = 30.0,
         priority: int = 0,
     ) -> Outputs:
+        """See :meth:`icow.client.Client.infer`."""
         _core.check_timeout(timeout_s)
-        job = await self.submit(
-            model,
-            inputs,
-            version=version,
-            outputs=outputs,
-            priority=priority,
-            deadline_s=timeout_s if timeout_s else None,
-        )
-        return await job.result(timeout_s)
+        deadline = _core.deadline_of(timeout_s)
+        target = _core.Target(model, version, priority)
+        job = await self._submit(target, inputs, outputs, timeout_s or None, None, None, deadline or self._deadline())
+        return await job.result(_core.remaining(deadline))
 
-    def job(self, job_id: str) -> AsyncJob:
-        return AsyncJob(self, keys.check_job_id(job_id))
+    # -- results
+
+    def job(self, job_id: str, cancel_token: str | None = None) -> AsyncJob:
+        """Re-attach to a job by id (see :meth:`icow.client.Client.job`)."""
+        keys.check_job_id(job_id)
+        return AsyncJob(self, job_id, cancel_token=_core.check_token(job_id, cancel_token))
 
     async def as_completed(self, jobs: Iterable[AsyncJob], timeout_s: float | None = None) -> AsyncIterator[AsyncJob]:
-        """Yield jobs as their results arrive."""
-        deadline = _core.deadline_of(_core.check_timeout(timeout_s))
-        pending = {asyncio.ensure_future(self._settle(j, deadline, timeout_s)): j for j in jobs}
+        """Yield jobs as they finish (``async for``); JobTimeout at ``timeout_s``."""
+        _core.check_timeout(timeout_s)
+        deadline = _core.deadline_of(timeout_s)
+        handles: dict[str, list[AsyncJob]] = {}
+        own: list[str] = []
+        other: list[str] = []
+        for job in jobs:
+            if job._meta is not None or job._error is not None:
+                yield job
+            elif job.id in handles:
+                handles[job.id].append(job)
+            else:
+                handles[job.id] = [job]
+                (own if job._own else other).append(job.id)
+        steps = _wait.as_completed(own, other, deadline, timeout_s)
+        session = _AsyncPubSub(self, "waiting for results", deadline)
         try:
-            while pending:
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    job = pending.pop(fut)
-                    fut.result()
-                    yield job
+            reply: Any = None
+            while True:
+                try:
+                    op = steps.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(op, Finished):
+                    for job in handles.pop(op.job_id, ()):
+                        job._settle(op.meta, op.error)
+                        yield job
+                else:
+                    reply = await self._execute(op, "waiting for results", deadline, session)
         finally:
-            for fut in pending:
-                fut.cancel()
+            await session.close()
 
-    async def _settle(self, job: AsyncJob, deadline: float | None, timeout_s: float | None) -> None:
-        if job._meta is None:
-            left = _core.remaining(deadline)
-            job._meta = await self._wait_meta(job.id, left, via_reply=job._via_reply, shown_timeout=timeout_s)
+    async def _status(self, job: AsyncJob) -> JobStatus:
+        async with self._io("reading a job's status", self._deadline()):
+            raw, state = await self._r.mget([keys.result(job.id), keys.state(job.id)])
+        status = _core.status_of(job.id, raw, state)
+        if status in ("succeeded", "failed"):
+            job._settle(_core.read_meta(job.id, raw))
+        return status
 
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel a job by id if it has not started."""
-        return await self._cancel(keys.check_job_id(job_id), None)
-
-    async def _cancel(self, job_id: str, reply_to: str | None) -> bool:
-        script_keys, args = _core.cancel_call(job_id, reply_to)
-        async with _redis_errors("cancelling a job"):
-            code = await self._cancel_script(keys=script_keys, args=args)
-        return _core.cancel_outcome(job_id, code)
-
-    async def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, Any]:
-        async with _redis_errors("reading a job's state"):
-            data, state = await self._r.mget([keys.result(job_id), keys.state(job_id)])
-        return (None if data is None else protocol.parse_meta(data)), state
-
-    async def _check_key(self, job_id: str) -> dict[str, Any] | None:
-        meta, state = await self._read_state(job_id)
-        if meta is None and state is None:
-            raise JobNotFound(f"job {job_id} is unknown or its result has expired")
+    async def _wait_for(self, job: AsyncJob, timeout_s: float | None) -> dict[str, Any]:
+        deadline = _core.deadline_of(timeout_s)
+        steps = (_wait.wait_own if job._own else _wait.wait_other)(job.id, deadline, timeout_s)
+        meta: dict[str, Any] = await self._run(steps, "waiting for a result", deadline)
+        job._settle(meta)
         return meta
 
-    async def _wait_meta(
-        self,
-        job_id: str,
-        timeout_s: float | None,
-        *,
-        via_reply: bool,
-        shown_timeout: float | None = None,
-    ) -> dict[str, Any]:
-        shown = timeout_s if shown_timeout is None else shown_timeout
+    async def _cancel(self, job: AsyncJob, timeout_s: float) -> bool:
         deadline = _core.deadline_of(timeout_s)
-        async with _redis_errors("waiting for a result"):
-            if via_reply:
-                while True:
-                    meta = await self._replies.wait(job_id, deadline)
-                    if meta is not None:
-                        return meta
-                    got = await self._check_key(job_id)
-                    if got is not None:
-                        return got
-                    if _core.remaining(deadline) == 0:
-                        raise JobTimeout(f"job {job_id} not finished within {shown} s")
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(keys.result_channel(job_id))
-                await pubsub.get_message(timeout=1.0, ignore_subscribe_messages=False)
-                while True:
-                    meta = await self._check_key(job_id)
-                    if meta is not None and meta.get("status") in protocol.READY_STATES:
-                        return meta
-                    left = _core.remaining(deadline)
-                    if left == 0:
-                        raise JobTimeout(f"job {job_id} not finished within {shown} s")
-                    msg = await pubsub.get_message(timeout=_SLICE_S if left is None else min(left, _SLICE_S))
-                    if msg is not None and msg.get("type") == "message":
-                        meta = protocol.parse_meta(msg["data"])
-                        if meta.get("status") in protocol.READY_STATES:
-                            return meta
-            finally:
-                await pubsub.aclose()
+        steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s)
+        return bool(await self._run(steps, "cancelling a job", deadline))
 
     async def _decode(self, meta: Mapping[str, Any]) -> Outputs:
         refs = _core.output_refs(meta)
         blobs: dict[str, Any] = {}
         if refs:
-            async with _redis_errors("reading large outputs"):
+            async with self._io("reading large outputs", self._deadline()):
                 blobs = dict(zip(refs, await self._r.mget(refs)))
         return _core.decode_result(meta, blobs)
 
+    async def _count_finished(self, job_ids: list[str]) -> int:
+        done = 0
+        for part in _core.chunked(iter(job_ids), _wait.MGET_MAX):
+            async with self._io("counting finished jobs", self._deadline()):
+                done += int(await self._r.exists(*[keys.result(j) for j in part]))
+        return done
+
+    # -- models
+
     async def models(self) -> dict[str, list[int]]:
-        async with _redis_errors("listing models"):
-            names = sorted(_core.text(n) for n in await self._r.smembers(keys.MODELS))
+        """Every published model and its versions."""
+        async with self._io("listing models", self._deadline()):
+            names = sorted(await self._r.smembers(keys.MODELS))
             pipe = self._r.pipeline(transaction=False)
             for n in names:
-                pipe.hkeys(keys.model(n))
+                pipe.hkeys(keys.model(_core.text(n)))
             versions = await pipe.execute()
-        return {n: sorted(int(v) for v in vs) for n, vs in zip(names, versions) if vs}
+        return _core.models_of(names, versions)
 
     async def model(self, name: str, version: int | None = None) -> ModelInfo:
+        """A model's inputs and outputs (latest version unless ``version`` is given)."""
         keys.check_model_name(name)
-        async with _redis_errors("reading model metadata"):
+        async with self._io("reading model metadata", self._deadline()):
             raw = await self._r.hgetall(keys.model(name))
         return _core.model_info(name, raw, version)
 
-    async def ping(self) -> None:
-        async with _redis_errors("pinging"):
-            await self._r.ping()
+    # -- I/O
+
+    def _deadline(self) -> float | None:
+        return _core.deadline_of(self.options.timeout_s)
+
+    @asynccontextmanager
+    async def _io(self, what: str, deadline: float | None, blocking_s: float = 0.0) -> AsyncIterator[None]:
+        """Bound the Redis commands inside by the call's deadline, and surface every Redis
+        failure as an ICOW error."""
+        try:
+            async with asyncio.timeout(_core.io_limit(deadline, blocking_s, self.options.timeout_s)):
+                yield
+        except Exception as exc:
+            error = _core.broker_error(exc, what)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _queue(
+        self, target: _core.Target, jobs: Sequence[_core.PreparedJob], deadline: float | None
+    ) -> tuple[int, int, int]:
+        """See icow.client.sync.Client._queue."""
+        fkeys, args = _core.submit_call(target, jobs, self.options.require_published)
+        async with self._io("submitting a job" if len(jobs) == 1 else "submitting jobs", deadline):
+            try:
+                pipe = self._r.pipeline(transaction=False)
+                for job in jobs:
+                    for key, data in job.inputs.items():
+                        pipe.set(key, data, ex=job.ttl_s)
+                pipe.fcall(functions.SUBMIT, len(fkeys), *fkeys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+                for reply in replies:
+                    if isinstance(reply, Exception) and not functions.is_missing(reply):
+                        raise reply
+                reply = replies[-1]
+                if isinstance(reply, Exception):  # the library is missing (a Redis that lost its data)
+                    reply = await functions.call_async(self._r, functions.SUBMIT, fkeys, args)
+            except Exception:
+                await self._forget_inputs(jobs)
+                raise
+        return _core.submit_outcome(target, reply)
+
+    async def _forget_inputs(self, jobs: Sequence[_core.PreparedJob]) -> None:
+        inputs = [key for job in jobs for key in job.inputs]
+        if inputs:
+            try:
+                async with asyncio.timeout(_core.MARGIN_S):
+                    await self._r.delete(*inputs)
+            except (redis.exceptions.RedisError, OSError):
+                pass  # they expire with the job's TTL
+
+    async def _blpop(self, read_keys: list[str], timeout: float) -> Any:
+        async with self._io("waiting for a result", None, blocking_s=timeout):
+            popped = await self._r.blpop(read_keys, timeout=timeout)
+        return None if popped is None else popped[1]
+
+    async def _drain(self) -> list[Any]:
+        async with self._io("waiting for a result", None):
+            return list(await self._r.lpop(self.reply_key, _core.DRAIN_MAX) or [])
+
+    async def _run(self, steps: _wait.Steps, what: str, deadline: float | None) -> Any:
+        """Carry out a wait's operations; return its result."""
+        session = _AsyncPubSub(self, what, deadline)
+        try:
+            reply: Any = None
+            while True:
+                try:
+                    op = steps.send(reply)
+                except StopIteration as stop:
+                    return stop.value
+                reply = await self._execute(op, what, deadline, session)
+        finally:
+            await session.close()
+
+    async def _execute(self, op: Any, what: str, deadline: float | None, session: _AsyncPubSub) -> Any:
+        if isinstance(op, _wait.ReadReplies):
+            return await self._router.wait(op.wanted, op.bells, op.slice_s)
+        if isinstance(op, _wait.ReadKeys):
+            async with self._io(what, deadline):
+                return await self._r.mget(op.keys)
+        if isinstance(op, _wait.Call):
+            async with self._io(what, deadline):
+                return await functions.call_async(self._r, op.name, op.keys, op.args)
+        if isinstance(op, _wait.Subscribe):
+            return await session.subscribe(op.channels)
+        return await session.listen(op.slice_s)
+
+
+class _AsyncPubSub:
+    """The pub/sub connection of one wait (re-attached jobs), opened on first use."""
+
+    def __init__(self, client: AsyncClient, what: str, deadline: float | None):
+        self._client = client
+        self._what = what
+        self._deadline = deadline
+        self._ps: Any = None
+        self._early: list[Any] = []
+
+    async def subscribe(self, channels: list[str]) -> None:
+        c = self._client
+        async with c._io(self._what, self._deadline):
+            if self._ps is None:
+                self._ps = c._r.pubsub(ignore_subscribe_messages=False)
+            await self._ps.subscribe(*channels)
+            pending = len(channels)  # wait for every confirmation (see the sync client)
+            while pending:
+                msg = await self._ps.get_message(timeout=None)
+                if msg is None:
+                    continue
+                if msg["type"] == "subscribe":
+                    pending -= 1
+                elif msg["type"] == "message":
+                    self._early.append(msg["data"])
+
+    async def listen(self, slice_s: float) -> Any:
+        if self._early:
+            return self._early.pop(0)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + slice_s
+        async with self._client._io(self._what, self._deadline, blocking_s=slice_s):
+            while True:
+                left = end - loop.time()
+                if left <= 0:
+                    return None
+                msg = await self._ps.get_message(timeout=left)
+                if msg is not None and msg["type"] == "message":
+                    return msg["data"]
+
+    async def close(self) -> None:
+        if self._ps is not None:
+            try:
+                async with asyncio.timeout(_core.MARGIN_S):
+                    await self._ps.aclose()
+            except (redis.exceptions.RedisError, OSError):
+                pass

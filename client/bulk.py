@@ -2,22 +2,25 @@
 
 ``client.submit_bulk(model, {"x": array_of_n_samples})`` cuts the arrays along their first
 axis into jobs of ``samples_per_job`` samples (the worker runs each in ``max_batch``-sized
-session calls), queues them all in a few pipelined round trips at batch priority, and records
-the bulk under ``icow:bulk:<id>`` so any process can re-attach with ``client.bulk(id)``.
+session calls), queues them in a few pipelined round trips at batch priority, every chunk under
+its own input key (never base64 inside a message), and records the bulk under
+``icow:bulk:<id>`` so any process can re-attach with ``client.bulk(id)``. The record holds the
+job ids only, never their cancel tokens: a bulk re-attached by id cannot be cancelled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from icow import keys, protocol
+from icow import protocol
 from icow.errors import InvalidInput, JobNotFound
 
 if TYPE_CHECKING:
+    from icow.client.aio import AsyncClient, AsyncJob
     from icow.client.sync import Client, Job
 
 PRIORITY_BATCH = 6  # kombu priority step 6: served after interactive (0) jobs, never starved
@@ -27,7 +30,7 @@ def split(inputs: Mapping[str, Any], samples_per_job: int) -> list[dict[str, np.
     """Cut every input along axis 0 into chunks of ``samples_per_job`` samples."""
     if not isinstance(inputs, Mapping) or not inputs:
         raise InvalidInput("inputs must be a non-empty mapping of input name -> numpy array")
-    if not isinstance(samples_per_job, int) or samples_per_job < 1:
+    if isinstance(samples_per_job, bool) or not isinstance(samples_per_job, int) or samples_per_job < 1:
         raise InvalidInput("samples_per_job must be a positive integer")
     sizes = set()
     for name, a in inputs.items():
@@ -38,6 +41,41 @@ def split(inputs: Mapping[str, Any], samples_per_job: int) -> list[dict[str, np.
         raise InvalidInput(f"bulk inputs disagree on the number of samples: {sorted(sizes)}")
     n = sizes.pop()
     return [{k: v[i : i + samples_per_job] for k, v in inputs.items()} for i in range(0, n, samples_per_job)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A bulk submission before any I/O: its id, chunks, sample count and record TTL."""
+
+    bulk_id: str
+    chunks: list[dict[str, np.ndarray]]
+    samples: int
+    ttl_s: int
+
+    @staticmethod
+    def of(inputs: Mapping[str, Any], samples_per_job: int, ttl_s: int) -> Plan:
+        chunks = split(inputs, samples_per_job)
+        samples = sum(next(iter(c.values())).shape[0] for c in chunks)
+        return Plan(protocol.new_job_id(), chunks, samples, ttl_s)
+
+    def record(self, model: str, jobs: Sequence[Any]) -> bytes:
+        return protocol.packb(
+            {"id": self.bulk_id, "model": model, "jobs": [j.id for j in jobs], "samples": self.samples}
+        )
+
+
+def parse_record(bulk_id: str, raw: Any) -> tuple[str, list[str], int]:
+    if raw is None:
+        raise JobNotFound(f"bulk {bulk_id} is unknown or has expired")
+    rec = protocol.unpackb(raw)
+    return str(rec["model"]), [str(i) for i in rec["jobs"]], int(rec["samples"])
+
+
+def concatenate(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every output of the jobs' results, concatenated in sample order."""
+    if not parts:
+        return {}
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 @dataclass
@@ -60,21 +98,28 @@ class Bulk:
 
     def result(self, timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Every output, concatenated in sample order (raises the first job failure)."""
-        done = {j.id: j for j in self.as_completed(timeout_s)}
-        parts = [done[j.id].result() for j in self.jobs]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        for _ in self.as_completed(timeout_s):
+            pass
+        return concatenate([j.result() for j in self.jobs])
 
 
-def record(bulk_id: str, model: str, job_ids: list[str], samples: int) -> bytes:
-    return protocol.packb({"id": bulk_id, "model": model, "jobs": job_ids, "samples": samples})
+@dataclass
+class AsyncBulk:
+    """:class:`Bulk` for the asyncio client."""
 
+    client: AsyncClient
+    id: str
+    model: str
+    jobs: list[AsyncJob]
+    samples: int
 
-def parse_record(bulk_id: str, raw: Any) -> tuple[str, list[str], int]:
-    if raw is None:
-        raise JobNotFound(f"bulk {bulk_id} is unknown or has expired")
-    rec = protocol.unpackb(raw)
-    return str(rec["model"]), [str(i) for i in rec["jobs"]], int(rec["samples"])
+    async def progress(self) -> tuple[int, int]:
+        return await self.client._count_finished([j.id for j in self.jobs]), len(self.jobs)
 
+    def as_completed(self, timeout_s: float | None = None) -> AsyncIterator[AsyncJob]:
+        return self.client.as_completed(self.jobs, timeout_s=timeout_s)
 
-def key(bulk_id: str) -> str:
-    return keys.bulk(bulk_id)
+    async def result(self, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        async for _ in self.as_completed(timeout_s):
+            pass
+        return concatenate([await j.result() for j in self.jobs])

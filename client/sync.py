@@ -1,187 +1,139 @@
-"""The synchronous client: a thin I/O shell over icow.client._core and redis.Redis."""
+"""The synchronous client: a thin driver that does the Redis I/O that icow.client._core and
+icow.client._wait decide, over redis-py. Thread-safe: threads share one reply list through
+:class:`_Router`."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import redis
+import redis.backoff
 import redis.exceptions
+import redis.retry
 
-from icow import keys, protocol, settings
-from icow.client import _core, bulk
+from icow import connection, functions, keys
+from icow.client import _core, _wait, bulk
+from icow.client._base import ClientBase, JobBase
+from icow.client._bounded import LIMIT, bound_pool
 from icow.client._core import JobStatus, ModelInfo, Outputs
-from icow.errors import BrokerUnavailable, InvalidInput, JobNotFound, JobTimeout, ModelNotFound
-
-# A blocking read never waits longer than this in one call, so a silently dead connection
-# is noticed and the result key (the source of truth) is re-read now and then.
-_SLICE_S = 2.0
-_STASH_MAX = 10_000
+from icow.client._wait import Finished, ReplyBox
+from icow.errors import BrokerUnavailable
 
 
-@contextmanager
-def _redis_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise BrokerUnavailable(f"Redis is unavailable while {what}: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        if not _core.is_acl_denial(exc):
-            raise
-        raise BrokerUnavailable(f"Redis refused {what} (check the ACL user's permissions): {exc}") from exc
+class Job(JobBase):
+    """A handle on one job. Any process can make one from the id: ``client.job(id)``."""
 
-
-class Job:
-    """A handle on one job. Any process can build one from the id (``client.job(id)``)."""
-
-    def __init__(self, client: Client, job_id: str, model: str | None = None, *, via_reply: bool = False):
-        self._client = client
-        self.id = job_id
-        self.model = model
-        self._via_reply = via_reply
-        self._meta: dict[str, Any] | None = None
-
-    def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, model={self.model!r})"
+    _client: Client
 
     def status(self) -> JobStatus:
-        """``queued``, ``running``, ``succeeded`` or ``failed``; JobNotFound if unknown/expired."""
-        if self._meta is not None:
-            return _core.status_of(self._meta, None, self.id)
-        meta, state = self._client._read_state(self.id)
-        if meta is not None:
-            self._meta = meta
-        return _core.status_of(meta, state, self.id)
+        """``queued``, ``running``, ``succeeded`` or ``failed``; JobNotFound once its result has
+        expired. An id nobody ever submitted also reads ``queued`` (docs/PROTOCOL.md §11)."""
+        known = self._known_status()
+        return known if known is not None else self._client._status(self)
 
     def done(self) -> bool:
         return self.status() in ("succeeded", "failed")
 
-    def cancel(self) -> bool:
-        """Cancel the job if it has not started: it is answered ``JobCancelled`` at once.
-        False if it is already running (its result will stand) or finished."""
-        return self._client._cancel(self.id, self._client._replies.key if self._via_reply else None)
-
     def result(self, timeout_s: float | None = None) -> Outputs:
-        """Block (on Redis, no polling) until the job finishes; return outputs by name.
+        """Block (on Redis, no polling) until the job finishes; return its outputs by name.
 
-        Raises JobTimeout after ``timeout_s`` (None waits forever), the job's RemoteError
-        subclass if it failed, JobNotFound if the job is unknown or expired.
-        """
+        Raises JobTimeout after ``timeout_s`` (None: wait as long as it takes), the job's
+        RemoteError if it failed (JobCancelled, InvalidJob, ...), JobNotFound if its result
+        has expired."""
         _core.check_timeout(timeout_s)
-        if self._meta is None:
-            self._meta = self._client._wait_meta(self.id, timeout_s, via_reply=self._via_reply)
-        return self._client._decode(self._meta)
+        meta = self._known_meta()
+        if meta is None:
+            meta = self._client._wait_for(self, timeout_s)
+        return self._client._decode(meta)
+
+    def cancel(self, timeout_s: float = _core.DEFAULT_CANCEL_TIMEOUT_S) -> bool:
+        """Ask the fleet to cancel the job. True: it had not started and never will (its
+        result is JobCancelled, and every waiter wakes); False: it is already running (its
+        result will stand) or finished. JobTimeout when no worker answered in time;
+        InvalidInput for a job without a cancel token (see ``cancel_token``)."""
+        _core.check_timeout(timeout_s)
+        return self._client._cancel(self, timeout_s)
 
 
-class _ReplyRouter:
-    """Waits on the client's reply list. One waiting thread reads (BLPOP) at a time and
-    hands every result it pops to the thread that waits for it."""
-
-    def __init__(self, r: redis.Redis, key: str):
-        self._r = r
-        self.key = key
-        self._cond = threading.Condition()
-        self._stash: dict[str, dict[str, Any]] = {}
-        self._reading = False
-
-    def take_any(self, job_ids: set[str] | dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Every stashed result among ``job_ids`` (one lock, however many ids)."""
-        with self._cond:
-            if len(self._stash) <= len(job_ids):
-                hits = [i for i in self._stash if i in job_ids]
-            else:
-                hits = [i for i in job_ids if i in self._stash]
-            return {i: self._stash.pop(i) for i in hits}
-
-    def wait(self, job_id: str, deadline: float | None) -> dict[str, Any] | None:
-        """The job's result meta, or None when the deadline or one read slice passes."""
-        while True:
-            with self._cond:
-                while True:
-                    if job_id in self._stash:
-                        return self._stash.pop(job_id)
-                    left = _core.remaining(deadline)
-                    if left is not None and left <= 0:
-                        return None
-                    if not self._reading:
-                        self._reading = True
-                        break
-                    self._cond.wait(_SLICE_S if left is None else min(left, _SLICE_S))
-            try:
-                slice_s = _SLICE_S if left is None else min(left, _SLICE_S)
-                popped = self._r.blpop([self.key], timeout=max(slice_s, 0.001))
-            finally:
-                with self._cond:
-                    self._reading = False
-                    self._cond.notify_all()
-            if popped is None:
-                return None
-            meta = protocol.parse_meta(popped[1])
-            got = str(meta.get("task_id"))
-            if got == job_id:
-                return meta
-            # Not ours: more results are probably waiting; take them all in one round trip.
-            more = self._r.lpop(self.key, 1000) or []
-            with self._cond:
-                self._stash[got] = meta
-                for raw in more:
-                    m = protocol.parse_meta(raw)
-                    self._stash[str(m.get("task_id"))] = m
-                while len(self._stash) > _STASH_MAX:  # results nobody waits for stay in their keys
-                    self._stash.pop(next(iter(self._stash)))
-                self._cond.notify_all()
-
-
-class Client:
-    """Submit jobs to an ICOW fleet and read their results. Thread-safe.
-
-    ``Client("redis://host:6379/0")``; ``Client.from_env()`` reads ``ICOW_REDIS_URL``.
-    """
+class _Router:
+    """Threads sharing a client wait on its one reply list. One of them reads (BLPOP) at a
+    time; it files everything it popped in the box, under the lock and *before* it wakes the
+    others, so a reply is never left in the box while its waiter sleeps through a read."""
 
     def __init__(
         self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
-        connect_timeout_s: float = 2.0,
-        inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
-        max_tensor_bytes: int = settings.Settings.max_tensor_bytes,
-        require_published: bool = True,
-        **redis_options: Any,
+        box: ReplyBox,
+        blpop: Callable[[list[str], float, float | None], Any],
+        drain: Callable[[float | None], list[Any]],
     ):
-        self.url = url
-        # Refuse jobs for models no worker has published (they would wait forever);
-        # turn off to queue jobs before the fleet is up.
-        self.require_published = require_published
-        self._published: set[str] = set()
-        self.result_ttl_s = result_ttl_s
-        self.inline_max_bytes = inline_max_bytes
-        self.max_tensor_bytes = max_tensor_bytes
-        options: dict[str, Any] = {
-            "socket_connect_timeout": connect_timeout_s,
-            "socket_timeout": _SLICE_S + 10.0,
-            "socket_keepalive": True,
-            "health_check_interval": 30,
-        }
-        options.update(redis_options)
-        self._r: redis.Redis = redis.Redis.from_url(url, **options)
-        self.client_id = _core.new_client_id()
-        self._replies = _ReplyRouter(self._r, keys.reply(self.client_id))
-        self._cancel_script = self._r.register_script(_core.CANCEL_SCRIPT)
+        self._box = box
+        self._blpop = blpop
+        self._drain = drain
+        self._cond = threading.Condition()
+        self._reading = False
 
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> Client:
-        s = settings.from_env()
-        if not s.redis_url:
-            raise InvalidInput("ICOW_REDIS_URL is not set")
-        kwargs.setdefault("result_ttl_s", s.result_ttl_s)
-        for option, path in settings.tls_files(s.redis_url, s).items():  # ICOW_REDIS_CA, ...
-            kwargs.setdefault(option, path)
-        kwargs.setdefault("inline_max_bytes", s.inline_max_bytes)
-        kwargs.setdefault("max_tensor_bytes", s.max_tensor_bytes)
-        return cls(s.redis_url, **kwargs)
+    def wait(
+        self, wanted: Collection[str], bells: Sequence[str], slice_s: float, deadline: float | None
+    ) -> dict[str, dict[str, Any]]:
+        """The replies of ``wanted`` that arrive within ``slice_s`` ({} if none)."""
+        end = time.monotonic() + slice_s
+        with self._cond:
+            self._box.watch(bells)
+        try:
+            while True:
+                with self._cond:
+                    while True:
+                        hits = self._box.take(wanted)
+                        if hits:
+                            return hits
+                        left = end - time.monotonic()
+                        if left <= 0:
+                            return {}
+                        if not self._reading:
+                            self._reading = True
+                            read_keys = self._box.read_keys()
+                            break
+                        self._cond.wait(left)
+                self._read(read_keys, left, deadline, wanted)
+        finally:
+            with self._cond:
+                self._box.unwatch(bells)
+
+    def _read(self, read_keys: list[str], timeout: float, deadline: float | None, wanted: Collection[str]) -> None:
+        more: list[Any] = []
+        try:
+            first = self._blpop(read_keys, timeout, deadline)
+            if first is not None:
+                with self._cond:  # filed, not announced: nobody is woken yet
+                    got = self._box.deliver([first])
+                if len(wanted) > 1 or not got & set(wanted):
+                    more = self._drain(deadline)  # more replies are probably waiting: take them all
+        finally:
+            with self._cond:
+                self._reading = False
+                self._box.deliver(more)  # file everything first...
+                self._cond.notify_all()  # ...then wake the others
+
+
+class Client(ClientBase):
+    """Submit jobs to an ICOW fleet and read their results. Thread-safe.
+
+    ``Client("redis://host:6379/0")``; ``Client.from_env()`` reads ``ICOW_REDIS_URL`` and the
+    other ``ICOW_*`` settings. ``timeout_s`` bounds every call that takes no timeout of its own
+    (submit, status, models, ...); no call outlives its timeout by more than 1 s
+    (``icow.client._core.MARGIN_S``), whatever state Redis is in.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options: Any):
+        super().__init__(url, **options)
+        retry = redis.retry.Retry(redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+        self._r: redis.Redis = connection.connect(url, retry=retry, **self.options.redis_kwargs())
+        bound_pool(self._r.connection_pool)
+        self._router = _Router(self._box, self._blpop, self._drain)
 
     def __enter__(self) -> Client:
         return self
@@ -190,51 +142,20 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._r.close()
+        """Delete this client's reply list (results stay under their keys) and disconnect."""
+        try:
+            with self._io("closing the client", _core.deadline_of(0.0)):
+                self._r.delete(self.reply_key)
+        except BrokerUnavailable:
+            pass  # unreachable: the list expires on its own
+        finally:
+            self._r.close()
+
+    def ping(self) -> None:
+        with self._io("pinging", self._deadline()):
+            self._r.ping()
 
     # -- submitting
-
-    def _prepare(self, model: str, inputs: Mapping[str, Any], **kw: Any) -> _core.PreparedJob:
-        kw.setdefault("result_ttl_s", self.result_ttl_s)
-        return _core.prepare(
-            model,
-            inputs,
-            reply_to=self._replies.key,
-            inline_max_bytes=self.inline_max_bytes,
-            max_tensor_bytes=self.max_tensor_bytes,
-            **kw,
-        )
-
-    def _check_published(self, model: str) -> None:
-        keys.check_model_name(model)
-        if not self.require_published or model in self._published:
-            return
-        with _redis_errors("checking the model is published"):
-            names = self._r.smembers(keys.MODELS)
-        self._published = {_core.text(n) for n in names}
-        if model not in self._published:
-            raise ModelNotFound(f"no worker has published model {model!r}; published: {sorted(self._published)}")
-
-    def _queue(self, model: str, jobs: Sequence[_core.PreparedJob]) -> tuple[int, int, int]:
-        """One round trip: SET the claim-checked blobs, then the submit script checks the
-        model's backlog limit and queues the jobs. Returns (queued, depth, limit)."""
-        script_keys, args = _core.submit_call(model, jobs)
-        pipe = self._r.pipeline(transaction=False)
-        for job in jobs:
-            for key, data in job.blobs.items():
-                pipe.set(key, data, ex=job.ttl_s)
-        pipe.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
-        replies = pipe.execute(raise_on_error=False)
-        for reply in replies[:-1]:
-            if isinstance(reply, Exception):
-                raise reply
-        reply = replies[-1]
-        if isinstance(reply, redis.exceptions.NoScriptError):  # first use, or Redis restarted
-            self._r.script_load(_core.SUBMIT_SCRIPT)
-            reply = self._r.evalsha(_core.SUBMIT_SHA, len(script_keys), *script_keys, *args)
-        if isinstance(reply, Exception):
-            raise reply
-        return _core.submit_reply(reply)
 
     def submit(
         self,
@@ -250,23 +171,30 @@ class Client:
     ) -> Job:
         """Queue one job and return its handle at once (fire-and-forget).
 
-        Raises QueueFull (nothing queued) when the model's backlog is at its limit."""
-        self._check_published(model)
-        job = self._prepare(
-            model,
-            inputs,
-            version=version,
-            outputs=outputs,
-            priority=priority,
-            deadline_s=deadline_s,
-            job_id=job_id,
-            **({} if result_ttl_s is None else {"result_ttl_s": result_ttl_s}),
+        ``version``: run on that version (its own queue), else the fleet's highest live one.
+        ``deadline_s``: a job not started by then is answered JobExpired. ModelNotFound when no
+        live worker serves the model (version), QueueFull when its backlog is at its limit:
+        then nothing was queued."""
+        target = _core.Target(model, version, priority)
+        return self._submit(target, inputs, outputs, deadline_s, result_ttl_s, job_id, self._deadline())
+
+    def _submit(
+        self,
+        target: _core.Target,
+        inputs: Mapping[str, Any],
+        outputs: Sequence[str] | None,
+        deadline_s: float | None,
+        result_ttl_s: int | None,
+        job_id: str | None,
+        deadline: float | None,
+    ) -> Job:
+        [job] = self._prepare(
+            target, [inputs], outputs=outputs, deadline_s=deadline_s, result_ttl_s=result_ttl_s, job_id=job_id
         )
-        with _redis_errors("submitting a job"):
-            queued, depth, limit = self._queue(model, [job])
+        queued, depth, limit = self._queue(target, [job], deadline)
         if not queued:
-            raise _core.queue_full(model, depth, limit, [])
-        return Job(self, job.job_id, model, via_reply=True)
+            raise _core.queue_full(target, depth, limit, [])
+        return Job(self, job.job_id, target.model, cancel_token=job.cancel_token, own=True)
 
     def submit_many(
         self,
@@ -278,42 +206,40 @@ class Client:
         priority: int = 0,
         deadline_s: float | None = None,
         result_ttl_s: int | None = None,
-        chunk: int = 500,
+        chunk: int = _core.SUBMIT_CHUNK,
     ) -> list[Job]:
-        """Queue many jobs in few round trips (one submit script call per ``chunk`` jobs).
+        """Queue many jobs in few round trips (one ``icow_submit`` call per ``chunk`` jobs).
 
-        When the model's backlog limit is reached, raises QueueFull whose ``queued`` lists the
-        handles of the jobs queued so far (a prefix of ``batch``); the rest were not queued.
-        """
-        extra = {} if result_ttl_s is None else {"result_ttl_s": result_ttl_s}
-        jobs: list[Job] = []
-        pending: list[_core.PreparedJob] = []
+        When the backlog limit is reached, QueueFull's ``queued`` holds the handles of the jobs
+        queued so far (a prefix of ``batch``); the others were not queued."""
+        target = _core.Target(model, version, priority)
+        return self._submit_many(target, batch, outputs, deadline_s, result_ttl_s, chunk, None)
 
-        def flush() -> None:
-            with _redis_errors("submitting jobs"):
-                queued, depth, limit = self._queue(model, pending)
-            jobs.extend(Job(self, job.job_id, model, via_reply=True) for job in pending[:queued])
-            if queued < len(pending):
-                raise _core.queue_full(model, depth, limit, jobs)
-            pending.clear()
-
-        self._check_published(model)
-        for inputs in batch:
-            job = self._prepare(
-                model,
-                inputs,
-                version=version,
-                outputs=outputs,
-                priority=priority,
-                deadline_s=deadline_s,
-                **extra,
-            )
-            pending.append(job)
-            if len(pending) >= chunk:
-                flush()
-        if pending:
-            flush()
-        return jobs
+    def _submit_many(
+        self,
+        target: _core.Target,
+        batch: Iterable[Mapping[str, Any]],
+        outputs: Sequence[str] | None,
+        deadline_s: float | None,
+        result_ttl_s: int | None,
+        chunk: int,
+        inline_max_bytes: int | None,
+    ) -> list[Job]:
+        handles: list[Job] = []
+        prepared = self._prepare(
+            target,
+            batch,
+            outputs=outputs,
+            deadline_s=deadline_s,
+            result_ttl_s=result_ttl_s,
+            inline_max_bytes=inline_max_bytes,
+        )
+        for part in _core.chunked(prepared, chunk):
+            queued, depth, limit = self._queue(target, part, self._deadline())
+            handles += [Job(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True) for j in part[:queued]]
+            if queued < len(part):
+                raise _core.queue_full(target, depth, limit, handles)
+        return handles
 
     def submit_bulk(
         self,
@@ -327,33 +253,23 @@ class Client:
         result_ttl_s: int | None = None,
     ) -> bulk.Bulk:
         """Queue ``inputs`` (arrays whose first axis is the sample axis) as jobs of
-        ``samples_per_job`` samples, at batch priority, in few round trips. Returns a
-        :class:`Bulk` with progress; any process re-attaches with ``client.bulk(id)``."""
-        chunks = bulk.split(inputs, samples_per_job)
-        jobs = self.submit_many(
-            model, chunks, version=version, outputs=outputs, priority=priority, result_ttl_s=result_ttl_s
-        )
-        bulk_id = protocol.new_job_id()
-        n = sum(next(iter(c.values())).shape[0] for c in chunks)
-        ttl = result_ttl_s or self.result_ttl_s
-        with _redis_errors("recording a bulk"):
-            self._r.set(bulk.key(bulk_id), bulk.record(bulk_id, model, [j.id for j in jobs], n), ex=ttl)
-        return bulk.Bulk(self, bulk_id, model, jobs, n)
+        ``samples_per_job`` samples, at batch priority, in few round trips; every chunk travels
+        under its own key, never inside the message. Any process re-attaches with
+        ``client.bulk(id)``."""
+        target = _core.Target(model, version, priority)
+        plan = bulk.Plan.of(inputs, samples_per_job, result_ttl_s or self.options.result_ttl_s)
+        jobs = self._submit_many(target, plan.chunks, outputs, None, result_ttl_s, _core.SUBMIT_CHUNK, 0)
+        with self._io("recording a bulk", self._deadline()):
+            self._r.set(keys.bulk(plan.bulk_id), plan.record(model, jobs), ex=plan.ttl_s)
+        return bulk.Bulk(self, plan.bulk_id, model, jobs, plan.samples)
 
     def bulk(self, bulk_id: str) -> bulk.Bulk:
         """Re-attach to a bulk submission by id (from any process)."""
         keys.check_job_id(bulk_id)
-        with _redis_errors("reading a bulk"):
-            raw = self._r.get(bulk.key(bulk_id))
-        model, job_ids, n = bulk.parse_record(bulk_id, raw)
-        return bulk.Bulk(self, bulk_id, model, [Job(self, i, model) for i in job_ids], n)
-
-    def _count_finished(self, job_ids: list[str]) -> int:
-        done = 0
-        with _redis_errors("counting finished jobs"):
-            for i in range(0, len(job_ids), 10_000):
-                done += int(self._r.exists(*[keys.result(j) for j in job_ids[i : i + 10_000]]))
-        return done
+        with self._io("reading a bulk", self._deadline()):
+            raw = self._r.get(keys.bulk(bulk_id))
+        model, job_ids, samples = bulk.parse_record(bulk_id, raw)
+        return bulk.Bulk(self, bulk_id, model, [Job(self, i, model) for i in job_ids], samples)
 
     def infer(
         self,
@@ -365,142 +281,249 @@ class Client:
         timeout_s: float | None = 30.0,
         priority: int = 0,
     ) -> Outputs:
-        """Submit and wait: outputs by name, or the job's error."""
+        """Submit and wait: outputs by name, or the job's error. The job expires unstarted
+        after ``timeout_s``, and the whole call, submission included, ends by then."""
         _core.check_timeout(timeout_s)
-        deadline_s = timeout_s if timeout_s else None
-        return self.submit(
-            model,
-            inputs,
-            version=version,
-            outputs=outputs,
-            priority=priority,
-            deadline_s=deadline_s,
-        ).result(timeout_s)
+        deadline = _core.deadline_of(timeout_s)
+        target = _core.Target(model, version, priority)
+        job = self._submit(target, inputs, outputs, timeout_s or None, None, None, deadline or self._deadline())
+        return job.result(_core.remaining(deadline))
 
     # -- results
 
-    def job(self, job_id: str) -> Job:
-        """Re-attach to a job by id (from any process)."""
-        return Job(self, keys.check_job_id(job_id))
+    def job(self, job_id: str, cancel_token: str | None = None) -> Job:
+        """Re-attach to a job by id (from any process); with its ``cancel_token`` it can be
+        cancelled from here too."""
+        keys.check_job_id(job_id)
+        return Job(self, job_id, cancel_token=_core.check_token(job_id, cancel_token))
 
     def as_completed(self, jobs: Iterable[Job], timeout_s: float | None = None) -> Iterator[Job]:
-        """Yield jobs as their results arrive (their ``result()`` then returns at once)."""
-        deadline = _core.deadline_of(_core.check_timeout(timeout_s))
-        waiting = {j.id: j for j in jobs}
-        reattached = [j for j in waiting.values() if not j._via_reply]
-        for j in reattached:  # no reply list for these: wait on each in turn
-            j._meta = self._wait_meta(j.id, _core.remaining(deadline), via_reply=False)
-            del waiting[j.id]
-            yield j
-        while waiting:
-            for job_id, stashed in self._replies.take_any(waiting).items():
-                job = waiting.pop(job_id)
-                job._meta = stashed
-                yield job
-            if not waiting:
-                return
-            left = _core.remaining(deadline)
-            if left is not None and left <= 0:
-                raise JobTimeout(f"{len(waiting)} jobs not finished within {timeout_s} s")
-            probe = next(iter(waiting))
-            with _redis_errors("waiting for results"):
-                meta = self._replies.wait(probe, deadline)
-                if meta is None:  # slice passed: check the keys, the source of truth
-                    for job_id, data in zip(list(waiting), self._r.mget([keys.result(i) for i in waiting])):
-                        if data is not None:
-                            job = waiting.pop(job_id)
-                            job._meta = protocol.parse_meta(data)
-                            yield job
-                    continue
-            job = waiting.pop(probe)
-            job._meta = meta
-            yield job
-
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a job by id (see :meth:`Job.cancel`)."""
-        return self._cancel(keys.check_job_id(job_id), None)
-
-    def _cancel(self, job_id: str, reply_to: str | None) -> bool:
-        script_keys, args = _core.cancel_call(job_id, reply_to)
-        with _redis_errors("cancelling a job"):
-            code = self._cancel_script(keys=script_keys, args=args)
-        return _core.cancel_outcome(job_id, code)
-
-    def _read_state(self, job_id: str) -> tuple[dict[str, Any] | None, Any]:
-        with _redis_errors("reading a job's state"):
-            data, state = self._r.mget([keys.result(job_id), keys.state(job_id)])
-        return (None if data is None else protocol.parse_meta(data)), state
-
-    def _wait_meta(self, job_id: str, timeout_s: float | None, *, via_reply: bool) -> dict[str, Any]:
+        """Yield jobs as they finish (their ``result()`` then returns at once); JobTimeout
+        for those still running at ``timeout_s``."""
+        _core.check_timeout(timeout_s)
         deadline = _core.deadline_of(timeout_s)
-        with _redis_errors("waiting for a result"):
-            if via_reply:
-                while True:
-                    meta = self._replies.wait(job_id, deadline)
-                    if meta is not None:
-                        return meta
-                    got = self._check_key(job_id)
-                    if got is not None:
-                        return got
-                    if _core.remaining(deadline) == 0:
-                        raise JobTimeout(f"job {job_id} not finished within {timeout_s} s")
-            return self._wait_pubsub(job_id, deadline, timeout_s)
+        handles: dict[str, list[Job]] = {}
+        own: list[str] = []
+        other: list[str] = []
+        for job in jobs:
+            if job._meta is not None or job._error is not None:
+                yield job
+            elif job.id in handles:
+                handles[job.id].append(job)
+            else:
+                handles[job.id] = [job]
+                (own if job._own else other).append(job.id)
+        steps = _wait.as_completed(own, other, deadline, timeout_s)
+        session = _PubSub(self, "waiting for results", deadline)
+        try:
+            reply: Any = None
+            while True:
+                try:
+                    op = steps.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(op, Finished):
+                    for job in handles.pop(op.job_id, ()):
+                        job._settle(op.meta, op.error)
+                        yield job
+                else:
+                    reply = self._execute(op, "waiting for results", deadline, session)
+        finally:
+            session.close()
 
-    def _check_key(self, job_id: str) -> dict[str, Any] | None:
-        meta, state = self._read_state(job_id)
-        if meta is None and state is None:
-            raise JobNotFound(f"job {job_id} is unknown or its result has expired")
+    def _status(self, job: Job) -> JobStatus:
+        with self._io("reading a job's status", self._deadline()):
+            raw, state = self._r.mget([keys.result(job.id), keys.state(job.id)])
+        status = _core.status_of(job.id, raw, state)
+        if status in ("succeeded", "failed"):
+            job._settle(_core.read_meta(job.id, raw))
+        return status
+
+    def _wait_for(self, job: Job, timeout_s: float | None) -> dict[str, Any]:
+        deadline = _core.deadline_of(timeout_s)
+        steps = (_wait.wait_own if job._own else _wait.wait_other)(job.id, deadline, timeout_s)
+        meta: dict[str, Any] = self._run(steps, "waiting for a result", deadline)
+        job._settle(meta)
         return meta
 
-    def _wait_pubsub(self, job_id: str, deadline: float | None, timeout_s: float | None) -> dict[str, Any]:
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(keys.result_channel(job_id))
-            # Wait for the subscription to be confirmed, then read the key: a result
-            # published before we subscribed is already in the key.
-            pubsub.get_message(timeout=1.0, ignore_subscribe_messages=False)
-            while True:
-                meta = self._check_key(job_id)
-                if meta is not None and meta.get("status") in protocol.READY_STATES:
-                    return meta
-                left = _core.remaining(deadline)
-                if left == 0:
-                    raise JobTimeout(f"job {job_id} not finished within {timeout_s} s")
-                msg = pubsub.get_message(timeout=_SLICE_S if left is None else min(left, _SLICE_S))
-                if msg is not None and msg.get("type") == "message":
-                    meta = protocol.parse_meta(msg["data"])
-                    if meta.get("status") in protocol.READY_STATES:
-                        return meta
-        finally:
-            pubsub.close()
+    def _cancel(self, job: Job, timeout_s: float) -> bool:
+        deadline = _core.deadline_of(timeout_s)
+        steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s)
+        return bool(self._run(steps, "cancelling a job", deadline))
 
     def _decode(self, meta: Mapping[str, Any]) -> Outputs:
         refs = _core.output_refs(meta)
         blobs: dict[str, Any] = {}
         if refs:
-            with _redis_errors("reading large outputs"):
+            with self._io("reading large outputs", self._deadline()):
                 blobs = dict(zip(refs, self._r.mget(refs)))
         return _core.decode_result(meta, blobs)
+
+    def _count_finished(self, job_ids: list[str]) -> int:
+        done = 0
+        for part in _core.chunked(iter(job_ids), _wait.MGET_MAX):
+            with self._io("counting finished jobs", self._deadline()):
+                done += int(self._r.exists(*[keys.result(j) for j in part]))
+        return done
 
     # -- models
 
     def models(self) -> dict[str, list[int]]:
         """Every published model and its versions."""
-        with _redis_errors("listing models"):
-            names = sorted(_core.text(n) for n in self._r.smembers(keys.MODELS))
+        with self._io("listing models", self._deadline()):
+            names = sorted(self._r.smembers(keys.MODELS))
             pipe = self._r.pipeline(transaction=False)
             for n in names:
-                pipe.hkeys(keys.model(n))
+                pipe.hkeys(keys.model(_core.text(n)))
             versions = pipe.execute()
-        return {n: sorted(int(v) for v in vs) for n, vs in zip(names, versions) if vs}
+        return _core.models_of(names, versions)
 
     def model(self, name: str, version: int | None = None) -> ModelInfo:
         """A model's inputs and outputs (latest version unless ``version`` is given)."""
         keys.check_model_name(name)
-        with _redis_errors("reading model metadata"):
+        with self._io("reading model metadata", self._deadline()):
             raw = self._r.hgetall(keys.model(name))
         return _core.model_info(name, raw, version)
 
-    def ping(self) -> None:
-        with _redis_errors("pinging"):
-            self._r.ping()
+    # -- I/O
+
+    def _deadline(self) -> float | None:
+        return _core.deadline_of(self.options.timeout_s)
+
+    @contextmanager
+    def _io(self, what: str, deadline: float | None, blocking_s: float = 0.0) -> Iterator[None]:
+        """Bound every Redis command inside by the call's deadline, and surface every Redis
+        failure as an ICOW error."""
+        token = LIMIT.set(time.monotonic() + _core.io_limit(deadline, blocking_s, self.options.timeout_s))
+        try:
+            yield
+        except Exception as exc:
+            error = _core.broker_error(exc, what)
+            if error is None:
+                raise
+            raise error from exc
+        finally:
+            LIMIT.reset(token)
+
+    def _queue(
+        self, target: _core.Target, jobs: Sequence[_core.PreparedJob], deadline: float | None
+    ) -> tuple[int, int, int]:
+        """One round trip: SET the claim-checked inputs, then ``icow_submit`` checks that a live
+        worker serves the target and the backlog limit, and queues. (queued, depth, limit)."""
+        fkeys, args = _core.submit_call(target, jobs, self.options.require_published)
+        with self._io("submitting a job" if len(jobs) == 1 else "submitting jobs", deadline):
+            try:
+                pipe = self._r.pipeline(transaction=False)
+                for job in jobs:
+                    for key, data in job.inputs.items():
+                        pipe.set(key, data, ex=job.ttl_s)
+                pipe.fcall(functions.SUBMIT, len(fkeys), *fkeys, *args)
+                replies = pipe.execute(raise_on_error=False)
+                for reply in replies:
+                    if isinstance(reply, Exception) and not functions.is_missing(reply):
+                        raise reply
+                reply = replies[-1]
+                if isinstance(reply, Exception):  # the library is missing (a Redis that lost its data)
+                    reply = functions.call(self._r, functions.SUBMIT, fkeys, args)
+            except Exception:
+                self._forget_inputs(jobs)
+                raise
+        return _core.submit_outcome(target, reply)
+
+    def _forget_inputs(self, jobs: Sequence[_core.PreparedJob]) -> None:
+        inputs = [key for job in jobs for key in job.inputs]
+        if inputs:
+            try:
+                self._r.delete(*inputs)
+            except (redis.exceptions.RedisError, OSError):
+                pass  # they expire with the job's TTL
+
+    def _blpop(self, read_keys: list[str], timeout: float, deadline: float | None) -> Any:
+        timeout = max(timeout, 0.01)  # BLPOP 0 would block forever
+        with self._io("waiting for a result", deadline, blocking_s=timeout):
+            popped = self._r.blpop(read_keys, timeout=timeout)
+        return None if popped is None else popped[1]
+
+    def _drain(self, deadline: float | None) -> list[Any]:
+        with self._io("waiting for a result", deadline):
+            return list(self._r.lpop(self.reply_key, _core.DRAIN_MAX) or [])
+
+    def _run(self, steps: _wait.Steps, what: str, deadline: float | None) -> Any:
+        """Carry out a wait's operations; return its result."""
+        session = _PubSub(self, what, deadline)
+        try:
+            reply: Any = None
+            while True:
+                try:
+                    op = steps.send(reply)
+                except StopIteration as stop:
+                    return stop.value
+                reply = self._execute(op, what, deadline, session)
+        finally:
+            session.close()
+
+    def _execute(self, op: Any, what: str, deadline: float | None, session: _PubSub) -> Any:
+        if isinstance(op, _wait.ReadReplies):
+            return self._router.wait(op.wanted, op.bells, op.slice_s, op.deadline)
+        if isinstance(op, _wait.ReadKeys):
+            with self._io(what, deadline):
+                return self._r.mget(op.keys)
+        if isinstance(op, _wait.Call):
+            with self._io(what, deadline):
+                return functions.call(self._r, op.name, op.keys, op.args)
+        if isinstance(op, _wait.Subscribe):
+            return session.subscribe(op.channels)
+        return session.listen(op.slice_s)
+
+
+class _PubSub:
+    """The pub/sub connection of one wait (re-attached jobs), opened on first use."""
+
+    def __init__(self, client: Client, what: str, deadline: float | None):
+        self._client = client
+        self._what = what
+        self._deadline = deadline
+        self._ps: Any = None
+        self._early: list[Any] = []  # messages that came with the subscription confirmations
+
+    def subscribe(self, channels: list[str]) -> None:
+        c = self._client
+        with c._io(self._what, self._deadline):
+            if self._ps is None:
+                self._ps = c._r.pubsub(ignore_subscribe_messages=False)
+            self._ps.subscribe(*channels)
+            # Wait until Redis has confirmed them all: only then is a result published from
+            # now on sure to reach us, and reading the keys after that misses nothing.
+            limit = LIMIT.get() or 0.0
+            pending = len(channels)
+            while pending:
+                left = limit - time.monotonic()
+                msg = self._ps.get_message(timeout=max(left, 0.0))
+                if msg is None:
+                    if left <= 0:
+                        raise redis.exceptions.TimeoutError("Redis did not confirm the subscription in time")
+                elif msg["type"] == "subscribe":
+                    pending -= 1
+                elif msg["type"] == "message":
+                    self._early.append(msg["data"])
+
+    def listen(self, slice_s: float) -> Any:
+        if self._early:
+            return self._early.pop(0)
+        end = time.monotonic() + slice_s
+        with self._client._io(self._what, self._deadline, blocking_s=slice_s):
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                msg = self._ps.get_message(timeout=left)
+                if msg is not None and msg["type"] == "message":
+                    return msg["data"]
+
+    def close(self) -> None:
+        if self._ps is not None:
+            try:
+                self._ps.close()
+            except (redis.exceptions.RedisError, OSError):
+                pass

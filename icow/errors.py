@@ -6,6 +6,7 @@
     ├── InvalidInput (also ValueError)        bad input caught before anything reaches Redis
     │   └── PayloadTooLarge                   a tensor or job over the size caps
     ├── BrokerUnavailable (also ConnectionError)  Redis unreachable or the connection broke
+    │   └── BrokerFull                        Redis is out of memory and refuses writes
     ├── StoreUnavailable (also ConnectionError)   the model store (S3 endpoint) unreachable or refusing
     ├── QueueFull                             the model's backlog is at its limit
     ├── JobTimeout (also TimeoutError)        no result within the caller's timeout
@@ -42,6 +43,11 @@ class PayloadTooLarge(InvalidInput):
 
 class BrokerUnavailable(IcowError, ConnectionError):
     """Redis could not be reached, or the connection broke mid-call."""
+
+
+class BrokerFull(BrokerUnavailable):
+    """Redis is out of memory (``maxmemory`` with the ``noeviction`` policy) and refuses writes:
+    nothing was queued. Retry once the fleet has drained results or Redis has more memory."""
 
 
 class StoreUnavailable(IcowError, ConnectionError):

@@ -9,7 +9,7 @@ code; when the library is missing it gets BrokerUnavailable saying so.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -48,31 +48,85 @@ def missing_error(exc: BaseException | None = None) -> BrokerUnavailable:
     )
 
 
-def install(r: redis.Redis) -> bool:
-    """Load the library unless this exact version is there. True if it was (re)loaded."""
+# The decisions of install() and call() are written once, as generators that say which redis-py
+# method to run next (an error it raised is thrown back in); _run and _run_async only do the I/O,
+# so the sync and asyncio paths cannot drift.
+_Step = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+def _install_steps() -> Generator[_Step, Any, bool]:
     try:
-        if _text(r.fcall(VERSION, 0)) == LIBRARY_SHA:
+        if _text((yield ("fcall", (VERSION, 0), {}))) == LIBRARY_SHA:
             return False
     except redis.exceptions.ResponseError as exc:
         if not is_missing(exc):
             raise
-    r.function_load(LIBRARY, replace=True)
+    yield ("function_load", (LIBRARY,), {"replace": True})
     return True
+
+
+def _call_steps(name: str, keys: Sequence[Any], args: Sequence[Any]) -> Generator[_Step, Any, Any]:
+    fcall: _Step = ("fcall", (name, len(keys), *keys, *args), {})
+    try:
+        return (yield fcall)
+    except redis.exceptions.ResponseError as exc:
+        if not is_missing(exc):
+            raise
+        missing = exc
+    try:
+        yield from _install_steps()
+    except redis.exceptions.ResponseError as denied:  # NOPERM: this user may not load code
+        raise missing_error(denied) from missing
+    return (yield fcall)
+
+
+def _run(r: Any, steps: Generator[_Step, Any, Any]) -> Any:
+    reply: Any = None
+    error: redis.exceptions.ResponseError | None = None
+    while True:
+        try:
+            method, args, kwargs = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, error = getattr(r, method)(*args, **kwargs), None
+        except redis.exceptions.ResponseError as exc:
+            reply, error = None, exc
+
+
+async def _run_async(r: Any, steps: Generator[_Step, Any, Any]) -> Any:
+    reply: Any = None
+    error: redis.exceptions.ResponseError | None = None
+    while True:
+        try:
+            method, args, kwargs = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            reply, error = await getattr(r, method)(*args, **kwargs), None
+        except redis.exceptions.ResponseError as exc:
+            reply, error = None, exc
+
+
+def install(r: redis.Redis) -> bool:
+    """Load the library unless this exact version is there. True if it was (re)loaded."""
+    return bool(_run(r, _install_steps()))
 
 
 def call(r: redis.Redis | Any, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
     """FCALL ``name``; a missing library is installed when this user may (then retried once),
     else BrokerUnavailable."""
-    try:
-        return r.fcall(name, len(keys), *keys, *args)
-    except redis.exceptions.ResponseError as exc:
-        if not is_missing(exc):
-            raise
-        try:
-            install(r)
-        except redis.exceptions.ResponseError as denied:
-            raise missing_error(denied) from exc
-    return r.fcall(name, len(keys), *keys, *args)
+    return _run(r, _call_steps(name, keys, args))
+
+
+async def install_async(r: Any) -> bool:
+    """:func:`install` for a ``redis.asyncio`` client."""
+    return bool(await _run_async(r, _install_steps()))
+
+
+async def call_async(r: Any, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """:func:`call` for a ``redis.asyncio`` client."""
+    return await _run_async(r, _call_steps(name, keys, args))
 
 
 def _text(value: Any) -> str:

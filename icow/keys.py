@@ -263,8 +263,10 @@ CLIENT_ACL_RULES = (
     f"(%R~{RESULT_PREFIX}* %R~{PREFIX}out:* %R~{PREFIX}state:* %R~{MODELS} %R~{PREFIX}model:* "
     f"%R~{PREFIX}live:* %R~{LIMITS} %R~{PREFIX}bulk:* "
     "+get +mget +exists +ttl +smembers +hgetall +hkeys +hget +zrange +zrangebyscore +zscore)",
-    # Its own reply list (a 128-bit random name): wait on it, drop it on close.
+    # Its own reply list (a 128-bit random name): wait on it, drop it on close; and, in the
+    # same BLPOP, the bells of the jobs it waits for (a cancel wakes every waiter at once).
     f"(~{PREFIX}reply:* +blpop +lpop +del)",
+    f"(~{PREFIX}reply:* ~{PREFIX}bell:* +blpop)",
     # Input tensors under 128-bit random names, and bulk records.
     f"(~{PREFIX}in:* ~{PREFIX}bulk:* +set +del)",
     # What icow_submit and icow_cancel_request do: queue (never read), wake, request a cancel.

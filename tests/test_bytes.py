@@ -44,7 +44,7 @@ def test_large_bytes_tensors_use_the_claim_check(client: Client, r: redis.Redis)
     job = client.submit("text", {"x": words})
     y = job.result(timeout_s=60)["y"]
     assert y[0] == b"word-0000000" and y[-1] == b"word-0039999" and len(y) == 40_000
-    assert r.exists(keys.blob(job.id, "out", 0)) == 1
+    assert r.exists(keys.output_blob(job.id, 0)) == 1  # the output travelled under its own key
 
 
 def test_invalid_utf8_fails_the_job_and_the_worker_keeps_serving(client: Client) -> None:

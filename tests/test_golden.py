@@ -73,13 +73,15 @@ def test_there_are_vectors_of_every_kind() -> None:
 @pytest.mark.parametrize(("name", "meaning"), JOBS, ids=_ids(JOBS))
 def test_our_encoder_reproduces_the_job_bytes(name: str, meaning: dict[str, Any]) -> None:
     job = meaning["job"]
+    assert protocol.job_id_for_token(meaning["token"]) == job["id"]
     wire, blobs = [], {}
-    for i, t in enumerate(job["inputs"]):
+    for t in job["inputs"]:
         encoded = tensor.encode(t["name"], _array(t))
         encoded["data"] = bytes(encoded["data"])
         if len(encoded["data"]) > meaning["inline_max_bytes"]:
-            blobs[keys.blob(job["id"], "in", i)] = encoded.pop("data")
-            encoded["ref"] = keys.blob(job["id"], "in", i)
+            assert keys.is_input_blob(t["ref"])  # a random icow:in:<nonce> key; the vector fixes one
+            blobs[t["ref"]] = encoded.pop("data")
+            encoded["ref"] = t["ref"]
         else:
             assert encoded["data"].hex() == t["data_hex"]
         wire.append(encoded)
@@ -95,11 +97,12 @@ def test_our_encoder_reproduces_the_job_bytes(name: str, meaning: dict[str, Any]
         created=job["created"],
     )
     assert protocol.packb(envelope) == _file(meaning["files"]["job"])
+    assert meaning["queue"] == keys.queue(job["model"], job["version"])  # pinned: icow:q:<m>@<v>
     message = protocol.celery_message(
-        envelope, queue=keys.queue(job["model"]), priority=meaning["priority"], delivery_tag=meaning["delivery_tag"]
+        envelope, queue=meaning["queue"], priority=meaning["priority"], delivery_tag=meaning["delivery_tag"]
     )
     assert message == _file(meaning["files"]["message"])
-    assert keys.queue_list(job["model"], meaning["priority"]) == meaning["queue_list"]
+    assert keys.queue_list(meaning["queue"], meaning["priority"]) == meaning["queue_list"]
     assert {ref: _file(f) for ref, f in meaning["blobs"].items()} == blobs
 
 
@@ -107,7 +110,7 @@ def test_our_encoder_reproduces_the_job_bytes(name: str, meaning: dict[str, Any]
 def test_our_decoder_reads_the_job_bytes(name: str, meaning: dict[str, Any]) -> None:
     message = json.loads(_file(meaning["files"]["message"]))
     assert message["headers"]["task"] == "icow.infer"
-    assert message["properties"]["delivery_info"]["routing_key"] == keys.queue(meaning["job"]["model"])
+    assert message["properties"]["delivery_info"]["routing_key"] == meaning["queue"]
     args, kwargs, _embed = protocol.unpackb(base64.b64decode(message["body"]))
     assert kwargs == {} and protocol.packb(args[0]) == _file(meaning["files"]["job"])
     parsed = protocol.parse_job(args[0], task_id=message["headers"]["id"])
@@ -152,7 +155,7 @@ def test_our_encoder_reproduces_the_result_bytes(name: str, meaning: dict[str, A
             encoded["data"] = bytes(encoded["data"])
             if "ref" in t:
                 assert _file(meaning["blobs"][t["ref"]]) == encoded.pop("data")
-                encoded["ref"] = keys.blob(want["task_id"], "out", i)
+                encoded["ref"] = keys.output_blob(want["task_id"], i)
             wire.append(encoded)
         meta = protocol.success_meta(
             want["task_id"],
@@ -180,7 +183,7 @@ def test_the_json_form_decodes_to_the_same_job() -> None:
     message = json.loads(_file(meaning["files"]["message"]))
     assert message["content-type"] == "application/json"
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    parsed = protocol.parse_job(args[0], task_id=message["headers"]["id"])
+    parsed = protocol.parse_job(args[0], task_id=message["headers"]["id"], json_form=True)
     (want,) = meaning["inputs"]
     assert parsed["inputs"][0]["data"] == bytes.fromhex(want["data_hex"])
     np.testing.assert_array_equal(tensor.decode(parsed["inputs"][0]), _array(want))
@@ -205,7 +208,7 @@ def test_the_json_form_refuses_bad_base64_and_wrong_sizes(data: object, message:
     }
     job["inputs"][0]["data"] = data  # type: ignore[index]
     with pytest.raises(InvalidInput, match=message):
-        protocol.parse_job(job, task_id="j1")
+        protocol.parse_job(job, task_id="j1", json_form=True)
 
 
 def test_model_metadata_value() -> None:
@@ -214,3 +217,48 @@ def test_model_metadata_value() -> None:
     info = _core.model_info("multi", raw, None)
     assert info.version == 1 and [t.datatype for t in info.outputs] == ["FP32", "INT64", "BOOL", "FP16"]
     assert protocol.unpackb(raw[b"1"]) == meaning["meta"]
+
+
+# -- what a client sends to Redis's functions, and reads back besides results
+
+
+@pytest.mark.parametrize("name", ["submit_claim_check", "submit_pinned"])
+def test_the_submit_call_reproduces_the_vector(name: str) -> None:
+    vector = json.loads(_file(f"{name}.json"))
+    job = json.loads(_file(f"{vector['job']}.json"))
+    prepared = _core.PreparedJob(
+        job_id=job["job"]["id"],
+        cancel_token=job["token"],
+        message=_file(job["files"]["message"]),
+        inputs={ref: _file(f) for ref, f in job["blobs"].items()},
+        ttl_s=job["job"]["ttl"],
+    )
+    target = _core.Target(vector["model"], vector["version"], vector["priority"])
+    fkeys, args = _core.submit_call(target, [prepared], vector["require_published"])
+    assert fkeys == vector["keys"]
+    assert args == [_file(a["file"]) if isinstance(a, dict) else a for a in vector["args"]]
+    reply = vector["reply"]
+    outcome = _core.submit_outcome(target, [reply["queued"], reply["depth"], reply["limit"], reply["served"]])
+    assert outcome == (reply["queued"], reply["depth"], reply["limit"])
+
+
+def test_the_cancel_request_and_the_fleets_answer() -> None:
+    request = json.loads(_file("cancel_request.json"))
+    assert protocol.job_id_for_token(request["token"]) == request["job_id"]
+    assert list(_core.cancel_request(request["job_id"], request["token"], request["args"][1])) == [
+        request["keys"],
+        request["args"],
+    ]
+    outcome = json.loads(_file("reply_cancel_outcome.json"))
+    raw = _file(outcome["files"]["entry"])
+    assert protocol.cancel_outcome(request["job_id"], 1) == raw
+    entry = _core.parse_entry(raw)
+    assert entry is not None and entry[0] == _core.cancel_key(request["job_id"]) == outcome["entry"]["task_id"]
+    assert _core.cancel_outcome(entry[1]) is True
+
+
+@pytest.mark.parametrize("case", json.loads(_file("invalid_jobs.json"))["cases"], ids=lambda c: c["doc"][:40])
+def test_workers_refuse_the_invalid_jobs(case: dict[str, Any]) -> None:
+    job = protocol.unpackb(bytes.fromhex(case["job_hex"]))
+    with pytest.raises(InvalidInput, match=case["error"]):
+        protocol.parse_job(job, task_id=job["id"])

@@ -11,7 +11,15 @@ the bytes mean, and the bytes themselves sit beside it:
 * ``<name>.message.json``: the exact kombu envelope a client LPUSHes (one line of JSON);
 * ``<name>.result.msgpack``: a result meta map as stored under ``celery-task-meta-<id>``;
 * ``<name>.blob-*.bin``: claim-checked tensor bytes stored under their own key;
-* ``<name>.model.msgpack``: one model-metadata hash value.
+* ``<name>.model.msgpack``: one model-metadata hash value;
+* ``<name>.entry.msgpack``: a reply-list entry that is not a result (the fleet's answer to a
+  cancel request);
+* ``submit_*.json`` / ``cancel_request.json``: the exact KEYS and ARGV of ``FCALL icow_submit``
+  and ``FCALL icow_cancel_request``;
+* ``invalid_jobs.json``: job envelopes a worker must refuse (``InvalidJob``), with why.
+
+Job ids are made from fixed cancel tokens (``job_id_for_token``), claim-check keys from fixed
+nonces; a real client draws both at random.
 
 tests/test_golden.py (Python) and clients/node/test/golden.test.js (Node.js) check that both
 encoders reproduce these bytes and both decoders read them.
@@ -32,7 +40,21 @@ from icow import keys, protocol, tensor
 HERE = Path(__file__).resolve().parent
 CREATED = 1700000000.0
 DATE_DONE = "2023-11-14T22:13:20.500000+00:00"
-ID = "00000000-0000-4000-8000-0000000000{:02d}"
+REPLY = keys.reply("5eed" * 8)  # a client's reply list: icow:reply:<32 hex>
+
+
+def token(n: int) -> str:
+    """The fixed cancel token of vector ``n`` (a client draws 128 random bits)."""
+    return f"{n:032x}"
+
+
+def job_id(n: int) -> str:
+    return protocol.job_id_for_token(token(n))
+
+
+def input_key(n: int, i: int) -> str:
+    """The fixed claim-check key of input ``i`` of vector ``n`` (a client draws a random nonce)."""
+    return keys.input_blob(f"c1a1c4ec{n:012x}{i:012x}")
 
 
 def describe(wire: dict[str, Any], array: np.ndarray | None) -> dict[str, Any]:
@@ -61,25 +83,25 @@ def job_vector(
     version: int | None = None,
     outputs: list[str] | None = None,
     ttl: int = 60,
-    reply_to: str | None = "icow:reply:golden",
+    reply_to: str | None = REPLY,
     created: float = CREATED,
     deadline: float | None = None,
     priority: int = 0,
     inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
 ) -> dict[str, bytes]:
-    job_id = ID.format(n)
+    jid = job_id(n)
     wire, meanings, blobs = [], [], {}
     for i, (tname, array) in enumerate(inputs.items()):
         t = tensor.encode(tname, array)
         t["data"] = bytes(t["data"])
         if len(t["data"]) > inline_max_bytes:
-            ref = keys.blob(job_id, "in", i)
+            ref = input_key(n, i)
             blobs[ref] = t.pop("data")
             t["ref"] = ref
         wire.append(t)
         meanings.append(describe(t, array))
     job = protocol.job_envelope(
-        job_id=job_id,
+        job_id=jid,
         model=model,
         version=version,
         inputs=wire,
@@ -90,12 +112,9 @@ def job_vector(
         created=created,
     )
     tag = f"golden-tag-{n:02d}"
-    files = {
-        f"{name}.job.msgpack": protocol.packb(job),
-        f"{name}.message.json": protocol.celery_message(
-            job, queue=keys.queue(model), priority=priority, delivery_tag=tag
-        ),
-    }
+    queue = keys.queue(model, version)
+    message = protocol.celery_message(job, queue=queue, priority=priority, delivery_tag=tag)
+    files = {f"{name}.job.msgpack": protocol.packb(job), f"{name}.message.json": message}
     blob_files = {}
     for i, (ref, data) in enumerate(blobs.items()):
         blob_files[ref] = f"{name}.blob-{i}.bin"
@@ -103,9 +122,10 @@ def job_vector(
     meaning = {
         "kind": "job",
         "doc": doc,
+        "token": token(n),
         "job": {
             "v": protocol.PROTOCOL_VERSION,
-            "id": job_id,
+            "id": jid,
             "model": model,
             "version": version,
             "created": created,
@@ -117,7 +137,8 @@ def job_vector(
         },
         "priority": priority,
         "delivery_tag": tag,
-        "queue_list": keys.queue_list(model, priority),
+        "queue": queue,
+        "queue_list": keys.queue_list(queue, priority),
         "inline_max_bytes": inline_max_bytes,
         "blobs": blob_files,
         "files": {"job": f"{name}.job.msgpack", "message": f"{name}.message.json"},
@@ -157,13 +178,13 @@ def result_vector(
     return files
 
 
-def _outputs(job_id: str, arrays: dict[str, np.ndarray], inline_max_bytes: int) -> tuple[list[Any], dict[str, bytes]]:
+def _outputs(jid: str, arrays: dict[str, np.ndarray], inline_max_bytes: int) -> tuple[list[Any], dict[str, bytes]]:
     wire, blobs = [], {}
     for i, (name, array) in enumerate(arrays.items()):
         t = tensor.encode(name, array)
         t["data"] = bytes(t["data"])
         if len(t["data"]) > inline_max_bytes:
-            ref = keys.blob(job_id, "out", i)
+            ref = keys.output_blob(jid, i)
             blobs[ref] = t.pop("data")
             t["ref"] = ref
         wire.append(t)
@@ -179,10 +200,10 @@ def success(
     arrays: dict[str, np.ndarray],
     inline_max_bytes: int = 1 << 18,
 ) -> dict[str, bytes]:
-    job_id = ID.format(n)
-    wire, blobs = _outputs(job_id, arrays, inline_max_bytes)
+    jid = job_id(n)
+    wire, blobs = _outputs(jid, arrays, inline_max_bytes)
     meta = protocol.success_meta(
-        job_id,
+        jid,
         model=model,
         version=version,
         outputs=wire,
@@ -194,18 +215,18 @@ def success(
 
 def failure(name: str, doc: str, n: int, error_type: str, message: str, model: str | None) -> dict[str, bytes]:
     meta = protocol.failure_meta(
-        ID.format(n), error_type=error_type, message=message, model=model, version=None, worker="golden@host"
+        job_id(n), error_type=error_type, message=message, model=model, version=None, worker="golden@host"
     )
     return result_vector(name, doc, n, meta)
 
 
 def json_form(name: str, doc: str, n: int) -> dict[str, bytes]:
     """A job as a JSON-only Celery client sends it: JSON body, tensor data as base64 text."""
-    job_id = ID.format(n)
+    jid = job_id(n)
     x = np.array([[0.5, -1.0, 2.0, 0.0]], np.float32)
     job = {
         "v": protocol.PROTOCOL_VERSION,
-        "id": job_id,
+        "id": jid,
         "model": "mlp",
         "version": None,
         "created": CREATED,
@@ -220,9 +241,9 @@ def json_form(name: str, doc: str, n: int) -> dict[str, bytes]:
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": {"lang": "js", "task": protocol.TASK_NAME, "id": job_id, "root_id": job_id},
+        "headers": {"lang": "js", "task": protocol.TASK_NAME, "id": jid, "root_id": jid},
         "properties": {
-            "correlation_id": job_id,
+            "correlation_id": jid,
             "reply_to": "",
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": keys.queue("mlp")},
@@ -269,6 +290,122 @@ def model_metadata(name: str, doc: str) -> dict[str, bytes]:
         "files": {"model": f"{name}.model.msgpack"},
     }
     return {f"{name}.model.msgpack": protocol.packb(meta), f"{name}.json": _json(meaning)}
+
+
+def submit_vector(name: str, doc: str, job_name: str, files: dict[str, bytes]) -> dict[str, bytes]:
+    """The KEYS and ARGV of the ``FCALL icow_submit`` that queues the job vector ``job_name``."""
+    job = json.loads(files[f"{job_name}.json"])
+    queue, priority = job["queue"], job["priority"]
+    model, version = job["job"]["model"], job["job"]["version"]
+    inputs = list(job["blobs"])
+    meaning = {
+        "kind": "submit",
+        "doc": doc,
+        "function": "icow_submit",
+        "job": job_name,
+        "model": model,
+        "version": version,
+        "priority": priority,
+        "require_published": True,
+        "keys": [
+            keys.LIMITS,
+            keys.live(model),
+            keys.wake(queue),
+            *keys.queue_lists(queue),
+            keys.queue_list(queue, priority),
+            *inputs,
+        ],
+        "args": [
+            model,
+            "" if version is None else str(version),
+            "1",
+            1,
+            {"file": f"{job_name}.message.json"},
+            len(inputs),
+        ],
+        "reply": {"queued": 1, "depth": 1, "limit": -1, "served": 1},
+    }
+    return {f"{name}.json": _json(meaning)}
+
+
+def cancel_vectors(n: int) -> dict[str, bytes]:
+    """What a cancel request sends, and the entry the fleet pushes back."""
+    jid = job_id(n)
+    request = {
+        "kind": "cancel_request",
+        "doc": "FCALL icow_cancel_request: the job's cancel token and the reply list to answer on",
+        "function": "icow_cancel_request",
+        "job_id": jid,
+        "token": token(n),
+        "keys": [keys.CANCELS],
+        "args": [token(n), REPLY],
+        "member": f"{token(n)} {REPLY}",
+    }
+    entry = protocol.cancel_outcome(jid, 1)
+    outcome = {
+        "kind": "cancel_outcome",
+        "doc": "pushed onto the canceller's reply list: result 1 cancelled, 0 already finished, -1 already running",
+        "entry": protocol.unpackb(entry),
+        "files": {"entry": "reply_cancel_outcome.entry.msgpack"},
+    }
+    return {
+        "cancel_request.json": _json(request),
+        "reply_cancel_outcome.json": _json(outcome),
+        "reply_cancel_outcome.entry.msgpack": entry,
+    }
+
+
+def invalid_jobs() -> dict[str, bytes]:
+    """Job envelopes every worker refuses with InvalidJob, and the words its message contains."""
+    jid = job_id(11)
+    x = np.ones(2, np.float32).tobytes()
+
+    def job(**changes: Any) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "v": 1,
+            "id": jid,
+            "model": "mlp",
+            "version": None,
+            "created": CREATED,
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": x}],
+            "outputs": None,
+            "ttl": 60,
+            "reply_to": REPLY,
+            "deadline": None,
+        }
+        base.update(changes)
+        return base
+
+    cases = [
+        (
+            "tensor data as a msgpack str (base64 belongs to the JSON form only)",
+            "msgpack str",
+            job(inputs=[{"name": "x", "datatype": "FP32", "shape": [2], "data": base64.b64encode(x).decode()}]),
+        ),
+        (
+            "a tensor with both data and ref",
+            "both data and ref",
+            job(inputs=[{"name": "x", "datatype": "FP32", "shape": [2], "data": x, "ref": input_key(11, 0)}]),
+        ),
+        (
+            "a ref that is not a claim-check input key",
+            "claim-check ref",
+            job(inputs=[{"name": "x", "datatype": "FP32", "shape": [2], "ref": "celery-task-meta-x"}]),
+        ),
+        ("an empty outputs list (null asks for every output)", "non-empty list of output names", job(outputs=[])),
+        ("reply_to that is not a reply list", "reply_to", job(reply_to="icow:q:mlp")),
+        (
+            "data that does not match shape x datatype",
+            "needs 8",
+            job(inputs=[{"name": "x", "datatype": "FP32", "shape": [2], "data": x[:4]}]),
+        ),
+    ]
+    meaning = {
+        "kind": "invalid_jobs",
+        "doc": "job envelopes a worker answers with InvalidJob (msgpack form); 'error' is a phrase of its message",
+        "cases": [{"doc": d, "error": e, "job_hex": protocol.packb(j).hex()} for d, e, j in cases],
+    }
+    return {"invalid_jobs.json": _json(meaning)}
 
 
 def _json(obj: Any) -> bytes:
@@ -329,7 +466,7 @@ def vectors() -> dict[str, bytes]:
     )
     files |= job_vector(
         "job_claim_check",
-        "a tensor over the inline limit travels under icow:blob:<id>:in:<n> (limit lowered to 16 bytes here)",
+        "a tensor over the inline limit travels under an icow:in:<nonce> key (limit lowered to 16 bytes here)",
         5,
         "ident",
         {"x": np.arange(8, dtype=np.float32)},
@@ -357,7 +494,7 @@ def vectors() -> dict[str, bytes]:
     )
     files |= success(
         "result_claim_check",
-        "an output over the inline limit comes back as a ref to icow:blob:<id>:out:<n> (limit lowered here)",
+        "an output over the inline limit comes back as a ref to icow:out:<id>:<n> (limit lowered here)",
         5,
         "ident",
         1,
@@ -383,7 +520,19 @@ def vectors() -> dict[str, bytes]:
     files |= failure(
         "result_job_expired", "FAILURE: deadline passed", 9, "JobExpired", "the job's deadline passed", "mlp"
     )
+    files |= failure(
+        "result_cancelled",
+        "FAILURE: cancelled before it ran (the same bytes are pushed to icow:bell:<id>)",
+        10,
+        "JobCancelled",
+        "the job was cancelled before it ran",
+        None,
+    )
     files |= model_metadata("model_multi", "the icow:model:multi hash value of version 1")
+    files |= submit_vector("submit_claim_check", "one job, latest version, one input key", "job_claim_check", files)
+    files |= submit_vector("submit_pinned", "one job pinned to version 1, priority 5 (step 3)", "job_multi", files)
+    files |= cancel_vectors(1)
+    files |= invalid_jobs()
     return files
 
 

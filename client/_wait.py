@@ -1,0 +1,256 @@
+"""Waiting, I/O-free: generators that say which Redis call to make next, and the reply box.
+
+A wait is a generator that yields an *operation* (a small frozen dataclass below), receives the
+operation's reply, and returns the result meta (or raises JobTimeout / JobNotFound).
+``as_completed`` also yields :class:`Finished` events, which the driver hands to its caller.
+The sync and asyncio clients run the same generators; only how an operation is carried out
+differs (threads sharing one reply list, or one reader task per event loop).
+
+Where a client learns of a result (docs/PROTOCOL.md §10):
+
+* its own jobs (it submitted them, ``reply_to`` is its reply list): ``BLPOP`` on the reply list
+  and on the bell keys of the jobs being waited for (a cancel rings the bell, so a waiter in any
+  process wakes at once); between slices, the job's result and state keys, the source of truth;
+* re-attached jobs (by id, from any process): ``SUBSCRIBE`` to the result channel, then read
+  the keys (a result written before the subscription is found there), then wait for a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from icow import keys
+from icow.client import _core
+from icow.errors import IcowError, JobNotFound, JobTimeout
+
+# -- operations: what the driver is asked to do next, and what it sends back
+
+
+@dataclass(frozen=True)
+class ReadReplies:
+    """Wait on the client's reply list (and ``bells``) until a reply for one of ``wanted``
+    arrives or ``slice_s`` passes. Reply: ``{task id: meta}`` of those that arrived (maybe {}).
+    ``deadline``: the whole wait's, which bounds the read's socket time."""
+
+    wanted: Collection[str]
+    bells: tuple[str, ...]
+    slice_s: float
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class ReadKeys:
+    """``MGET keys``. Reply: the values, in order."""
+
+    keys: list[str]
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """``SUBSCRIBE channels`` on the wait's own pub/sub connection, and wait until Redis has
+    confirmed every one. Reply: None."""
+
+    channels: list[str]
+
+
+@dataclass(frozen=True)
+class Listen:
+    """The next message on the wait's pub/sub connection. Reply: its data, or None when
+    ``slice_s`` passes first."""
+
+    slice_s: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """``FCALL name`` (installing the library when missing and allowed). Reply: its reply."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+
+
+Operation: TypeAlias = ReadReplies | ReadKeys | Subscribe | Listen | Call
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Not an operation: ``as_completed`` reports a job as finished, with its meta or the
+    error its ``result()`` raises (JobNotFound when its result has expired)."""
+
+    job_id: str
+    meta: dict[str, Any] | None = None
+    error: IcowError | None = None
+
+
+Steps: TypeAlias = Generator[Operation | Finished, Any, Any]
+
+MGET_MAX = 10_000  # keys per MGET
+SUBSCRIBE_MAX = 1_000  # channels per SUBSCRIBE
+
+
+def _timeout(what: str, timeout_s: float | None) -> JobTimeout:
+    return JobTimeout(f"{what} within {timeout_s} s (it may still finish: wait again, or re-attach by id)")
+
+
+# -- one job
+
+
+def wait_own(job_id: str, deadline: float | None, timeout_s: float | None) -> Steps:
+    """The result meta of a job this client submitted (its replies come to our list)."""
+    bells = (keys.bell(job_id),)
+    while True:
+        if deadline is not None and _core.remaining(deadline) == 0:
+            raise _timeout(f"job {job_id} not finished", timeout_s)
+        got = yield ReadReplies({job_id}, bells, _core.slice_for(deadline), deadline)
+        if job_id in got:
+            return got[job_id]
+        # A slice passed: the keys are the source of truth (a reply taken by another process's
+        # reader, a lost connection, or a cancel whose bell another waiter took).
+        raw, state = yield ReadKeys([keys.result(job_id), keys.state(job_id)])
+        meta = _core.settled(job_id, raw, state)
+        if meta is not None:
+            return meta
+
+
+def wait_other(job_id: str, deadline: float | None, timeout_s: float | None) -> Steps:
+    """The result meta of a job re-attached by id: subscribe, then read, then listen."""
+    yield Subscribe([keys.result_channel(job_id)])
+    while True:
+        raw, state = yield ReadKeys([keys.result(job_id), keys.state(job_id)])
+        meta = _core.settled(job_id, raw, state)
+        if meta is not None:
+            return meta
+        while True:
+            if deadline is not None and _core.remaining(deadline) == 0:
+                raise _timeout(f"job {job_id} not finished", timeout_s)
+            data = yield Listen(_core.slice_for(deadline))
+            if data is None:
+                break  # a slice passed: read the keys again
+            entry = _core.parse_entry(data)
+            if entry is not None and entry[0] == job_id:
+                return entry[1]
+
+
+def cancel(job_id: str, token: str | None, reply_key: str, deadline: float | None, timeout_s: float | None) -> Steps:
+    """Ask the fleet to cancel a job and wait for its answer on our reply list."""
+    fkeys, args = _core.cancel_request(job_id, token, reply_key)
+    yield Call("icow_cancel_request", fkeys, args)
+    answer = _core.cancel_key(job_id)
+    while True:
+        if deadline is not None and _core.remaining(deadline) == 0:
+            raise JobTimeout(
+                f"no worker answered the request to cancel job {job_id} within {timeout_s} s "
+                "(is a worker serving its model alive?)"
+            )
+        got = yield ReadReplies({answer}, (), _core.slice_for(deadline), deadline)
+        if answer in got:
+            return _core.cancel_outcome(got[answer])
+
+
+# -- many jobs
+
+
+def as_completed(own: Sequence[str], other: Sequence[str], deadline: float | None, timeout_s: float | None) -> Steps:
+    """Report each job as :class:`Finished` as soon as it is. ``own``: jobs this client
+    submitted; ``other``: jobs re-attached by id. Raises JobTimeout at the deadline."""
+    waiting_own, waiting_other = set(own), set(other)
+    for i in range(0, len(other), SUBSCRIBE_MAX):
+        yield Subscribe([keys.result_channel(j) for j in other[i : i + SUBSCRIBE_MAX]])
+    check = bool(other)  # re-attached jobs may have finished long ago: read their keys first
+    while waiting_own or waiting_other:
+        if check:
+            for ids in _chunks(sorted(waiting_own | waiting_other), MGET_MAX // 2):
+                values = yield ReadKeys([k for j in ids for k in (keys.result(j), keys.state(j))])
+                for n, job_id in enumerate(ids):
+                    try:
+                        meta = _core.settled(job_id, values[2 * n], values[2 * n + 1])
+                    except JobNotFound as gone:
+                        yield Finished(job_id, error=gone)
+                    else:
+                        if meta is None:
+                            continue
+                        yield Finished(job_id, meta)
+                    waiting_own.discard(job_id)
+                    waiting_other.discard(job_id)
+            check = False
+            continue
+        if deadline is not None and _core.remaining(deadline) == 0:
+            raise _timeout(f"{len(waiting_own) + len(waiting_other)} jobs not finished", timeout_s)
+        if waiting_other:
+            data = yield Listen(_core.slice_for(deadline))
+            entry = None if data is None else _core.parse_entry(data)
+            if entry is not None and entry[0] in waiting_other:
+                job_id, meta = entry
+                waiting_other.discard(job_id)
+                yield Finished(job_id, meta)
+            elif data is None:
+                check = True
+        else:
+            got = yield ReadReplies(waiting_own, (), _core.slice_for(deadline), deadline)
+            for job_id, meta in got.items():
+                waiting_own.discard(job_id)
+                yield Finished(job_id, meta)
+            check = not got
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# -- the reply box
+
+
+class ReplyBox:
+    """What a client's readers popped from its reply list, by task id, until a waiter takes
+    it; and which bell keys the waiters want watched. Not thread-safe: the sync client holds
+    its lock around every call, the asyncio client calls it between awaits."""
+
+    def __init__(self, reply_key: str, *, stash_max: int = _core.STASH_MAX, bells_max: int = _core.BELLS_MAX):
+        self.reply_key = reply_key
+        self._stash: dict[str, dict[str, Any]] = {}
+        self._bells: dict[str, int] = {}
+        self._stash_max = stash_max
+        self._bells_max = bells_max
+
+    def watch(self, bells: Iterable[str]) -> None:
+        for b in bells:
+            self._bells[b] = self._bells.get(b, 0) + 1
+
+    def unwatch(self, bells: Iterable[str]) -> None:
+        for b in bells:
+            n = self._bells.get(b, 0) - 1
+            if n > 0:
+                self._bells[b] = n
+            else:
+                self._bells.pop(b, None)
+
+    def read_keys(self) -> list[str]:
+        """The keys of the next BLPOP: the reply list, then up to ``bells_max`` bells."""
+        bells = list(self._bells)[: self._bells_max]
+        return [self.reply_key, *bells]
+
+    def deliver(self, raws: Iterable[Any]) -> set[str]:
+        """Keep every entry by its task id; return those ids. Oldest entries beyond the cap
+        are dropped (their results stay in their keys)."""
+        got = set()
+        for raw in raws:
+            entry = _core.parse_entry(raw)
+            if entry is None:
+                continue
+            self._stash[entry[0]] = entry[1]
+            got.add(entry[0])
+        while len(self._stash) > self._stash_max:
+            self._stash.pop(next(iter(self._stash)))
+        return got
+
+    def take(self, wanted: Collection[str]) -> dict[str, dict[str, Any]]:
+        """Remove and return the entries of ``wanted`` that have arrived."""
+        if len(self._stash) <= len(wanted):
+            hits = [k for k in self._stash if k in wanted]
+        else:
+            hits = [k for k in wanted if k in self._stash]
+        return {k: self._stash.pop(k) for k in hits}
