@@ -36,7 +36,7 @@ app.conf.update(
     # JSON lets stock `celery inspect`, `celery status` and Flower read them.
     task_serializer="json",
     result_serializer="json",
-    accept_content=["json"],
+    accept_content=["msgpack", "json"],  # stock clients broadcast control commands in either
     worker_prefetch_multiplier=1,
     worker_hijack_root_logger=True,
     broker_connection_retry_on_startup=True,

@@ -132,6 +132,10 @@ def run_worker(opts: WorkerOptions) -> int:
         metrics_server = metrics.serve(opts.metrics_port)
         log.info("metrics on http://0.0.0.0:%s/metrics", opts.metrics_port)
     shadow = ShadowRunner(manager, shadow_listeners)  # shadow runs (config.toml `shadow`), in a thread
+    if opts.events:  # Celery task events for Flower: the intake answers jobs, so it sends them
+        from icow.workers.events import TaskEvents
+
+        observers.append(TaskEvents(app_module.app, name))
     runner = JobRunner(
         manager,
         broker,
