@@ -11,6 +11,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,3 +340,23 @@ def test_model_names_and_job_ids_match_whole_strings(bad: str) -> None:
         keys.check_model_name(bad)
     with pytest.raises(InvalidInput):
         keys.check_job_id(bad if bad != "../x" else "a\n")
+
+
+@needs_acl
+def test_icow_admin_installs_the_functions_and_prints_the_acl_users(tmp_path: Path) -> None:
+    server = LocalRedis(exe=REDIS_ACL)
+    try:
+        run = [sys.executable, "-m", "icow.cli", "admin"]
+        out = subprocess.run([*run, "install", "--redis", server.url], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "installed" in out.stdout, out.stderr
+        r = redis.Redis.from_url(server.url)
+        try:
+            assert r.fcall(functions.VERSION, 0) == functions.LIBRARY_SHA.encode()
+            acl = subprocess.run([*run, "acl"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+            for line in acl:  # the printed lines are accepted by Redis as they are
+                r.execute_command(*line.replace("><password>", ">pw").split())
+            assert {str(u) for u in r.acl_users()} >= {"icow-client", "icow-worker"}
+        finally:
+            r.close()
+    finally:
+        server.stop()

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--check", action="store_true", help="healthcheck: exit 0 if the worker --name is alive and ready")
     w.set_defaults(func=cmd_worker)
 
-    from icow.cli import bench, demo, failures, ops, replay, status, tools
+    from icow.cli import admin, bench, demo, failures, ops, replay, status, tools
 
     d = sub.add_parser("demo", help="start a local fleet, run sample jobs, shut down")
     d.add_argument("--redis", help="use this Redis instead of an embedded one")
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_command(sub)
     failures.add_command(sub)
     replay.add_command(sub)
+    admin.add_command(sub)
     return p
 
 
