@@ -1,8 +1,8 @@
 """Backpressure: a model's backlog is bounded, and a full queue refuses jobs with QueueFull.
 
 The limit is ``max_queue`` in the model's config.toml (or the fleet default ``ICOW_MAX_QUEUE``);
-workers publish it to ``icow:limits`` and the client's submit script checks it atomically
-with the LPUSH. These tests run a real Redis of their own and real worker processes.
+workers publish it to ``icow:limits`` and ``FCALL icow_submit`` checks it atomically with the
+LPUSH. These tests run a real Redis of their own and real worker processes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys
+from icow import functions, keys
 from icow.cli.fleet import LocalRedis
 from icow.client import AsyncClient, Client
 from icow.errors import InvalidInput, QueueFull
@@ -39,7 +39,8 @@ def bp_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bp_redis(bp_repo: Path) -> Iterator[LocalRedis]:
     """A Redis whose models and limits were published by a worker that then stopped, so
-    nothing drains the queues while a test fills them."""
+    nothing drains the queues while a test fills them (clients queue with
+    ``require_published=False``: no worker is live)."""
     server = LocalRedis()
     w = WorkerProcess(bp_repo, server.url, f"bp-publisher-{os.getpid()}@local", env={"ICOW_MAX_QUEUE": "50"})
     w.stop()
@@ -50,14 +51,18 @@ def bp_redis(bp_repo: Path) -> Iterator[LocalRedis]:
 @pytest.fixture
 def r(bp_redis: LocalRedis) -> Iterator[redis.Redis]:
     conn = redis.Redis.from_url(bp_redis.url)
-    for q in (*keys.queue_lists("bounded"), *keys.queue_lists("free")):
+    for q in (*keys.queue_lists(keys.queue("bounded")), *keys.queue_lists(keys.queue("free"))):
         conn.delete(q)
     yield conn
     conn.close()
 
 
 def backlog(r: redis.Redis, model: str) -> int:
-    return sum(int(r.llen(q)) for q in keys.queue_lists(model))
+    return sum(int(r.llen(q)) for q in keys.queue_lists(keys.queue(model)))
+
+
+def connect(server: LocalRedis) -> Client:
+    return Client(server.url, require_published=False)
 
 
 def test_workers_publish_each_models_limit_and_the_fleet_default(r: redis.Redis) -> None:
@@ -66,40 +71,40 @@ def test_workers_publish_each_models_limit_and_the_fleet_default(r: redis.Redis)
 
 def test_a_full_queue_refuses_the_job_and_queues_nothing(bp_redis: LocalRedis, r: redis.Redis) -> None:
     x = np.ones((1, 2), np.float32)
-    with Client(bp_redis.url) as c:
+    with connect(bp_redis) as c:
         accepted = [c.submit("bounded", {"x": x}) for _ in range(LIMIT)]
         assert [j.status() for j in accepted] == ["queued"] * LIMIT
-        big = np.ones((1, 100_000), np.float32)  # 400 KB: travels as a claim-checked blob
+        big = np.ones((1, 100_000), np.float32)  # 400 KB: travels under an input key
         with pytest.raises(QueueFull, match="limit is 3") as err:
             c.submit("bounded", {"x": big}, job_id="refused-job")
     assert (err.value.model, err.value.depth, err.value.limit) == ("bounded", LIMIT, LIMIT)
     assert backlog(r, "bounded") == LIMIT
-    assert r.exists(keys.state("refused-job"), keys.blob("refused-job", "in", 0)) == 0
+    assert r.keys("icow:in:*") == []  # the refused job's input key was deleted with it
 
 
 def test_every_priority_list_counts_towards_the_limit(bp_redis: LocalRedis, r: redis.Redis) -> None:
-    with Client(bp_redis.url) as c:
+    with connect(bp_redis) as c:
         for priority in (0, 5, 9):
             c.submit("bounded", {"x": np.ones((1, 2), np.float32)}, priority=priority)
         with pytest.raises(QueueFull):
             c.submit("bounded", {"x": np.ones((1, 2), np.float32)}, priority=3)
-    assert [r.llen(q) for q in keys.queue_lists("bounded")] == [1, 1, 0, 1]
+    assert [r.llen(q) for q in keys.queue_lists(keys.queue("bounded"))] == [1, 1, 0, 1]
 
 
 def test_submit_many_queues_up_to_the_limit_and_reports_what_was_queued(bp_redis: LocalRedis, r: redis.Redis) -> None:
     batch = [{"x": np.full((1, 2), i, np.float32)} for i in range(7)]
-    with Client(bp_redis.url) as c:
+    with connect(bp_redis) as c:
         c.submit("bounded", batch[0])
         with pytest.raises(QueueFull) as err:
             c.submit_many("bounded", batch, chunk=2)
-    queued = err.value.queued
-    assert len(queued) == LIMIT - 1  # the first two of the batch, in order
+        queued = err.value.queued
+        assert len(queued) == LIMIT - 1  # the first two of the batch, in order
+        assert all(j.status() == "queued" for j in queued)
     assert backlog(r, "bounded") == LIMIT
-    assert all(r.get(keys.state(j.id)) == b"queued" for j in queued)
 
 
 def test_models_under_their_limit_are_not_slowed_or_refused(bp_redis: LocalRedis, r: redis.Redis) -> None:
-    with Client(bp_redis.url) as c:
+    with connect(bp_redis) as c:
         jobs = c.submit_many("free", [{"x": np.ones(3, np.float32)} for _ in range(50)], chunk=16)
         with pytest.raises(QueueFull, match="'free' already has 50 jobs waiting"):
             c.submit("free", {"x": np.ones(3, np.float32)})
@@ -109,7 +114,7 @@ def test_models_under_their_limit_are_not_slowed_or_refused(bp_redis: LocalRedis
 def test_a_draining_queue_accepts_jobs_again_and_queued_jobs_are_served(
     bp_repo: Path, bp_redis: LocalRedis, r: redis.Redis
 ) -> None:
-    with Client(bp_redis.url) as c:
+    with connect(bp_redis) as c:
         jobs = [c.submit("bounded", {"x": np.full((1, 2), i, np.float32)}) for i in range(LIMIT)]
         with pytest.raises(QueueFull):
             c.submit("bounded", {"x": np.ones((1, 2), np.float32)})
@@ -122,7 +127,7 @@ def test_a_draining_queue_accepts_jobs_again_and_queued_jobs_are_served(
 
 
 async def test_async_client_refuses_the_same_way(bp_redis: LocalRedis, r: redis.Redis) -> None:
-    async with AsyncClient(bp_redis.url) as c:
+    async with AsyncClient(bp_redis.url, require_published=False) as c:
         for _ in range(LIMIT - 1):
             await c.submit("bounded", {"x": np.ones((1, 2), np.float32)})
         with pytest.raises(QueueFull) as err:
@@ -133,11 +138,11 @@ async def test_async_client_refuses_the_same_way(bp_redis: LocalRedis, r: redis.
     assert backlog(r, "bounded") == LIMIT
 
 
-def test_the_submit_script_is_reloaded_after_redis_forgets_it(bp_redis: LocalRedis, r: redis.Redis) -> None:
-    with Client(bp_redis.url) as c:
+def test_the_functions_are_reloaded_after_redis_forgets_them(bp_redis: LocalRedis, r: redis.Redis) -> None:
+    with connect(bp_redis) as c:
         c.submit("free", {"x": np.ones(3, np.float32)})
-        r.script_flush()  # what a Redis restart does to the script cache
-        c.submit("free", {"x": np.ones(3, np.float32)})
+        r.function_delete(functions.LIBRARY_NAME)  # a Redis that lost its data
+        c.submit("free", {"x": np.ones(3, np.float32)})  # this user may load them: it does
     assert backlog(r, "free") == 2
 
 
