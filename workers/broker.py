@@ -167,10 +167,11 @@ class Broker:
     def wait_cancels(self, block_s: float) -> list[CancelRequest]:
         """Cancel requests, waiting up to ``block_s`` for the first (the worker's cancel listener
         thread: a request is answered at once even while the intake runs a long batch)."""
-        got = self.r.bzpopmin([keys.CANCELS], timeout=block_s)
+        got: Any = self.r.bzpopmin([keys.CANCELS], timeout=block_s)
         if not got:
             return []
-        members = [got[1], *[m for m, _ in self.r.zpopmin(keys.CANCELS, CANCELS_PER_ROUND - 1)]]
+        more: Any = self.r.zpopmin(keys.CANCELS, CANCELS_PER_ROUND - 1)
+        members = [got[1], *[m for m, _ in more]]
         out = []
         for m in members:
             token, _, reply_to = _text(m).partition(" ")

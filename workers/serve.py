@@ -58,7 +58,8 @@ def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.
     try:
         broker.install()
         served = {m: list(e.versions) for m, e in manager.entries.items() if e.versions}
-        withdrawn = {m: [] for m in runner.announced if m not in served}  # dropped since the last beat
+        # models dropped since the last beat are withdrawn
+        withdrawn: dict[str, list[int]] = {m: [] for m in runner.announced if m not in served}
         offers = {m: manager.latest(m) for m in served}
         now_ms = broker.renew({**served, **withdrawn}, offers, live_ttl_s)
         runner.announced = set(served)
