@@ -13,10 +13,10 @@ from icow.errors import InvalidInput
 JOB_ID = "00000000-0000-4000-8000-000000000001"
 GOLDEN_JOB_HEX = (
     "8aa17601a26964d92430303030303030302d303030302d343030302d383030302d303030303030303030303031"
-    "a56d6f64656ca36d6c70a776657273696f6ec0a763726561746564cb41d954fc40000000a6696e7075747391"
-    "84a46e616d65a178a86461746174797065a446503332a57368617065920102a464617461c4080000803f0000"
-    "0040a76f757470757473c0a374746c3ca87265706c795f746fad69636f773a7265706c793a6331a8646561"
-    "646c696e65c0"
+    "a56d6f64656ca36d6c70a776657273696f6ec0a763726561746564cb41d954fc40000000a6696e707574739184"
+    "a46e616d65a178a86461746174797065a446503332a57368617065920102a464617461c4080000803f00000040"
+    "a76f757470757473c0a374746c3ca87265706c795f746fd92b69636f773a7265706c793a636363636363636363"
+    "6363636363636363636363636363636363636363636363a8646561646c696e65c0"
 )
 
 
@@ -27,7 +27,7 @@ def golden_job() -> dict:
         version=None,
         inputs=[tensor.encode("x", np.array([[1.0, 2.0]], np.float32))],
         result_ttl_s=60,
-        reply_to="icow:reply:c1",
+        reply_to="icow:reply:" + "c" * 32,
         created=1700000000.0,
     )
 
@@ -68,7 +68,10 @@ def test_parse_job_accepts_the_golden_job() -> None:
         ({"version": "1"}, "positive integer"),
         ({"inputs": []}, "non-empty list"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": 1234}]}, "raw bytes"),
-        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "ref": "icow:blob:other:in:0"}]}, "claim-check"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "ref": "icow:out:other:0"}]}, "claim-check"),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": "AACAPw=="}]}, "msgpack str"),
+        ({"reply_to": "icow:reply:c1"}, "reply_to"),
+        ({"outputs": []}, "non-empty"),
         ({"ttl": 0}, "ttl"),
         ({"reply_to": "celery"}, "reply_to"),
         ({"id": "other"}, "does not match"),
@@ -93,9 +96,12 @@ def test_result_meta_is_celery_compatible() -> None:
 
 def test_key_schema() -> None:
     assert keys.queue("mlp") == "icow:q:mlp"
-    assert keys.queue_list("mlp", 0) == "icow:q:mlp"
-    assert keys.queue_list("mlp", 5) == "icow:q:mlp\x06\x163"
-    assert keys.queue_list("mlp", 9) == "icow:q:mlp\x06\x169"
+    assert keys.queue("mlp", 2) == "icow:q:mlp@2"
+    assert keys.queue_list("icow:q:mlp", 0) == "icow:q:mlp"
+    assert keys.queue_list("icow:q:mlp", 5) == "icow:q:mlp\x06\x163"
+    assert keys.queue_list("icow:q:mlp@2", 9) == "icow:q:mlp@2\x06\x169"
+    assert keys.parse_queue("icow:q:mlp@2\x06\x169") == ("mlp", 2, 9)
+    assert keys.parse_queue("icow:q:mlp") == ("mlp", None, 0)
     assert keys.result(JOB_ID) == f"celery-task-meta-{JOB_ID}"
 
 
