@@ -274,8 +274,10 @@ def test_an_interrupted_run_is_resumed_from_its_manifest(redis_url: str, tmp_pat
     out = tmp_path / "y.npz"
     args = ["infer", model, str(tmp_path / "x.npz"), "--many", "--chunk", "2", "--out", str(out)]
     first = icow(*args, "--timeout", "1", "--redis", redis_url)
-    assert first.returncode == 3 and "--resume" in first.stdout  # interrupted: jobs still queued
+    # Nobody serves the model: the first job is refused at submit, after the manifest was written.
+    assert first.returncode == 2 and "ModelNotFound" in first.stderr, first.stderr
     manifest = tmp_path / "y.npz.manifest.json"
+    assert manifest.is_file()
     # A run interrupted before it submitted anything: only its manifest exists.
     never = bulk.plan(model, None, tmp_path / "x.npz", tmp_path / "z.npz", many=True, chunk=4)
     never.save(tmp_path / "never.json")

@@ -8,8 +8,9 @@ Two ways to give many inputs:
 
 Before anything is submitted, the job ids are written to a manifest (JSON, next to the
 outputs). If the run is interrupted (Ctrl-C, a timeout, a crash), ``icow infer --resume
-MANIFEST`` re-attaches to the same jobs by id, resubmits the ones that never reached Redis, and
-finishes writing the outputs; jobs already written are not fetched again.
+MANIFEST`` re-attaches to the same jobs by id, submits again the ones with no record yet (never
+sent, or still queued: a duplicate of an answered job is skipped by the worker), and finishes
+writing the outputs; jobs already written are not fetched again.
 """
 
 from __future__ import annotations
@@ -136,8 +137,12 @@ def run(client: Any, m: Manifest, manifest_path: Path, *, timeout_s: float | Non
             handle = client.job(j["id"]) if resume else None
             if handle is not None:
                 try:
-                    handle.status()
-                except JobNotFound:  # never reached Redis (or expired): submit it again, same id
+                    # No record yet: it never reached Redis, or it still waits in its queue (a
+                    # client cannot tell which). Submit it again under the same id: whichever copy
+                    # is answered first wins, and a worker skips the other at its claim.
+                    if handle.status() == "queued":
+                        handle = None
+                except JobNotFound:  # its result expired: run it again
                     handle = None
             while handle is None:
                 try:
