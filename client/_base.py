@@ -27,6 +27,7 @@ class ClientBase:
         inline_max_bytes: int = _core.Options.inline_max_bytes,
         max_tensor_bytes: int = _core.Options.max_tensor_bytes,
         require_published: bool = True,
+        durable: bool = False,
         **redis_options: Any,
     ):
         self.options = _core.Options(
@@ -38,6 +39,7 @@ class ClientBase:
             max_tensor_bytes=max_tensor_bytes,
             require_published=require_published,
             redis_options=dict(redis_options),
+            durable=durable,
         )
         self.url = url
         # 128 random bits: nobody else can name this client's reply list.

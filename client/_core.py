@@ -49,6 +49,8 @@ CANCEL_PREFIX = "cancel:"  # the task_id of a cancel outcome on a reply list: ca
 
 # ---------------------------------------------------------------------------- options
 
+DURABLE_WAIT_S = 1.0  # a durable submit waits this long (at most) for a replica to hold its jobs
+
 
 @dataclass(frozen=True)
 class Options:
@@ -62,6 +64,7 @@ class Options:
     max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES
     require_published: bool = True
     redis_options: Mapping[str, Any] = field(default_factory=dict)
+    durable: bool = False  # submits return once a replica holds the jobs (WAIT), see Target
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or "://" not in self.url:
@@ -253,6 +256,7 @@ class Target:
     model: str
     version: int | None = None
     priority: int = 0
+    durable: bool | None = None  # None: the client's ``durable``
 
     def __post_init__(self) -> None:
         keys.check_model_name(self.model)
@@ -266,6 +270,14 @@ class Target:
     @property
     def queue(self) -> str:
         return keys.queue(self.model, self.version)
+
+    def durable_wait_ms(self, options: Options, deadline: float | None) -> int:
+        """0: not durable; else how long ``WAIT`` may wait for a replica (ms, within the deadline)."""
+        if not (options.durable if self.durable is None else self.durable):
+            return 0
+        left = remaining(deadline)
+        limit_s = DURABLE_WAIT_S if left is None else min(DURABLE_WAIT_S, left)
+        return max(1, int(1000 * limit_s))
 
     def describe(self) -> str:
         return f"model {self.model!r}" + ("" if self.version is None else f" version {self.version}")

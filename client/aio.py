@@ -160,9 +160,10 @@ class AsyncClient(ClientBase):
         deadline_s: float | None = None,
         result_ttl_s: int | None = None,
         job_id: str | None = None,
+        durable: bool | None = None,
     ) -> AsyncJob:
         """See :meth:`icow.client.Client.submit`."""
-        target = _core.Target(model, version, priority)
+        target = _core.Target(model, version, priority, durable)
         return await self._submit(target, inputs, outputs, deadline_s, result_ttl_s, job_id, self._deadline())
 
     async def _submit(
@@ -229,9 +230,10 @@ class AsyncClient(ClientBase):
         deadline_s: float | None = None,
         result_ttl_s: int | None = None,
         chunk: int = _core.SUBMIT_CHUNK,
+        durable: bool | None = None,
     ) -> list[AsyncJob]:
         """See :meth:`icow.client.Client.submit_many`."""
-        target = _core.Target(model, version, priority)
+        target = _core.Target(model, version, priority, durable)
         return await self._submit_many(target, batch, outputs, deadline_s, result_ttl_s, chunk, None)
 
     async def _submit_many(
@@ -424,6 +426,8 @@ class AsyncClient(ClientBase):
     ) -> tuple[int, int, int]:
         """See icow.client.sync.Client._queue."""
         fkeys, args = _core.submit_call(target, jobs, self.options.require_published)
+        wait_ms = target.durable_wait_ms(self.options, deadline)
+        acked: Any = 0
         async with self._io("submitting a job" if len(jobs) == 1 else "submitting jobs", deadline):
             try:
                 pipe = self._r.pipeline(transaction=False)
@@ -431,17 +435,29 @@ class AsyncClient(ClientBase):
                     for key, data in job.inputs.items():
                         pipe.set(key, data, ex=job.ttl_s)
                 pipe.fcall(functions.SUBMIT, len(fkeys), *fkeys, *args)
+                if wait_ms:  # durable: WAIT counts this connection's writes, so it rides along
+                    connection.wait_replicas(pipe, 1, wait_ms)
                 replies = await pipe.execute(raise_on_error=False)
+                if wait_ms:
+                    acked = replies.pop()
                 for reply in replies:
                     if isinstance(reply, Exception) and not functions.is_missing(reply):
                         raise reply
                 reply = replies[-1]
                 if isinstance(reply, Exception):  # the library is missing (a Redis that lost its data)
-                    reply = await functions.call_async(self._r, functions.SUBMIT, fkeys, args)
+                    async with self._r.client() as one:  # one connection: WAIT counts the submit's writes
+                        reply = await functions.call_async(one, functions.SUBMIT, fkeys, args)
+                        if wait_ms:
+                            acked = await connection.wait_replicas(one, 1, wait_ms)
             except Exception:
                 await self._forget_inputs(jobs)
                 raise
-        return _core.submit_outcome(target, reply)
+            if wait_ms and isinstance(acked, Exception):
+                raise acked
+        outcome = _core.submit_outcome(target, reply)
+        if wait_ms and outcome[0]:
+            connection.require_replicas(acked, 1)  # queued on the primary, not yet on a replica
+        return outcome
 
     async def _forget_inputs(self, jobs: Sequence[_core.PreparedJob]) -> None:
         inputs = [key for job in jobs for key in job.inputs]

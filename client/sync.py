@@ -168,6 +168,7 @@ class Client(ClientBase):
         deadline_s: float | None = None,
         result_ttl_s: int | None = None,
         job_id: str | None = None,
+        durable: bool | None = None,
     ) -> Job:
         """Queue one job and return its handle at once (fire-and-forget).
 
@@ -175,7 +176,7 @@ class Client(ClientBase):
         ``deadline_s``: a job not started by then is answered JobExpired. ModelNotFound when no
         live worker serves the model (version), QueueFull when its backlog is at its limit:
         then nothing was queued."""
-        target = _core.Target(model, version, priority)
+        target = _core.Target(model, version, priority, durable)
         return self._submit(target, inputs, outputs, deadline_s, result_ttl_s, job_id, self._deadline())
 
     def _submit(
@@ -207,12 +208,13 @@ class Client(ClientBase):
         deadline_s: float | None = None,
         result_ttl_s: int | None = None,
         chunk: int = _core.SUBMIT_CHUNK,
+        durable: bool | None = None,
     ) -> list[Job]:
         """Queue many jobs in few round trips (one ``icow_submit`` call per ``chunk`` jobs).
 
         When the backlog limit is reached, QueueFull's ``queued`` holds the handles of the jobs
         queued so far (a prefix of ``batch``); the others were not queued."""
-        target = _core.Target(model, version, priority)
+        target = _core.Target(model, version, priority, durable)
         return self._submit_many(target, batch, outputs, deadline_s, result_ttl_s, chunk, None)
 
     def _submit_many(
@@ -412,6 +414,8 @@ class Client(ClientBase):
         """One round trip: SET the claim-checked inputs, then ``icow_submit`` checks that a live
         worker serves the target and the backlog limit, and queues. (queued, depth, limit)."""
         fkeys, args = _core.submit_call(target, jobs, self.options.require_published)
+        wait_ms = target.durable_wait_ms(self.options, deadline)
+        acked: Any = 0
         with self._io("submitting a job" if len(jobs) == 1 else "submitting jobs", deadline):
             try:
                 pipe = self._r.pipeline(transaction=False)
@@ -419,17 +423,29 @@ class Client(ClientBase):
                     for key, data in job.inputs.items():
                         pipe.set(key, data, ex=job.ttl_s)
                 pipe.fcall(functions.SUBMIT, len(fkeys), *fkeys, *args)
+                if wait_ms:  # durable: WAIT counts this connection's writes, so it rides along
+                    connection.wait_replicas(pipe, 1, wait_ms)
                 replies = pipe.execute(raise_on_error=False)
+                if wait_ms:
+                    acked = replies.pop()
                 for reply in replies:
                     if isinstance(reply, Exception) and not functions.is_missing(reply):
                         raise reply
                 reply = replies[-1]
                 if isinstance(reply, Exception):  # the library is missing (a Redis that lost its data)
-                    reply = functions.call(self._r, functions.SUBMIT, fkeys, args)
+                    with self._r.client() as one:  # one connection: WAIT counts the submit's writes
+                        reply = functions.call(one, functions.SUBMIT, fkeys, args)
+                        if wait_ms:
+                            acked = connection.wait_replicas(one, 1, wait_ms)
             except Exception:
                 self._forget_inputs(jobs)
                 raise
-        return _core.submit_outcome(target, reply)
+            if wait_ms and isinstance(acked, Exception):
+                raise acked
+        outcome = _core.submit_outcome(target, reply)
+        if wait_ms and outcome[0]:
+            connection.require_replicas(acked, 1)  # queued on the primary, not yet on a replica
+        return outcome
 
     def _forget_inputs(self, jobs: Sequence[_core.PreparedJob]) -> None:
         inputs = [key for job in jobs for key in job.inputs]

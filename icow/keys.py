@@ -256,6 +256,7 @@ CLIENT_ACL_RULES = (
     # Root selector: FCALL needs every key it declares here; the commands run inside are then
     # checked one by one against all selectors.
     *("+ping", "+hello", "+client|setname", "+client|setinfo", "+fcall", "+fcall_ro"),
+    "+wait",  # durable submits: WAIT for a replica to hold the jobs
     "+time",  # icow_submit (live check) and icow_cancel_request read the server clock
     *("+subscribe", "+unsubscribe", f"&{RESULT_PREFIX}*"),  # stock Celery AsyncResult waits
     *(f"~{QUEUE_PREFIX}*", f"~{PREFIX}wake:*", f"~{LIMITS}", f"~{PREFIX}live:*", f"~{PREFIX}in:*", f"~{CANCELS}"),
