@@ -18,6 +18,10 @@ variable                    meaning                                             
 ``ICOW_REDIS_CA``           CA bundle that verifies a ``rediss://`` server         system CAs
 ``ICOW_REDIS_CERT``         client certificate for ``rediss://`` (mutual TLS)      none
 ``ICOW_REDIS_KEY``          its private key                                      none
+``ICOW_ORT_VERBOSE``        1: keep onnxruntime's own log lines (CUDA load        off
+                            errors on a host without CUDA, ...)
+``ICOW_ORT_SPIN``           1: let onnxruntime's idle threads spin (faster on     off
+                            a dedicated host, burns cores on a shared one)
 ==========================  ==================================================  =============
 """
 
@@ -47,6 +51,8 @@ class Settings:
     redis_ca: str | None = None
     redis_cert: str | None = None
     redis_key: str | None = None
+    ort_verbose: bool = False
+    ort_spin: bool = False
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -76,6 +82,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         redis_ca=env.get("ICOW_REDIS_CA") or None,
         redis_cert=env.get("ICOW_REDIS_CERT") or None,
         redis_key=env.get("ICOW_REDIS_KEY") or None,
+        ort_verbose=env.get("ICOW_ORT_VERBOSE", "") not in ("", "0"),
+        ort_spin=env.get("ICOW_ORT_SPIN", "") not in ("", "0"),
     )
 
 

@@ -13,19 +13,18 @@ docs/RELIABILITY.md says why a bootstep rather than a kombu transport.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
 from celery import Celery, bootsteps
 
-from icow import connection, keys, protocol
+from icow import connection, keys, protocol, settings
 
 log = logging.getLogger("icow.worker")
 
 CONTROL_QUEUE = keys.PREFIX + "celery"
 
-_BROKER = connection.celery_broker(os.environ.get("ICOW_REDIS_URL", "redis://127.0.0.1:6379/0"))
+_BROKER = connection.celery_broker(settings.from_env().redis_url or "redis://127.0.0.1:6379/0")
 app = Celery("icow", set_as_current=False)
 app.conf.update(
     # `celery -A icow.workers.app inspect ...` with ICOW_REDIS_URL, also redis+sentinel:// URLs

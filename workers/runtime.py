@@ -4,7 +4,6 @@ implementation. Sessions are created once per worker process, never per job."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from icow import settings
 from icow.errors import InvalidInput
 
 log = logging.getLogger("icow.runtime")
@@ -147,7 +147,7 @@ def _import_ort() -> Any:
 
     # onnxruntime-gpu logs an error line for every CUDA load attempt on a host without CUDA;
     # the worker checks and reports the provider that really runs instead.
-    if not os.environ.get("ICOW_ORT_VERBOSE"):
+    if not settings.from_env().ort_verbose:
         ort.set_default_logger_severity(4)
     return ort
 
@@ -174,7 +174,7 @@ class OnnxModel:
         if threads > 0:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        if not os.environ.get("ICOW_ORT_SPIN"):
+        if not settings.from_env().ort_spin:
             # onnxruntime's idle threads spin by default; on a host shared with Redis and other
             # workers that burns the cores they need (ICOW_ORT_SPIN=1 restores spinning).
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
