@@ -2,9 +2,8 @@
 // bulk, re-attach by id, read model metadata. The wire format is docs/PROTOCOL.md; this file
 // only does Redis I/O around protocol.js, keys.js, tensor.js, bulk.js and waiting.js.
 
-import { Redis } from 'ioredis';
-
 import * as bulk from './bulk.js';
+import { connect } from './connection.js';
 import {
   BrokerUnavailable,
   IcowError,
@@ -45,8 +44,25 @@ import {
 import { DEFAULT_MAX_TENSOR_BYTES, decode as decodeTensor, encode as encodeTensor } from './tensor.js';
 import { ReplyRouter, SLICE_S, Subscriptions } from './waiting.js';
 
-const SUBMIT_OPTIONS = new Set(['version', 'outputs', 'priority', 'deadlineS', 'resultTtlS', 'jobId']);
+const SUBMIT_OPTIONS = new Set(['version', 'outputs', 'priority', 'deadlineS', 'resultTtlS', 'jobId', 'durable']);
 const MGET_CHUNK = 10000;
+/** The bound of every Redis command of a call that takes no timeoutS of its own (submit, status, models...). */
+export const DEFAULT_TIMEOUT_S = 10;
+/** How long a durable submit waits for a replica to acknowledge (Redis WAIT), as icow.connection. */
+export const DURABLE_WAIT_MS = 1000;
+const MARGIN_MS = 500;
+
+/** BrokerUnavailable unless `acknowledged` (WAIT's count) reaches `replicas`, as icow.connection.require_replicas. */
+export function requireReplicas(acknowledged, replicas = 1) {
+  const got = Number(acknowledged);
+  if (!(got >= replicas)) {
+    throw new BrokerUnavailable(
+      `only ${got} of ${replicas} Redis replica(s) acknowledged the write in time: it is on the primary but not yet ` +
+        'durable (no replica, or replication lagging)',
+    );
+  }
+  return got;
+}
 
 function checkTimeout(timeoutS) {
   if (timeoutS !== null && (typeof timeoutS !== 'number' || !(timeoutS >= 0))) {
@@ -169,7 +185,10 @@ export class Job {
 }
 
 /**
- * Submit jobs to an ICOW fleet and read their results.
+ * Submit jobs to an ICOW fleet and read their results. `url`: redis://, rediss://, or
+ * redis+sentinel://host1[:port],host2[:port]/service[/db] (src/connection.js). `timeoutS` bounds
+ * each Redis command of calls that take no timeout of their own; `durable: true` makes every
+ * submit wait until a replica holds the job (per call: `{ durable }`).
  *
  *   const client = new Client('redis://127.0.0.1:6379/0');
  *   const out = await client.infer('mlp', { x: { datatype: 'FP32', shape: [1, 4], data: new Float32Array(4) } });
@@ -180,13 +199,19 @@ export class Client {
     {
       resultTtlS = keys.DEFAULT_RESULT_TTL_S,
       connectTimeoutS = 2,
+      timeoutS = DEFAULT_TIMEOUT_S,
+      durable = false,
       inlineMaxBytes = DEFAULT_INLINE_MAX_BYTES,
       maxTensorBytes = DEFAULT_MAX_TENSOR_BYTES,
       requirePublished = true,
       redisOptions = {},
     } = {},
   ) {
+    if (typeof timeoutS !== 'number' || !(timeoutS > 0)) throw new InvalidInput(`timeoutS must be a positive number, got ${timeoutS}`);
+    if (typeof durable !== 'boolean') throw new InvalidInput(`durable must be true or false, got ${durable}`);
     this.url = url;
+    this.timeoutS = timeoutS;
+    this.durable = durable;
     this.resultTtlS = resultTtlS;
     this.inlineMaxBytes = inlineMaxBytes;
     this.maxTensorBytes = maxTensorBytes;
@@ -194,11 +219,12 @@ export class Client {
     this.requirePublished = requirePublished;
     this.clientId = randomHex();
     this._closed = false;
-    this._r = new Redis(url, {
-      connectTimeout: connectTimeoutS * 1000,
-      maxRetriesPerRequest: 1,
-      retryStrategy: (times) => Math.min(times * 100, 1000),
-      ...redisOptions,
+    // Each command is bounded (also while queued during a reconnect or a failover): no call hangs.
+    this._r = connect(url, {
+      base: { maxRetriesPerRequest: 1, retryStrategy: (times) => Math.min(times * 100, 1000) },
+      connectTimeoutMs: connectTimeoutS * 1000,
+      commandTimeoutMs: timeoutS * 1000 + MARGIN_MS,
+      redisOptions,
     });
     this._r.on('error', () => {}); // failures surface as BrokerUnavailable from each call
     this._block = null;
@@ -213,7 +239,9 @@ export class Client {
 
   _blocking() {
     if (this._block === null) {
-      this._block = this._r.duplicate();
+      // A BLPOP blocks SLICE_S on purpose; its bound is that plus the usual one.
+      const bound = this._r.options.commandTimeout;
+      this._block = this._r.duplicate(typeof bound === 'number' ? { commandTimeout: bound + SLICE_S * 1000 } : {});
       this._block.on('error', () => {});
     }
     return this._block;
@@ -243,7 +271,8 @@ export class Client {
   _prepare(model, inputs, options = {}) {
     const unknown = Object.keys(options).filter((k) => !SUBMIT_OPTIONS.has(k));
     if (unknown.length > 0) throw new InvalidInput(`unknown option ${unknown.join(', ')}; use ${[...SUBMIT_OPTIONS].join(', ')}`);
-    const { version = null, outputs = null, priority = 0, deadlineS = null, resultTtlS = this.resultTtlS, jobId = null } = options;
+    const { version = null, outputs = null, priority = 0, deadlineS = null, resultTtlS = this.resultTtlS, jobId = null, durable = false } = options;
+    if (typeof durable !== 'boolean') throw new InvalidInput(`durable must be true or false, got ${durable}`);
     keys.checkModelName(model);
     if (version !== null && !(Number.isSafeInteger(version) && version >= 1)) {
       throw new InvalidInput(`version must be a positive integer or null, got ${version}`);
@@ -297,8 +326,11 @@ export class Client {
     return { id, token, model, version, queueList: keys.queueList(queue, priority), message, blobs, ttl: resultTtlS };
   }
 
-  /** One round trip: SET the claim-checked inputs, then FCALL icow_submit for `prepared`. */
-  async _queue(model, version, prepared) {
+  /**
+   * One round trip: SET the claim-checked inputs, then FCALL icow_submit for `prepared`; when
+   * `durable`, then WAIT 1 on the same connection (BrokerUnavailable if no replica acknowledged).
+   */
+  async _queue(model, version, prepared, durable = this.durable) {
     const call = submitCall({
       model,
       version,
@@ -309,11 +341,15 @@ export class Client {
       const pipe = this._r.pipeline();
       for (const p of prepared) for (const [key, data] of p.blobs) pipe.set(key, data, 'EX', p.ttl);
       pipe.fcall(SUBMIT, call.keys.length, ...call.keys, ...call.args);
+      // WAIT counts the writes of its own connection: the pipeline's, sent on one connection.
+      if (durable) pipe.call('WAIT', 1, Math.max(1, Math.min(DURABLE_WAIT_MS, Math.floor(this.timeoutS * 1000))));
       const out = await pipe.exec();
       for (const [err] of out) if (err) throw err;
       return out;
     });
-    return submitReply(replies.at(-1)[1]);
+    const reply = submitReply(replies.at(durable ? -2 : -1)[1]);
+    if (durable && reply.queued > 0) requireReplicas(replies.at(-1)[1], 1);
+    return reply;
   }
 
   _refused(model, version, { queued, depth, limit, served }, count, handles) {
@@ -336,12 +372,13 @@ export class Client {
 
   /**
    * Queue one job and return its handle at once. Options: version, outputs (names), priority
-   * (0..9, 0 first), deadlineS (fail with JobExpired if not started within), resultTtlS.
+   * (0..9, 0 first), deadlineS (fail with JobExpired if not started within), resultTtlS, durable
+   * (the client's by default: resolve only once a replica holds the job, else BrokerUnavailable).
    * Rejects with ModelNotFound (no live worker serves it) or QueueFull; then nothing was queued.
    */
   async submit(model, inputs, options = {}) {
     const job = this._prepare(model, inputs, options);
-    const reply = await this._queue(model, job.version, [job]);
+    const reply = await this._queue(model, job.version, [job], options.durable ?? this.durable);
     const refused = this._refused(model, job.version, reply, 1, []);
     if (refused) throw refused;
     return new Job(this, job.id, { model, cancelToken: job.token, viaReply: true });
@@ -355,10 +392,11 @@ export class Client {
   async submitMany(model, batch, { chunk = 500, ...options } = {}) {
     if (!Number.isSafeInteger(chunk) || chunk < 1) throw new InvalidInput('chunk must be a positive integer');
     const version = options.version ?? null;
+    const durable = options.durable ?? this.durable;
     const handles = [];
     let pending = [];
     const flush = async () => {
-      const reply = await this._queue(model, version, pending);
+      const reply = await this._queue(model, version, pending, durable);
       for (const p of pending.slice(0, reply.queued)) handles.push(new Job(this, p.id, { model, cancelToken: p.token, viaReply: true }));
       const refused = this._refused(model, version, reply, pending.length, handles);
       if (refused) throw refused;

@@ -2,7 +2,8 @@
 // The wire format is specified in docs/PROTOCOL.md (protocol version 1).
 
 export { Bulk, PRIORITY_BATCH, split as splitBulk } from './bulk.js';
-export { Client, Job, decodeResult, outputRefs, statusOf } from './client.js';
+export { Client, DEFAULT_TIMEOUT_S, DURABLE_WAIT_MS, Job, decodeResult, outputRefs, statusOf } from './client.js';
+export { isSentinel, parseSentinel, redact } from './connection.js';
 export {
   BrokerUnavailable,
   IcowError,

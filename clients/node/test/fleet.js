@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { PYTHON, Server, python, stopProcess } from './server.js';
 
-export { python };
+export { python, stopProcess };
 
 const MODELS = ['mlp', 'multi', 'ident', 'text', 'scale'];
 
@@ -26,6 +26,25 @@ samples.scale(root / "scale" / "2" / "model.onnx", 3.0)
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Build the sample models (or only `models`) into a repository at `root`. */
+export function buildRepo(root, models = MODELS) {
+  const lines = BUILD_REPO.split('\n').filter((l) => !l.startsWith('samples.') || models.some((m) => l.includes(`"${m}"`)));
+  python(lines.join('\n'), root);
+}
+
+/** Start `icow worker` on `repo` against `url` (any URL form); its output goes to `log` (last 200 chunks). */
+export function startWorker(repo, url, name, log = [], extra = []) {
+  const args = ['-m', 'icow.cli', 'worker', '--repo', repo, '--redis', url, '--name', name, '--threads', '1', ...extra];
+  const worker = spawn(PYTHON, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  for (const stream of [worker.stdout, worker.stderr]) {
+    stream.on('data', (chunk) => {
+      log.push(chunk.toString());
+      if (log.length > 200) log.shift();
+    });
+  }
+  return worker;
+}
+
 export class Fleet {
   constructor() {
     this.server = new Server();
@@ -38,16 +57,9 @@ export class Fleet {
     this.url = this.server.url;
     this.conn = this.server.conn;
     this.repo = join(this.server.dir, 'repo');
-    python(BUILD_REPO, this.repo);
+    buildRepo(this.repo);
     this.name = `node-test-${process.pid}@local`;
-    const args = ['-m', 'icow.cli', 'worker', '--repo', this.repo, '--redis', this.url, '--name', this.name, '--threads', '1'];
-    this.worker = spawn(PYTHON, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    for (const stream of [this.worker.stdout, this.worker.stderr]) {
-      stream.on('data', (chunk) => {
-        this.workerLog.push(chunk.toString());
-        if (this.workerLog.length > 200) this.workerLog.shift();
-      });
-    }
+    this.worker = startWorker(this.repo, this.url, this.name, this.workerLog);
     await this.waitReady();
     return this;
   }
