@@ -145,6 +145,8 @@ test('a durable submit resolves once the replica holds the job; without a replic
       await plain.submit('m', X); // not durable: the primary alone is enough
       await assert.rejects(plain.submit('m', X, { durable: true }), (err) => err instanceof BrokerUnavailable && /replica/.test(err.message));
       await assert.rejects(durable.submitMany('m', [X]), (err) => err instanceof BrokerUnavailable && /replica/.test(err.message));
+      const samples = { x: { datatype: 'FP32', shape: [4, 2], data: new Float32Array(8) } };
+      await assert.rejects(plain.submitBulk('m', samples, { samplesPerJob: 2, durable: true }), (err) => err instanceof BrokerUnavailable && /replica/.test(err.message));
       await durable.submit('m', X, { durable: false }); // the call's choice wins over the client's
     } finally {
       await durable.close();
@@ -257,8 +259,8 @@ test('failover: the primary is SIGKILLed under load; the Node client carries on 
       90_000,
     );
 
-    // Through the sentinel URL, before anything fails.
-    const out = await plain.infer('scale', { x: { datatype: 'FP32', shape: [1, 2], data: Float32Array.from([3, 4]) } }, { timeoutS: 30 });
+    // Through the sentinel URL, before anything fails (durable: the replica holds the job).
+    const out = await durable.infer('scale', { x: { datatype: 'FP32', shape: [1, 2], data: Float32Array.from([3, 4]) } }, { timeoutS: 30 });
     assert.deepEqual(Array.from(out.y.data), [6, 8]);
 
     let phase = 'before';
