@@ -12,7 +12,7 @@ import { connect, parseSentinel, redact, sentinelOptions } from '../src/connecti
 import { BrokerUnavailable, Client, InvalidInput, keys, msgpackDecode } from '../src/index.js';
 import { python, startWorker, stopProcess } from './fleet.js';
 import { Server, freePort, installFunctions } from './server.js';
-import { SentinelSet, waitFor } from './sentinel.js';
+import { SERVICE, SentinelSet, waitFor } from './sentinel.js';
 
 const X = { x: { datatype: 'FP32', shape: [1, 2], data: Float32Array.from([1, 1]) } };
 
@@ -151,6 +151,34 @@ test('a durable submit resolves once the replica holds the job; without a replic
     } finally {
       await durable.close();
       await plain.close();
+    }
+  });
+});
+
+test('a graceful failover (SENTINEL FAILOVER, the old primary demoted alive): the client moves to the new primary', async () => {
+  await withSet(async (set) => {
+    const client = new Client(set.url, { requirePublished: false, timeoutS: 3 });
+    try {
+      await client.submit('m', X);
+      const [old, next] = [set.primary, set.replica];
+      await set.sentinels[0].with((c) => c.call('SENTINEL', 'FAILOVER', SERVICE));
+      await set.waitPromoted(next);
+      await waitFor('the old primary serves as a replica', async () => (await old.with((c) => c.call('ROLE')))[0] === 'slave', 30_000);
+      // The client's connection still points at the old primary: a READONLY reply (or the
+      // dropped connection) makes it ask the sentinels again; the next submit lands.
+      const refused = [];
+      for (let i = 0; i < 3; i += 1) {
+        try {
+          await client.submit('m', X);
+          break;
+        } catch (err) {
+          refused.push(err);
+        }
+      }
+      assert.ok(refused.length < 3 && refused.every((err) => err instanceof BrokerUnavailable), refused.map(String).join('; '));
+      assert.equal(await next.with((c) => c.llen(keys.queueList(keys.queue('m', null), 0))), 2);
+    } finally {
+      await client.close();
     }
   });
 });
