@@ -67,15 +67,16 @@ def test_queue_backlog_and_oldest_age_across_priority_lists(r: redis.Redis) -> N
     model = f"nobody-{uuid.uuid4().hex[:8]}"  # no worker consumes it
     now = time.time()
     x = np.ones((1, 4), np.float32)
-    r.lpush(keys.queue_list(model, 0), message(model, now - 30, x))  # oldest of the default list
-    r.lpush(keys.queue_list(model, 0), message(model, now - 5, x))
-    r.lpush(keys.queue_list(model, 9), message(model, now - 90, x))  # older, in a priority list
+    q0 = keys.queue(model)
+    r.lpush(keys.queue_list(q0, 0), message(model, now - 30, x))  # oldest of the default list
+    r.lpush(keys.queue_list(q0, 0), message(model, now - 5, x))
+    r.lpush(keys.queue_list(q0, 9), message(model, now - 90, x))  # older, in a priority list
     (q,) = queue_states(r, [model], now=now)
     assert q.backlog == 3
     assert q.oldest_age_s == pytest.approx(90, abs=0.01)
     (empty,) = queue_states(r, [f"{model}-empty"], now=now)
     assert empty.backlog == 0 and empty.oldest_age_s is None
-    r.delete(*keys.queue_lists(model))
+    r.delete(*keys.queue_lists(q0))
 
 
 # -- the worker's metrics, in process
