@@ -29,8 +29,6 @@ from icow.workers import samples
 from icow.workers.heartbeat import live_workers
 from tests.sentinel import SentinelSet
 
-pytestmark = pytest.mark.slow
-
 CLIENTS = int(os.environ.get("ICOW_FAILOVER_CLIENTS", "3"))
 JOBS_PER_CLIENT = int(os.environ.get("ICOW_FAILOVER_JOBS", "150"))
 

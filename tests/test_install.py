@@ -105,7 +105,6 @@ def test_wheel_maps_the_source_folders_without_links(wheel: Path) -> None:
     assert "icow" in requirements(wheel, "dev") and "pytest" in requirements(wheel, "dev")
 
 
-@pytest.mark.slow
 def test_pip_install_icow_is_the_client_alone(wheel: Path, tmp_path: Path) -> None:
     py = fresh_venv(tmp_path / "venv")
     done = run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel)
@@ -139,7 +138,6 @@ def test_pip_install_icow_is_the_client_alone(wheel: Path, tmp_path: Path) -> No
     assert "icow[worker]" not in models.stderr and "Traceback" not in models.stderr
 
 
-@pytest.mark.slow
 def test_pip_install_icow_worker_has_the_workers_and_the_cli(wheel: Path, tmp_path: Path) -> None:
     py = fresh_venv(tmp_path / "venv", borrow_site_packages=True)
     done = run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", wheel)

@@ -41,7 +41,6 @@ def _await(check: object, what: str, timeout_s: float = 60.0) -> None:
     raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
-@pytest.mark.slow
 def test_a_local_fleets_redis_killed_under_load_keeps_every_acknowledged_job(scale_repo: Path, tmp_path: Path) -> None:
     data = tmp_path / "redis-data"
     server = LocalRedis(persist=True, data_dir=data)

@@ -70,6 +70,8 @@ class Heartbeat:
             self.beat()
         except redis.exceptions.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
+        except Exception:  # a bug in an upkeep step must never stop the beats (or the worker)
+            log.exception("heartbeat failed")
 
     def start(self) -> None:
         self._safe_beat()

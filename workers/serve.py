@@ -76,6 +76,8 @@ def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.
         broker.restore_stale()
     except redis.exceptions.RedisError as exc:
         log.warning("worker upkeep failed (retrying at the next heartbeat): %s", exc)
+    except Exception:
+        log.exception("worker upkeep failed (retrying at the next heartbeat)")
 
 
 def serve_cancels(broker: Broker, stop: threading.Event) -> None:
