@@ -122,14 +122,13 @@ def celery_message(
     """The kombu Redis-transport envelope (JSON) that a stock Celery worker consumes."""
     job_id = job["id"]
     body = packb([[job], {}, _EMBED])
+    # Headers first, the id first among them: a worker's take reads the id from the first bytes
+    # (icow_take claims the job in the same atomic step) without reading the body.
     envelope = {
-        "body": base64.b64encode(body).decode("ascii"),
-        "content-encoding": "binary",
-        "content-type": CONTENT_TYPE,
         "headers": {
-            "lang": "py",
-            "task": TASK_NAME,
             "id": job_id,
+            "task": TASK_NAME,
+            "lang": "py",
             "root_id": job_id,
             "parent_id": None,
             "group": None,
@@ -150,6 +149,9 @@ def celery_message(
             "body_encoding": "base64",
             "delivery_tag": delivery_tag or str(uuid.uuid4()),
         },
+        "content-type": CONTENT_TYPE,
+        "content-encoding": "binary",
+        "body": base64.b64encode(body).decode("ascii"),
     }
     return json.dumps(envelope, separators=(",", ":")).encode("ascii")
 

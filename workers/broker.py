@@ -51,10 +51,14 @@ class Take:
     source: str
     messages: list[bytes | Oversize]
     more_runs: list[str] = field(default_factory=list)  # later takes from the same list, merged
+    # Per message: (job id, answered already, deliveries) when icow_take claimed it (its id was
+    # in its first bytes), else None: claim it with Broker.claim before it runs.
+    claims: list[tuple[str, bool, int] | None] = field(default_factory=list)
 
     def merge(self, other: Take) -> None:
         """Add a later take from the same list (a batch that waited ``max_wait_ms`` to fill)."""
         self.messages += other.messages
+        self.claims += other.claims
         self.more_runs += [other.run, *other.more_runs]
 
     @property
@@ -140,7 +144,15 @@ class Broker:
             self._in_hand.add(run)
         wakes = list(dict.fromkeys(w for _, w, _ in lists))
         fkeys = [self._runs_key, keys.LEASES, run, *[lst for lst, _, _ in lists], *[w for _, w, _ in lists]]
-        args = [self.worker, self.lease_ms, len(lists), self.max_message_bytes, *[n for _, _, n in lists]]
+        args = [
+            self.worker,
+            self.lease_ms,
+            len(lists),
+            self.max_message_bytes,
+            keys.DEFAULT_RESULT_TTL_S,  # the 'running' state's TTL (the answer sets the job's own)
+            keys.TRIES_TTL_S,
+            *[n for _, _, n in lists],
+        ]
         pipe = self.r.pipeline(transaction=False)
         if block_s > 0:
             pipe.bzpopmin(wakes, timeout=block_s)
@@ -160,9 +172,15 @@ class Broker:
             self._drop_hand([run])
             return None, cancels
         messages: list[bytes | Oversize] = []
+        claims: list[tuple[str, bool, int] | None] = []
         for m in reply[1:]:
-            messages.append(Oversize(int(m[0]), bytes(m[1])) if isinstance(m, list) else bytes(m))
-        return Take(run, lists[index - 1][0], messages), cancels
+            if isinstance(m, list) and len(m) == 4:  # [message, answered, deliveries, id]: claimed
+                messages.append(bytes(m[0]))
+                claims.append((_text(m[3]), bool(m[1]), int(m[2])))
+            else:
+                messages.append(Oversize(int(m[0]), bytes(m[1])) if isinstance(m, list) else bytes(m))
+                claims.append(None)
+        return Take(run, lists[index - 1][0], messages, claims=claims), cancels
 
     def wait_cancels(self, block_s: float) -> list[CancelRequest]:
         """Cancel requests, waiting up to ``block_s`` for the first (the worker's cancel listener

@@ -19,7 +19,7 @@ import redis
 from icow import keys
 from icow.protocol import created_from_message
 
-PREFIX_BYTES = 1024
+PREFIX_BYTES = 2048
 
 # KEYS: queue lists. ARGV[1]: how many leading bytes of each oldest message to return.
 # Returns, per key, its length and the prefix of its right-most (oldest) message ('' if empty).

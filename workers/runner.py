@@ -52,6 +52,7 @@ class _Job:
     skip: bool = False  # answered already (cancelled, or a redelivered duplicate)
     tries: int = 1
     dead: bool = False  # the failure also goes to the dead letters
+    claimed: tuple[bool, int] | None = None  # (answered, deliveries) from icow_take's claim
 
 
 def _error_type(exc: BaseException) -> tuple[str, str]:
@@ -213,7 +214,7 @@ class JobRunner:
         source = keys.parse_queue(take.source)
         jobs: list[_Job] = []
         letters: list[DeadLetter] = []
-        for raw in take.messages:
+        for i, raw in enumerate(take.messages):
             if isinstance(raw, Oversize):
                 msg = protocol.oversize_message(raw.length, raw.prefix, self.broker.max_message_bytes)
                 sample = raw.prefix
@@ -226,6 +227,9 @@ class JobRunner:
                 letters.append(DeadLetter(msg.raw_id, reason, sample))
                 continue
             j = _Job(msg.job_id, now, msg)
+            claim = take.claims[i] if i < len(take.claims) else None
+            if claim is not None and claim[0] == msg.job_id:  # claimed by the take itself
+                j.claimed = (claim[1], claim[2])
             j.ttl_s, j.reply_to = _salvage(msg.job)
             if msg.error is not None:
                 self._fail(j, InvalidInput(msg.error), dead=True)
@@ -297,15 +301,23 @@ class JobRunner:
 
     def _claim(self, jobs: list[_Job]) -> None:
         """Claim before running, always: answered already? deliveries so far; mark running.
-        Claim-checked inputs are read in the same round trip."""
+        Most jobs were claimed by the take itself; the others are claimed here, and
+        claim-checked inputs are read, in one round trip."""
         live = [j for j in jobs if j.meta is None and j.job is not None]
         if not live:
             return
+        unclaimed = [j for j in live if j.claimed is None]
         refs = [t["ref"] for j in live for t in (j.job or {})["inputs"] if "ref" in t]
-        claimed, blobs = self.broker.claim([(j.job_id, j.ttl_s) for j in live], refs)
+        if unclaimed or refs:
+            claimed, blobs = self.broker.claim([(j.job_id, j.ttl_s) for j in unclaimed], refs)
+            for j, got in zip(unclaimed, claimed):
+                j.claimed = got
+        else:
+            blobs = []
         fetched = iter(blobs)
-        for j, (answered, tries) in zip(live, claimed):
-            assert j.job is not None
+        for j in live:
+            assert j.job is not None and j.claimed is not None
+            answered, tries = j.claimed
             j.skip, j.tries = answered, tries
             for i, t in enumerate(j.job["inputs"]):
                 if "ref" in t:

@@ -99,14 +99,13 @@ export function celeryMessage(
 ) {
   // body = msgpack([[job], {}, embed]), with the job's own bytes spliced in as they are
   const body = Buffer.concat([Buffer.from([0x93, 0x91]), jobBytes, encode({}), encode(EMBED)]);
+  // Headers first, the id first among them: a worker's take reads the id from the first bytes
+  // and claims the job in the same atomic step, without reading the body.
   const envelope = {
-    body: body.toString('base64'),
-    'content-encoding': 'binary',
-    'content-type': CONTENT_TYPE,
     headers: {
-      lang,
-      task: TASK_NAME,
       id: jobId,
+      task: TASK_NAME,
+      lang,
       root_id: jobId,
       parent_id: null,
       group: null,
@@ -127,6 +126,9 @@ export function celeryMessage(
       body_encoding: 'base64',
       delivery_tag: deliveryTag,
     },
+    'content-type': CONTENT_TYPE,
+    'content-encoding': 'binary',
+    body: body.toString('base64'),
   };
   return JSON.stringify(envelope);
 }

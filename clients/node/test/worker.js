@@ -53,8 +53,11 @@ export class FakeWorker {
     const lists = keys.queueLists(queueName);
     const run = `icow:run:${this.name}:${++this.takes}`;
     const k = [`icow:runs:${this.name}`, 'icow:leases', run, ...lists, ...lists.map(() => keys.wake(queueName))];
-    const out = await this.conn.fcallBuffer('icow_take', k.length, ...k, this.name, LEASE_MS, lists.length, 1 << 30, ...lists.map(() => want));
-    const jobs = out.slice(1).map((raw) => {
+    // ARGV: worker, lease ms, lists, largest whole message, 'running' TTL, tries TTL, per list: most
+    const out = await this.conn.fcallBuffer('icow_take', k.length, ...k, this.name, LEASE_MS, lists.length, 1 << 30, 86400, 600, ...lists.map(() => want));
+    const jobs = out.slice(1).map((entry) => {
+      // [message, answered, deliveries, id] when the take claimed it (ICOW's clients put the id first)
+      const raw = Array.isArray(entry) ? entry[0] : entry;
       const envelope = JSON.parse(raw.toString('utf8'));
       const [[job]] = msgpackDecode(Buffer.from(envelope.body, 'base64'));
       return { job, envelope, run };
