@@ -214,3 +214,24 @@ def test_rediss_sentinel_urls_verify_the_server_like_rediss() -> None:
     target = connection.parse_sentinel(url)
     assert target.redis_options()["ssl"] is True
     assert target.sentinel_options({})["ssl_ca_certs"] == "/ca.pem"
+
+
+def test_the_cli_takes_sentinel_urls(shared_set: SentinelSet) -> None:
+    """`icow status`, `icow failures` and `icow admin install` reach the primary through the
+    sentinels, like the client, the worker and the exporter."""
+    import json
+    import subprocess
+    import sys
+
+    def icow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "icow.cli", *args, "--redis", shared_set.url], capture_output=True, text=True
+        )
+
+    installed = icow("admin", "install")
+    assert installed.returncode == 0, installed.stderr
+    status = icow("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert "workers" in json.loads(status.stdout)
+    failures = icow("failures", "--json")
+    assert failures.returncode == 0 and json.loads(failures.stdout) == [], failures.stderr

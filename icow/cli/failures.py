@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from icow import keys, protocol, settings
+from icow import connection, keys, protocol, settings
 from icow.errors import IcowError, JobNotFound
 from icow.workers import tls
 
@@ -26,7 +26,7 @@ def _redis(args: argparse.Namespace) -> redis.Redis:
     url = args.redis or settings.from_env().redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    return redis.Redis.from_url(url, socket_connect_timeout=5, **tls.redis_options(url))
+    return connection.connect(url, socket_connect_timeout=5, **tls.redis_options(url))
 
 
 def dead_letters(r: redis.Redis, limit: int) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from icow import keys, settings
+from icow import connection, keys, settings
 from icow.errors import BrokerUnavailable, IcowError, InvalidInput
 from icow.workers import tls
 
@@ -52,7 +52,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     import redis
 
     url = _url(args)
-    r = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5, **tls.redis_options(url))
+    r = connection.connect(url, socket_connect_timeout=3, socket_timeout=5, **tls.redis_options(url))
     try:
         ok, reason = check_worker(r, args.worker, args.host)
     except redis.exceptions.RedisError as exc:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from icow import keys, protocol, settings, tensor
+from icow import connection, keys, protocol, settings, tensor
 from icow.errors import IcowError
 
 
@@ -228,7 +228,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     url = args.redis or settings.from_env().redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, **tls.redis_options(url))
+    r = connection.connect(url, socket_connect_timeout=5, socket_timeout=30, **tls.redis_options(url))
     try:
         with Client(url) as client:
             report = replay(r, client, args)

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from icow import keys, protocol, settings
+from icow import connection, keys, protocol, settings
 from icow.errors import BrokerUnavailable, IcowError
 from icow.workers import tls
 
@@ -185,7 +185,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.redis or settings.from_env().redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, **tls.redis_options(url))
+    r = connection.connect(url, socket_connect_timeout=5, socket_timeout=10, **tls.redis_options(url))
     try:
         if args.json:
             print(json.dumps(fleet_status(r, failures=args.failures), default=str, indent=2))
