@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import msgpack
 
@@ -46,6 +46,32 @@ DEFAULT_MAX_JOB_BYTES = 480 * 1024 * 1024
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 READY_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+class Job(TypedDict):
+    """The ICOW job envelope (section 6 of docs/PROTOCOL.md), as built and as validated."""
+
+    v: int
+    id: str
+    model: str
+    version: int | None
+    created: float
+    inputs: list[dict[str, Any]]  # wire tensors: name, datatype, shape, and data or ref
+    outputs: list[str] | None
+    ttl: int
+    reply_to: str | None
+    deadline: float | None
+
+
+class ResultMeta(TypedDict):
+    """A Celery result meta map carrying an ICOW result (section 9 of docs/PROTOCOL.md)."""
+
+    status: str  # SUCCESS or FAILURE
+    result: dict[str, Any]  # the ICOW result envelope, or the failure's exc_type/exc_message...
+    traceback: None
+    children: list[Any]
+    date_done: str
+    task_id: str
 
 
 def packb(obj: Any) -> bytes:
@@ -96,7 +122,7 @@ def job_envelope(
     reply_to: str | None = None,
     deadline: float | None = None,
     created: float | None = None,
-) -> dict[str, Any]:
+) -> Job:
     """The ICOW job: what to run, on which inputs, and where to answer."""
     return {
         "v": PROTOCOL_VERSION,
@@ -104,7 +130,7 @@ def job_envelope(
         "model": model,
         "version": version,
         "created": time.time() if created is None else created,
-        "inputs": list(inputs),
+        "inputs": [dict(t) for t in inputs],
         "outputs": None if outputs is None else list(outputs),
         "ttl": result_ttl_s,
         "reply_to": reply_to,
@@ -162,7 +188,7 @@ def parse_job(
     task_id: str | None = None,
     max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
     json_form: bool = False,
-) -> dict[str, Any]:
+) -> Job:
     """Validate a job envelope read from the queue (the worker never trusts the queue).
 
     ``json_form``: the job came in a JSON body, where tensor data is a base64 string; in the
@@ -277,7 +303,7 @@ def success_meta(
     outputs: list[dict[str, Any]],
     worker: str,
     timing: Mapping[str, float],
-) -> dict[str, Any]:
+) -> ResultMeta:
     """A Celery result meta map (status SUCCESS) carrying the ICOW result envelope."""
     return {
         "status": "SUCCESS",
@@ -305,7 +331,7 @@ def failure_meta(
     model: str | None = None,
     version: int | None = None,
     worker: str = "",
-) -> dict[str, Any]:
+) -> ResultMeta:
     """A Celery result meta map (status FAILURE). Stock Celery clients rebuild the exception
     from exc_type/exc_message/exc_module; ICOW clients map ``exc_type`` via icow.errors."""
     return {

@@ -241,3 +241,24 @@ def test_lower_priorities_are_not_starved(redis_url: str, r: redis.Redis, prio_r
     order = _done_order(r, [*bulk.jobs, *interactive])
     ranks = sorted(order.index(j.id) for j in bulk.jobs)
     assert ranks[0] <= 8 and ranks[-1] < len(order) - 1 - 10, f"bulk jobs answered at ranks {ranks} of {len(order)}"
+
+
+def test_an_interactive_job_runs_between_the_slices_of_a_large_bulk_job(
+    redis_url: str, batch_worker: WorkerProcess, r: redis.Redis
+) -> None:
+    """A bulk job carrying more than max_batch samples runs in slices of max_batch; an
+    interactive job that arrives meanwhile is answered before the bulk job ends, and the
+    sliced outputs equal the unsliced ones."""
+    xs = np.random.default_rng(3).standard_normal((40_000, 4)).astype(np.float32)  # 10,000 slices
+    with Client(redis_url) as c:
+        bulk = c.submit_bulk("mlpb", {"x": xs}, samples_per_job=len(xs))  # one bulk job
+        big = bulk.jobs[0]
+        deadline = time.monotonic() + 60
+        while big.status() != "running":  # the worker is inside the bulk job
+            assert time.monotonic() < deadline, "the bulk job never started"
+            time.sleep(0.005)
+        job = c.submit("mlpb", {"x": xs[:1]})
+        np.testing.assert_allclose(job.result(timeout_s=60)["y"], samples.mlp_reference(xs[:1]), rtol=1e-5)
+        out = bulk.result(timeout_s=120)["y"]
+    np.testing.assert_allclose(out, samples.mlp_reference(xs), rtol=1e-4, atol=1e-5)
+    assert _done_order(r, [big, job]) == [job.id, big.id]

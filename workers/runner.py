@@ -46,8 +46,8 @@ class _Job:
     message: protocol.Message
     ttl_s: int = keys.DEFAULT_RESULT_TTL_S
     reply_to: str | None = None
-    job: dict[str, Any] | None = None
-    meta: dict[str, Any] | None = None
+    job: protocol.Job | None = None
+    meta: protocol.ResultMeta | None = None
     blobs: dict[str, bytes] = field(default_factory=dict)
     skip: bool = False  # answered already (cancelled, or a redelivered duplicate)
     tries: int = 1
@@ -107,6 +107,7 @@ class JobRunner:
         self._takes = 0
         self._idle = True
         self._unfinished: list[Take] = []  # takes cut short by a Redis outage: put back first
+        self._nested = False  # serving interactive jobs between the slices of a bulk job
 
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "failures": self.failures, "last_error": self.last_error}
@@ -260,13 +261,12 @@ class JobRunner:
 
     def _fail(self, j: _Job, exc: BaseException, *, dead: bool = False) -> None:
         error_type, message = _error_type(exc)
-        job = j.job or {}
         j.meta = protocol.failure_meta(
             j.job_id,
             error_type=error_type,
             message=message,
-            model=job.get("model"),
-            version=job.get("version"),
+            model=j.job["model"] if j.job else None,
+            version=j.job["version"] if j.job else None,
             worker=self.worker,
         )
         j.blobs = {}
@@ -307,7 +307,7 @@ class JobRunner:
         if not live:
             return
         unclaimed = [j for j in live if j.claimed is None]
-        refs = [t["ref"] for j in live for t in (j.job or {})["inputs"] if "ref" in t]
+        refs = [t["ref"] for j in live if j.job for t in j.job["inputs"] if "ref" in t]
         if unclaimed or refs:
             claimed, blobs = self.broker.claim([(j.job_id, j.ttl_s) for j in unclaimed], refs)
             for j, got in zip(unclaimed, claimed):
@@ -329,6 +329,61 @@ class JobRunner:
             if not j.skip and j.meta is None and tries > MAX_TRIES:
                 self._fail(j, InternalError(f"given up after {tries - 1} deliveries that never finished (poison job)"))
 
+    def _interactive_lists(self) -> list[tuple[str, str, int]]:
+        return [
+            (keys.queue_list(q, step), keys.wake(q), self._max_batch(m))
+            for step in keys.PRIORITY_STEPS
+            if step < BULK_STEP
+            for q, m in self.queues()
+        ]
+
+    def _probe(self, lists: Sequence[str]) -> Callable[[], bool]:
+        """Ask Redis whether interactive jobs wait, without waiting for the answer: the reply
+        is read after the next slice has run (the round trip overlaps the compute)."""
+        pool = self.broker.r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands([("LLEN", lst) for lst in lists]))
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+
+        def answer() -> bool:
+            try:
+                counts = [int(conn.read_response()) for _ in lists]  # read every reply
+                return any(counts)
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+
+        return answer
+
+    def _run_sliced(self, model: Any, item: batching.Item, cap: int) -> batching.Outputs:
+        """A job carrying more than ``max_batch`` samples (a bulk chunk) runs in slices of
+        ``max_batch``; interactive jobs that arrive meanwhile run between two slices, so they
+        wait for one slice, not for the whole job."""
+        lists = [lst for lst, _, _ in self._interactive_lists()]
+        parts: list[batching.Outputs] = []
+        for start in range(0, item.samples, cap):
+            waiting = self._probe(lists) if lists and start + cap < item.samples else None
+            parts.append(model.run({k: v[start : start + cap] for k, v in item.inputs.items()}, item.outputs))
+            if waiting is not None and waiting():
+                self._serve_interactive()
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _serve_interactive(self) -> None:
+        take, _ = self.broker.take(self._interactive_lists())
+        if take is None:
+            return
+        self._nested = True
+        try:
+            self.handle(take)
+        finally:
+            self._nested = False
+
     def _run(self, jobs: list[_Job], source: tuple[str, int | None, int] | None) -> None:
         ready: dict[tuple[str, int], list[batching.Item]] = {}
         models: dict[tuple[str, int], Any] = {}
@@ -347,7 +402,16 @@ class JobRunner:
             cap = self._max_batch(model.name) if model.batchable else 1
             for group in batching.plan(items, cap):
                 t0 = time.perf_counter()
-                results = batching.run_group(model.run, group)
+                bulk = source is not None and source[2] >= BULK_STEP and not self._nested
+                if bulk and len(group) == 1 and group[0].samples > cap > 1:
+                    try:
+                        results: list[batching.Outputs | BaseException] = [self._run_sliced(model, group[0], cap)]
+                    except redis.exceptions.RedisError:
+                        raise
+                    except Exception as exc:
+                        results = [exc]
+                else:
+                    results = batching.run_group(model.run, group)
                 compute_s = time.perf_counter() - t0
                 n_samples = sum(it.samples for it in group)  # in this session call
                 for item, res in zip(group, results):
