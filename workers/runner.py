@@ -343,7 +343,7 @@ class JobRunner:
         pool = self.broker.r.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(conn.pack_commands([("LLEN", lst) for lst in lists]))
+            conn.send_command("EXISTS", *lists)  # an empty list does not exist: one command
         except BaseException:
             conn.disconnect()
             pool.release(conn)
@@ -351,8 +351,7 @@ class JobRunner:
 
         def answer() -> bool:
             try:
-                counts = [int(conn.read_response()) for _ in lists]  # read every reply
-                return any(counts)
+                return int(conn.read_response()) > 0
             except BaseException:
                 conn.disconnect()
                 raise
