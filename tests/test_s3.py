@@ -469,3 +469,50 @@ def test_boto3_is_imported_only_for_s3_repositories(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False False", proc.stderr
+
+
+def test_a_worker_process_serves_from_s3_and_picks_up_a_pushed_version(
+    bucket: str, tmp_path: Path, redis_url: str
+) -> None:
+    """`icow worker --repo s3://...` as a real process: it serves v1 from the store, and a v2
+    pushed while it runs is served after a rescan; a corrupted upload is never served."""
+    from icow.cli.fleet import start_worker, stop_process
+    from icow.client import Client
+
+    from .conftest import wait_ready
+
+    model = f"s3scale{uuid.uuid4().hex[:6]}"
+    repo = f"s3://{bucket}/models"
+    first = icow("models", "push", str(samples.scale(tmp_path / "v1.onnx", 2.0)), "--name", model, "--repo", repo)
+    assert first.returncode == 0, first.stderr
+    name = f"{model}@local"
+    proc = start_worker(repo, redis_url, extra=["--name", name, "--threads", "1", "--rescan", "0.3"], quiet=True)
+    try:
+        wait_ready(redis_url, name, proc)
+        x = np.ones((1, 2), np.float32)
+        with Client(redis_url) as c:
+            assert float(c.infer(model, {"x": x}, timeout_s=30)["y"][0, 0]) == 2.0
+            v2 = str(samples.scale(tmp_path / "v2.onnx", 3.0))
+            pushed = icow("models", "push", v2, "--name", model, "--repo", repo)
+            assert pushed.returncode == 0, pushed.stderr
+            wait_for(lambda: 2 in c.models().get(model, []))
+            assert float(c.infer(model, {"x": x}, version=2, timeout_s=30)["y"][0, 0]) == 3.0
+            s3 = boto3.client("s3")  # a v3 whose bytes do not match its manifest
+            s3.put_object(Bucket=bucket, Key=f"models/{model}/3/model.onnx", Body=b"not the pushed bytes")
+            good = s3.get_object(Bucket=bucket, Key=f"models/{model}/2/manifest.json")["Body"].read()
+            s3.put_object(Bucket=bucket, Key=f"models/{model}/3/manifest.json", Body=good)
+            wait_for(lambda: r_failed(redis_url, model))
+            assert 3 not in c.models()[model]
+    finally:
+        stop_process(proc)
+
+
+def r_failed(redis_url: str, model: str) -> bool:
+    """Some worker's heartbeat reports a version of ``model`` that failed to load."""
+    from icow.workers.heartbeat import live_workers
+
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        return any(k.startswith(f"{model}:") for w in live_workers(conn) for k in (w.get("failed") or {}))
+    finally:
+        conn.close()

@@ -133,7 +133,8 @@ class ModelManager:
             "models": {m: list(e.versions) for m, e in self.entries.items()},
             "providers": {f"{m.name}:{m.version}": m.providers[0] for m in loaded},
             "cpu_fallback": sorted(f"{m.name}:{m.version}" for m in loaded if getattr(m, "cpu_fallback", False)),
-            "failed": {f"{m}:{v}": why for (m, v), why in self.failed.items()},
+            # versions that do not load, and versions the store refused (checksum, download)
+            "failed": {f"{m}:{v}": why for (m, v), why in {**self.repo.failed, **self.failed}.items()},
         }
 
     def metadata(self) -> list[dict[str, Any]]:
