@@ -133,3 +133,25 @@ def test_mixed_version_fleet_and_a_rolling_update(
         # A version that no live worker serves is refused at submit: nothing is queued.
         with pytest.raises(ModelNotFound, match="version 9"):
             c.submit(m, x[0], version=9)
+
+
+def test_latest_in_config_keeps_a_candidate_for_pinned_jobs_only(redis_url: str, tmp_path: Path) -> None:
+    """`latest = 1` serves v2 to jobs that name it while unpinned jobs stay on v1; the setting
+    takes effect at a rescan, without a restart."""
+
+    model = f"cand{uuid.uuid4().hex[:6]}"
+    samples.scale(tmp_path / model / "1" / "model.onnx", 2.0)
+    samples.scale(tmp_path / model / "2" / "model.onnx", 3.0)
+    w = WorkerProcess(tmp_path, redis_url, f"{model}@local", extra=["--rescan", "0.2"])
+    try:
+        x = np.ones((1, 2), np.float32)
+        with Client(redis_url) as c:
+            assert float(c.infer(model, {"x": x}, timeout_s=30)["y"][0, 0]) == 3.0  # v2 is latest
+            (tmp_path / model / "config.toml").write_text("latest = 1\n")
+            deadline = time.monotonic() + 30
+            while float(c.infer(model, {"x": x}, timeout_s=30)["y"][0, 0]) != 2.0:  # each a real job
+                assert time.monotonic() < deadline, "latest = 1 never took effect"
+            assert float(c.infer(model, {"x": x}, version=2, timeout_s=30)["y"][0, 0]) == 3.0
+            assert float(c.infer(model, {"x": x}, timeout_s=30)["y"][0, 0]) == 2.0
+    finally:
+        w.stop()

@@ -90,6 +90,17 @@ class RepositoryWatcher:
         ch.removed = sorted(_versions(old) - _versions(new))
         ch.new_models = sorted(set(new) - set(old))
         if not ch:
+            # Same versions; settings that need no new session (latest, max_batch, max_wait_ms,
+            # max_queue, shadow, keep_inputs) take effect now; session settings (providers,
+            # threads, GPU options) at the next restart.
+            if any(m in old and new[m].config != old[m].config for m in new):
+                mgr.set_entries(new)
+                if self.on_change is not None:
+                    self.on_change()  # the version offered as latest may have changed
+                mgr.publish(self.r)  # limits
+                log.info(
+                    "model settings changed: %s", sorted(m for m in new if m in old and new[m].config != old[m].config)
+                )
             return ch
         mgr.set_entries(new)
         if self.on_change is not None:
