@@ -4,8 +4,10 @@ A background thread rescans ``<repo>`` every few seconds (``icow worker --rescan
 version (or model) is loaded first if its config says ``preload`` (a file that does not load
 yet, e.g. still being copied, is retried at the next scan), then served and published; a
 version the policy no longer serves (``versions = "latest"`` and a newer one arrived, or its
-folder was deleted) is unpublished and its session dropped. Changing the settings of a version
-already served (providers, threads, GPU options) takes a worker restart.
+folder was deleted) is unpublished and its session dropped. A changed config.toml takes effect at
+the rescan for what needs no new session (latest, max_batch, max_wait_ms, max_queue, shadow,
+keep_inputs); session settings of a version already served (providers, threads, GPU options)
+take a worker restart.
 
 A version that does not load stays marked failed (``ModelManager.failed``: heartbeat, `icow
 status`, the ``icow_model_failed`` metric) and is retried at every rescan. The intake takes from
