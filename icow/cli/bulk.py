@@ -11,6 +11,12 @@ outputs). If the run is interrupted (Ctrl-C, a timeout, a crash), ``icow infer -
 MANIFEST`` re-attaches to the same jobs by id, submits again the ones with no record yet (never
 sent, or still queued: a duplicate of an answered job is skipped by the worker), and finishes
 writing the outputs; jobs already written are not fetched again.
+
+A manifest is trusted no further than its own ``out``: :meth:`Manifest.load` refuses an entry
+whose file is not a plain ``.npz`` name inside it (absolute, ``..``, a separator, or an existing
+symlink there), so a manifest from elsewhere cannot make ``--resume`` write outside ``out``.
+The job ids it holds are capabilities (whoever has them can read the results, or submit
+under them first): it is written readable by its owner only (0600).
 """
 
 from __future__ import annotations
@@ -45,7 +51,10 @@ class Manifest:
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"manifest": MANIFEST_VERSION, **asdict(self)}, indent=1))
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # job ids: owner only
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"manifest": MANIFEST_VERSION, **asdict(self)}, indent=1))
         os.replace(tmp, path)  # never a half-written manifest
 
     @staticmethod
@@ -54,9 +63,58 @@ class Manifest:
             raw = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"cannot read manifest {path}: {exc}") from exc
-        if raw.pop("manifest", None) != MANIFEST_VERSION:
+        if not isinstance(raw, dict) or raw.pop("manifest", None) != MANIFEST_VERSION:
             raise InvalidInput(f"{path} is not an icow infer manifest")
-        return Manifest(**raw)
+        try:
+            m = Manifest(**raw)
+        except TypeError as exc:
+            raise InvalidInput(f"{path} is not an icow infer manifest: {exc}") from exc
+        m.check(path)
+        return m
+
+    def check(self, where: Path | str = "manifest") -> None:
+        """Refuse a manifest that would read or write outside its ``source`` and ``out``."""
+        if self.mode not in ("files", "split"):
+            raise InvalidInput(f"{where}: mode must be 'files' or 'split', not {self.mode!r}")
+        if not isinstance(self.out, str) or not self.out or not isinstance(self.source, str) or not self.source:
+            raise InvalidInput(f"{where}: 'out' and 'source' must be paths")
+        if not isinstance(self.jobs, list) or not all(isinstance(j, dict) for j in self.jobs):
+            raise InvalidInput(f"{where}: 'jobs' must be a list of objects")
+        out = Path(self.out).resolve()
+        for j in self.jobs:
+            if not isinstance(j.get("id"), str):
+                raise InvalidInput(f"{where}: a job without a string 'id': {j!r}")
+            if self.mode == "split":
+                start, stop = j.get("start"), j.get("stop")
+                if not (type(start) is int and type(stop) is int and 0 <= start < stop):
+                    raise InvalidInput(f"{where}: job {j['id']}: needs integers 0 <= start < stop")
+                continue
+            name = j.get("file")
+            target = Path(self.out) / name if isinstance(name, str) else None
+            if target is None or not _plain_npz_name(name) or target.is_symlink() or target.resolve().parent != out:
+                raise InvalidInput(
+                    f"{where}: job {j['id']}: file {name!r} escapes the output folder {self.out} "
+                    "(a manifest names plain .npz files inside it: no path, no '..', no symlink)"
+                )
+
+
+def _plain_npz_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name.endswith(".npz")
+        and not {"/", "\\", "\x00"} & set(name)
+        and Path(name).name == name
+    )
+
+
+def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Write a .npz whole or not at all (a resume skips outputs already there), replacing
+    whatever is at ``path`` (a symlink is replaced, never followed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "xb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
 
 
 def plan(model: str, version: int | None, source: Path, out: Path, *, many: bool, chunk: int = 1) -> Manifest:
@@ -163,7 +221,7 @@ def run(client: Any, m: Manifest, manifest_path: Path, *, timeout_s: float | Non
                     failures[h.id] = f"{exc.remote_type}: {exc.message}"
                 else:
                     if m.mode == "files":
-                        np.savez(out / by_id[h.id]["file"], **outputs)
+                        _save_npz(out / by_id[h.id]["file"], dict(outputs))
                     else:
                         results[h.id] = outputs
                 bar.advance(done)
@@ -182,7 +240,7 @@ def run(client: Any, m: Manifest, manifest_path: Path, *, timeout_s: float | Non
             raise IcowError(f"only {len(results)} of {len(m.jobs)} results collected")
         names = list(results[m.jobs[0]["id"]])
         merged: dict[str, Any] = {n: np.concatenate([results[j["id"]][n] for j in m.jobs], axis=0) for n in names}
-        np.savez(out, **merged)
+        _save_npz(out, merged)
         for n, a in merged.items():
             print(f"{n}: {a.dtype} {list(a.shape)}")
     print(f"wrote {out} ({len(m.jobs)} jobs)")
