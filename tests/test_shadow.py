@@ -22,13 +22,14 @@ from icow.client import Client
 from icow.errors import InvalidInput, ModelNotFound
 from icow.workers import samples
 from icow.workers.repository import ModelConfig
-from icow.workers.shadow import ShadowSpec, compare
+from icow.workers.shadow import ShadowSpec, beyond, compare
 
 from .conftest import WorkerProcess
 
 T = TypeVar("T")
 SCALE = f"shadowed-{uuid.uuid4().hex[:6]}"  # v1 = x * 2 serves callers; v2 = x * 3 is the shadow
 CLASSIFIER = f"shadowed-mlp-{uuid.uuid4().hex[:6]}"  # v1 and its shadow v2 are the same network
+OTHER = f"shadowed-other-{uuid.uuid4().hex[:6]}"  # v1 and its shadow v2: the same shape, other weights
 
 
 def until(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 30) -> T:
@@ -67,6 +68,11 @@ def shadow_worker(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
     (repo / CLASSIFIER / "config.toml").write_text(
         "versions = [1]\nproviders = ['cpu']\nshadow = { version = 2, fraction = 1.0 }\n"
     )
+    samples.mlp(repo / OTHER / "1" / "model.onnx", seed=4)
+    samples.mlp(repo / OTHER / "2" / "model.onnx", seed=5)
+    (repo / OTHER / "config.toml").write_text(
+        "versions = [1]\nproviders = ['cpu']\nshadow = { version = 2, fraction = 1.0, max_abs_err = 1e-4 }\n"
+    )
     port = free_port()
     w = WorkerProcess(repo, redis_url, f"shadow-{uuid.uuid4().hex[:6]}@local", ["--metrics-port", str(port)])
     yield w, port
@@ -84,8 +90,10 @@ def test_callers_get_the_primary_outputs_and_the_shadow_differences_show_in_metr
             np.testing.assert_array_equal(out["y"], np.full((1, 2), 2 * k, np.float32))  # v1's, never v2's
         with pytest.raises(ModelNotFound):  # the shadow version takes no jobs of its own
             c.infer(SCALE, {"x": np.ones((1, 2), np.float32)}, version=2, timeout_s=30)
-    got = until(lambda: scrape(port), lambda s: metric(s, "icow_shadow_jobs_total", **labels, outcome="compared") >= 5)
-    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="compared") == 5
+    # |3k - 2k| = k is past the default tolerance (1e-5): each job is a mismatch, figures included
+    got = until(lambda: scrape(port), lambda s: metric(s, "icow_shadow_jobs_total", **labels, outcome="mismatch") >= 5)
+    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="mismatch") == 5
+    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="compared") == 0
     assert metric(got, "icow_shadow_jobs_total", **labels, outcome="failed") == 0
     # |3k - 2k| = k for k = 1..5: the per-job max abs errors add up to 15; relative error 0.5 each
     assert metric(got, "icow_shadow_max_abs_error_count", **labels, output="y") == 5
@@ -106,6 +114,29 @@ def test_a_classifier_shadowed_by_the_same_network_agrees_everywhere(
     got = until(lambda: scrape(port), lambda s: metric(s, "icow_shadow_jobs_total", **labels, outcome="compared") >= 1)
     assert metric(got, "icow_shadow_argmax_agreement_ratio", **labels, output="y") == 1.0
     assert metric(got, "icow_shadow_max_abs_error_sum", **labels, output="y") == 0.0
+    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="mismatch") == 0
+
+
+def test_a_completely_different_model_counts_a_mismatch_for_every_job(
+    shadow_worker: tuple[WorkerProcess, int], redis_url: str
+) -> None:
+    """The finding: a shadow with other weights read ``mismatch 0``. Each job whose outputs differ
+    beyond the tolerance (here ``max_abs_err = 1e-4``) is now a mismatch."""
+    _, port = shadow_worker
+    labels = {"model": OTHER, "primary": "1", "shadow": "2"}
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((4, 4)).astype(np.float32) for _ in range(3)]
+    with Client(redis_url) as c:
+        for x in xs:
+            np.testing.assert_allclose(
+                c.infer(OTHER, {"x": x}, timeout_s=30)["y"], samples.mlp_reference(x, seed=4), 1e-5
+            )
+    worst = max(float(np.max(np.abs(samples.mlp_reference(x, seed=4) - samples.mlp_reference(x, seed=5)))) for x in xs)
+    assert worst > 1e-2  # what the shadow sees: far past the tolerance
+    got = until(lambda: scrape(port), lambda s: metric(s, "icow_shadow_jobs_total", **labels, outcome="mismatch") >= 3)
+    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="mismatch") == 3
+    assert metric(got, "icow_shadow_jobs_total", **labels, outcome="compared") == 0
+    assert metric(got, "icow_shadow_max_abs_error_count", **labels, output="y") == 3
 
 
 def test_icow_status_shows_the_shadow_totals_from_heartbeats(
@@ -119,8 +150,8 @@ def test_icow_status_shows_the_shadow_totals_from_heartbeats(
 
     found = until(row, lambda s: s is not None and s["max_abs_error"] >= 10.0)
     assert found is not None
-    assert (found["primary"], found["shadow"], found["failed"], found["mismatch"]) == (1, 2, 0, 0)
-    assert found["compared"] >= 1 and found["max_abs_error"] == 10.0 and found["max_rel_error"] == 0.5
+    assert (found["primary"], found["shadow"], found["failed"], found["compared"]) == (1, 2, 0, 0)
+    assert found["mismatch"] >= 1 and found["max_abs_error"] == 10.0 and found["max_rel_error"] == 0.5
     assert found["latency_ratio"] is not None and found["latency_ratio"] > 0
     from rich.console import Console
 
@@ -143,16 +174,31 @@ def test_compare_reports_errors_agreement_and_incomparable_outputs() -> None:
     assert (d.argmax_rows, d.argmax_agree) == (2, 1)
     assert "shape" in str(compare(a, {"p": np.zeros((3, 2), np.float32)}))
     assert "outputs" in str(compare(a, {"q": b["p"]}))
+    assert beyond(diffs, 0.71) is None and "max abs error 0.7 > 0.5" in str(beyond(diffs, 0.5))
+
+
+def test_nan_against_a_number_is_infinitely_off_and_nan_against_nan_agrees() -> None:
+    a = {"y": np.array([1.0, np.nan, np.inf], np.float32)}
+    same = compare(a, {"y": np.array([1.0, np.nan, np.inf], np.float32)})
+    assert not isinstance(same, str) and same["y"].max_abs_error == 0.0 and beyond(same, 0.0) is None
+    off = compare(a, {"y": np.array([1.0, 2.0, np.inf], np.float32)})
+    assert not isinstance(off, str) and off["y"].max_abs_error == float("inf") and beyond(off, 1e9)
 
 
 def test_shadow_config_is_validated() -> None:
     cfg = ModelConfig.parse("shadow = { version = 3, fraction = 0.1 }\nkeep_inputs = 50\n", "config.toml")
     assert cfg.shadow == ShadowSpec(3, 0.1) and cfg.keep_inputs == 50 and cfg.extra == {}
+    assert cfg.shadow.max_abs_err == 1e-5  # the default tolerance
+    tolerant = ModelConfig.parse("shadow = { version = 3, max_abs_err = 0.01 }\n", "config.toml")
+    assert tolerant.shadow == ShadowSpec(3, 1.0, 0.01)
     for bad in (
         "shadow = { version = 0 }",
         "shadow = { version = 2, fraction = 1.5 }",
         "shadow = 3",
         "shadow = { version = 2, share = 0.1 }",
+        "shadow = { version = 2, max_abs_err = -1 }",
+        "shadow = { version = 2, max_abs_err = inf }",
+        "shadow = { version = 2, max_abs_err = '1e-3' }",
         "keep_inputs = -1",
         "keep_inputs = 10000000",
     ):
@@ -206,8 +252,10 @@ def test_a_full_shadow_queue_drops_the_job_instead_of_waiting(tmp_path: Path) ->
     assert stats.snapshot()["shadow"][0]["dropped"] == 3
     runner.start()  # the two queued jobs now run on v2 and are compared
     runner.stop()
-    assert [r.outcome for r in seen] == ["dropped"] * 3 + ["compared"] * 2
-    assert seen[-1].outputs["y"].max_abs_error == 1.0
+    assert [r.outcome for r in seen] == ["dropped"] * 3 + ["mismatch"] * 2  # |3 - 2| = 1 > 1e-5
+    assert seen[-1].outputs["y"].max_abs_error == 1.0 and "max abs error 1 > 1e-05" in str(seen[-1].error)
+    assert runner.run(answered[0], 2, max_abs_err=1.0).outcome == "compared"
+    assert runner.run(answered[0], 2, max_abs_err=0.999).outcome == "mismatch"
 
 
 def test_replay_jobs_are_not_shadowed(shadow_worker: tuple[WorkerProcess, int], redis_url: str) -> None:
@@ -216,7 +264,7 @@ def test_replay_jobs_are_not_shadowed(shadow_worker: tuple[WorkerProcess, int], 
 
     def counts(s: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> tuple[float, float]:
         return (
-            metric(s, "icow_shadow_jobs_total", **labels, outcome="compared"),
+            metric(s, "icow_shadow_jobs_total", **labels, outcome="mismatch"),
             metric(s, "icow_shadow_max_abs_error_sum", **labels, output="y"),
         )
 

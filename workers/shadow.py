@@ -13,6 +13,12 @@ shadow run; when the queue is full (or holds ``queue_max_bytes`` of inputs) the 
 shadowed and counts as ``dropped``. Under load the shadow sheds itself instead of slowing the
 fleet down; its sessions still share the device with the primary's.
 
+A shadowed job is a **mismatch** when its outputs cannot be compared (other names, shapes or
+types, or BYTES that differ) or when any output's max absolute error exceeds the spec's
+``max_abs_err`` (1e-5 unless config.toml says ``shadow = { ..., max_abs_err = 1e-3 }``; a NaN
+where the other side has a number counts as an infinite error); ``compared`` counts the jobs
+whose every output is within it. Both carry the per-output figures.
+
 The shadow version is loaded from the repository by every worker serving the model, whether or
 not the model's ``versions`` policy serves it to callers (it takes jobs only if it does).
 """
@@ -42,14 +48,17 @@ log = logging.getLogger("icow.shadow")
 
 COMPARED, MISMATCH, FAILED, DROPPED = "compared", "mismatch", "failed", "dropped"
 RETRY_LOAD_S = 30.0  # a shadow version that did not load is tried again after this
+DEFAULT_MAX_ABS_ERR = 1e-5  # the tolerance of a shadow run (and `icow replay --max-abs-err`)
+WARN_EVERY_S = 60.0  # mismatches and failures are logged at most this often per model and versions
 
 
 @dataclass(frozen=True)
 class ShadowSpec:
-    """``shadow = { version = V, fraction = F }`` of a model's config.toml."""
+    """``shadow = { version = V, fraction = F, max_abs_err = E }`` of a model's config.toml."""
 
     version: int
     fraction: float
+    max_abs_err: float = DEFAULT_MAX_ABS_ERR  # an output further than this from the primary's: mismatch
 
     @staticmethod
     def pop_from(raw: MutableMapping[str, Any], where: str = "config.toml") -> ShadowSpec | None:
@@ -57,14 +66,17 @@ class ShadowSpec:
         spec = raw.pop("shadow", None)
         if spec is None:
             return None
-        if not isinstance(spec, Mapping) or set(spec) - {"version", "fraction"}:
-            raise InvalidInput(f"{where}: shadow must be {{ version = V, fraction = F }}")
+        if not isinstance(spec, Mapping) or set(spec) - {"version", "fraction", "max_abs_err"}:
+            raise InvalidInput(f"{where}: shadow must be {{ version = V, fraction = F[, max_abs_err = E] }}")
         version, fraction = spec.get("version"), spec.get("fraction", 1.0)
+        tolerance = spec.get("max_abs_err", DEFAULT_MAX_ABS_ERR)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise InvalidInput(f"{where}: shadow.version must be a positive integer")
         if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 <= fraction <= 1:
             raise InvalidInput(f"{where}: shadow.fraction must be a number in 0..1")
-        return ShadowSpec(version, float(fraction))
+        if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not 0 <= tolerance < float("inf"):
+            raise InvalidInput(f"{where}: shadow.max_abs_err must be a finite number >= 0")
+        return ShadowSpec(version, float(fraction), float(tolerance))
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,7 @@ class ShadowResult:
     model: str
     primary: int
     shadow: int
-    outcome: str  # compared, mismatch (outputs of other names, shapes or types), failed, dropped
+    outcome: str  # compared (within the tolerance), mismatch (beyond it, or not comparable), failed, dropped
     outputs: Mapping[str, OutputDiff] = field(default_factory=dict)
     latency_ratio: float | None = None  # shadow compute / the primary's share of its session call
     error: str | None = None
@@ -109,7 +121,11 @@ def compare(primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray])
             out[name] = OutputDiff(0.0, 0.0, size=a.size)
             continue
         fa, fb = a.astype(np.float64), b.astype(np.float64)
-        diff = np.abs(fa - fb)
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(fa - fb)
+        # NaN against NaN (or the same infinity) agrees; NaN against anything else is infinitely off
+        diff[(np.isnan(fa) & np.isnan(fb)) | (fa == fb)] = 0.0
+        diff[np.isnan(diff)] = np.inf
         err = float(np.max(diff)) if fa.size else 0.0
         mean = float(np.mean(diff)) if fa.size else 0.0
         scale = float(np.max(np.abs(fa))) if fa.size else 0.0
@@ -120,6 +136,14 @@ def compare(primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray])
             agree = int(np.sum(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
         out[name] = OutputDiff(err, rel, mean, a.size, rows, agree)
     return out
+
+
+def beyond(diffs: Mapping[str, OutputDiff], max_abs_err: float) -> str | None:
+    """Why the outputs mismatch at this tolerance (None: every output is within it)."""
+    for name, d in diffs.items():
+        if not d.max_abs_error <= max_abs_err:
+            return f"output {name!r}: max abs error {d.max_abs_error:.6g} > {max_abs_err:g}"
+    return None
 
 
 def _outputs_of(a: Answered) -> dict[str, np.ndarray]:
@@ -138,6 +162,7 @@ class _Work:
     primary: int
     shadow: int
     nbytes: int
+    max_abs_err: float = DEFAULT_MAX_ABS_ERR
 
 
 class ShadowRunner:
@@ -161,6 +186,7 @@ class ShadowRunner:
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
         self._load_failed: dict[tuple[str, int], float] = {}
+        self._warned: dict[tuple[str, int, int], float] = {}
         self._thread: threading.Thread | None = None
 
     # -- the intake's side: sample and enqueue, never block
@@ -174,7 +200,7 @@ class ShadowRunner:
             if from_replay(a) or self._rng.random() >= spec.fraction:
                 continue
             nbytes = sum(len(t.get("data") or b"") for t in a.job["inputs"])
-            work = _Work(a, a.version, spec.version, nbytes)
+            work = _Work(a, a.version, spec.version, nbytes, spec.max_abs_err)
             with self._lock:
                 fits = self._bytes + nbytes <= self.queue_max_bytes
                 if fits:
@@ -202,12 +228,13 @@ class ShadowRunner:
             with self._lock:
                 self._bytes -= work.nbytes
             try:
-                self._tell(self.run(work.answered, work.shadow))
+                self._tell(self.run(work.answered, work.shadow, work.max_abs_err))
             except Exception:
                 log.exception("a shadow run failed unexpectedly")
 
-    def run(self, a: Answered, shadow: int) -> ShadowResult:
-        """Run one answered job on version ``shadow`` and compare (in the calling thread)."""
+    def run(self, a: Answered, shadow: int, max_abs_err: float = DEFAULT_MAX_ABS_ERR) -> ShadowResult:
+        """Run one answered job on version ``shadow`` and compare (in the calling thread): a
+        mismatch past ``max_abs_err``."""
         primary = a.version or 0
         try:
             model = self._session(a.model, shadow)
@@ -226,7 +253,9 @@ class ShadowRunner:
         diffs = compare(expected, got)
         if isinstance(diffs, str):
             return ShadowResult(a.model, primary, shadow, MISMATCH, error=diffs)
-        return ShadowResult(a.model, primary, shadow, COMPARED, diffs, _ratio(shadow_s, a, inputs))
+        why = beyond(diffs, max_abs_err)
+        outcome = COMPARED if why is None else MISMATCH
+        return ShadowResult(a.model, primary, shadow, outcome, diffs, _ratio(shadow_s, a, inputs), why)
 
     def _session(self, model: str, version: int) -> OnnxModel:
         entry = self.manager.entry(model)
@@ -243,9 +272,17 @@ class ShadowRunner:
             raise
 
     def _tell(self, result: ShadowResult) -> None:
-        if result.outcome in (FAILED, MISMATCH):
+        key = (result.model, result.primary, result.shadow)
+        now = time.monotonic()
+        if result.outcome in (FAILED, MISMATCH) and now - self._warned.get(key, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[key] = now  # a wholly different shadow mismatches every job: one line a minute
             log.warning(
-                "shadow run of %s v%s (primary v%s): %s", result.model, result.shadow, result.primary, result.error
+                "shadow run of %s v%s (primary v%s): %s: %s",
+                result.model,
+                result.shadow,
+                result.primary,
+                result.outcome,
+                result.error,
             )
         for listener in self.listeners:
             try:
