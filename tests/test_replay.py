@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,3 +135,49 @@ def test_the_client_user_cannot_read_kept_inputs_and_the_worker_user_can() -> No
 def test_replay_to_a_version_nobody_serves_is_an_error(kept: list[bytes], redis_url: str) -> None:
     proc = icow_replay(redis_url, "--from", "1", "--to", "9")
     assert proc.returncode == 2 and "ModelNotFound" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_replay_latency_is_like_for_like_one_job_at_a_time_alternating(kept: list[bytes], redis_url: str) -> None:
+    """The finding: the version also "latest" read ~3x slower, because the comparison jobs, all
+    submitted at once, were batched differently per version. The latency figures now come from a
+    warm-up job on each version, then one job at a time (never two in flight), the versions
+    alternating which runs first, each job alone in its session call."""
+    import argparse
+
+    from icow.cli import replay
+
+    events: list[tuple[str, int | str]] = []
+
+    class Recorded:
+        def __init__(self, job: Any, version: int):
+            self.job, self.version, self.id = job, version, job.id
+
+        def result(self, timeout_s: float | None = None) -> Any:
+            events.append(("result", self.version))
+            return self.job.result(timeout_s=timeout_s)
+
+    class RecordingClient:
+        def __init__(self, client: Client):
+            self.client = client
+
+        def submit(self, model: str, inputs: Any, *, version: int, **kw: Any) -> Recorded:
+            events.append(("submit", version))
+            return Recorded(self.client.submit(model, inputs, version=version, **kw), version)
+
+    args = argparse.Namespace(
+        model=MODEL, from_version=1, to_version=2, last=None, timeout=60.0, result_ttl=60, latency_jobs=4
+    )
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        with Client(redis_url) as c:
+            report = replay.replay(conn, RecordingClient(c), args)
+    finally:
+        conn.close()
+    comparison, latency = events[: 4 * KEEP], events[4 * KEEP :]
+    assert [e for e in comparison if e[0] == "submit"] == [("submit", 1), ("submit", 2)] * KEEP  # all at once
+    warm_up, pairs = [1, 2], [1, 2, 2, 1, 1, 2, 2, 1]  # then A B, B A, A B, B A
+    expected = warm_up + pairs
+    assert latency == [e for v in expected for e in (("submit", v), ("result", v))]  # one at a time
+    doc = report.document()
+    assert doc["latency"]["v1"]["jobs"] == doc["latency"]["v2"]["jobs"] == 4 and doc["latency_skipped"] == 0
+    assert doc["compared"] == KEEP and doc["outputs"]["y"]["max_abs_error"] == 0

@@ -6,8 +6,16 @@ workers/kept.py), newest first in ``icow:kept:<m>``; records older than their re
 skipped. Each is submitted twice with the Python client, pinned to ``--from`` and to ``--to``,
 as jobs named ``replay-...`` (never kept again, never shadowed), and the outputs are compared
 per output name: max and mean absolute error, max relative error (over the largest magnitude of
-the ``--from`` output), argmax agreement for classifier-like (2-D float) outputs. Latency is the
-workers' compute time per job (a batched session call shared out by samples).
+the ``--from`` output), argmax agreement for classifier-like (2-D float) outputs.
+
+Latency is measured apart, like for like (:func:`measure_latency`): those comparison jobs are
+all submitted at once, so the worker batches them, and it drains one version's queue before the
+other's (a fixed order): one version ran in batches of 1-5, the other in batches of 10+, and
+its compute time shared out by samples read ~3x lower for an identical model. Instead, after a
+warm-up job on each version (not counted), ``--latency-jobs`` kept inputs run one job at a
+time, each waited for before the next, the versions alternating which goes first (A B, B A,
+...), and only jobs that ran alone in their session call are counted: each version's p50 is the
+compute time of the same inputs, alone, in the same conditions.
 
 Exit status: 0 within the thresholds; 1 past them, or when a job failed or its outputs could
 not be compared; 2 on an error (no kept inputs, a version not served, Redis unreachable).
@@ -62,7 +70,8 @@ class Report:
     outputs: dict[str, OutputReport] = field(default_factory=dict)
     failed: dict[int, list[str]] = field(default_factory=dict)  # version -> "job: error"
     mismatched: list[str] = field(default_factory=list)
-    compute_s: dict[int, list[float]] = field(default_factory=dict)
+    compute_s: dict[int, list[float]] = field(default_factory=dict)  # like for like (measure_latency)
+    latency_skipped: int = 0  # latency jobs not alone in their session call, or failed
 
     def add(self, diffs: Mapping[str, Any]) -> None:
         self.compared += 1
@@ -111,6 +120,7 @@ class Report:
             "failed": {f"v{v}": len(errs) for v, errs in self.failed.items()},
             "mismatched": len(self.mismatched),
             "latency": latency,
+            "latency_skipped": self.latency_skipped,
         }
 
 
@@ -157,23 +167,10 @@ def replay(r: Any, client: Any, args: argparse.Namespace) -> Report:
         )
     pairs = []
     for rec in records:
-        inputs = {t["name"]: tensor.decode(t) for t in rec["inputs"]}
-        first = next(iter(inputs.values()))
-        samples = int(first.shape[0]) if first.ndim else 1
-        jobs = [
-            client.submit(
-                args.model,
-                inputs,
-                version=v,
-                outputs=rec["outputs"],
-                result_ttl_s=args.result_ttl,
-                job_id=f"{keys.REPLAY_ID_PREFIX}{uuid.uuid4()}",
-            )
-            for v in versions
-        ]
-        pairs.append((jobs, samples))
+        inputs = _inputs(rec)
+        pairs.append([_submit(client, args, rec, inputs, v) for v in versions])
     deadline = time.monotonic() + args.timeout
-    for jobs, samples in pairs:
+    for jobs in pairs:
         outs: list[dict[str, np.ndarray] | None] = []
         for v, job in zip(versions, jobs):
             try:
@@ -181,11 +178,6 @@ def replay(r: Any, client: Any, args: argparse.Namespace) -> Report:
             except IcowError as exc:
                 report.failed[v].append(f"{job.id}: {type(exc).__name__}: {exc}"[:300])
                 outs.append(None)
-        metas = r.mget([keys.result(j.id) for j in jobs])
-        for v, raw in zip(versions, metas):
-            share = _compute_share(protocol.unpackb(raw), samples) if raw is not None else None
-            if share is not None:
-                report.compute_s[v].append(share)
         a, b = outs
         if a is None or b is None:
             continue
@@ -194,7 +186,66 @@ def replay(r: Any, client: Any, args: argparse.Namespace) -> Report:
             report.mismatched.append(f"{jobs[1].id}: {diffs}")
         else:
             report.add(diffs)
+    measure_latency(r, client, args, records[-args.latency_jobs :], report)
     return report
+
+
+def _inputs(rec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {t["name"]: tensor.decode(t) for t in rec["inputs"]}
+
+
+def _submit(client: Any, args: argparse.Namespace, rec: Mapping[str, Any], inputs: Any, version: int) -> Any:
+    return client.submit(
+        args.model,
+        inputs,
+        version=version,
+        outputs=rec["outputs"],
+        result_ttl_s=args.result_ttl,
+        job_id=f"{keys.REPLAY_ID_PREFIX}{uuid.uuid4()}",
+    )
+
+
+def measure_latency(
+    r: Any, client: Any, args: argparse.Namespace, records: list[dict[str, Any]], report: Report
+) -> None:
+    """Each version's compute time on the same inputs, like for like: a warm-up job on each
+    version first (not counted), then one job at a time, waited for before the next, the
+    versions alternating which runs first; only jobs alone in their session call count."""
+    if not records or args.latency_jobs <= 0:
+        return
+    versions = report.versions
+    deadline = time.monotonic() + args.timeout
+    warm = records[0]
+    for v in versions:
+        try:
+            _submit(client, args, warm, _inputs(warm), v).result(timeout_s=max(0.001, deadline - time.monotonic()))
+        except IcowError:
+            pass  # its failure, if any, is the comparison's to report
+    for i, rec in enumerate(records):
+        inputs = _inputs(rec)
+        first = next(iter(inputs.values()))
+        samples = int(first.shape[0]) if first.ndim else 1
+        for v in versions if i % 2 == 0 else versions[::-1]:
+            job = _submit(client, args, rec, inputs, v)
+            try:
+                job.result(timeout_s=max(0.001, deadline - time.monotonic()))
+            except IcowError:
+                report.latency_skipped += 1
+                continue
+            raw = r.get(keys.result(job.id))
+            meta = protocol.unpackb(raw) if raw is not None else None
+            share = _compute_share(meta, samples) if _alone(meta) else None
+            if share is None:
+                report.latency_skipped += 1
+            else:
+                report.compute_s[v].append(share)
+
+
+def _alone(meta: Any) -> bool:
+    """Whether the job ran alone in its session call (no other job batched with it)."""
+    res = meta.get("result") if isinstance(meta, Mapping) else None
+    timing = res.get("timing") if isinstance(res, Mapping) else None
+    return isinstance(timing, Mapping) and timing.get("batch") == 1
 
 
 def render(doc: Mapping[str, Any], why: list[str]) -> str:
@@ -211,7 +262,9 @@ def render(doc: Mapping[str, Any], why: list[str]) -> str:
         )
     for v, lat in doc["latency"].items():
         p50, mean = lat["p50_ms"], lat["mean_ms"]
-        lines.append(f"latency {v}: compute p50 {p50:.3f} ms, mean {mean:.3f} ms ({lat['jobs']} jobs)")
+        lines.append(
+            f"latency {v}: compute p50 {p50:.3f} ms, mean {mean:.3f} ms ({lat['jobs']} jobs alone, alternating)"
+        )
     failed = ", ".join(f"{v}: {n}" for v, n in doc["failed"].items())
     lines.append(f"failed jobs: {failed}; outputs not comparable: {doc['mismatched']}")
     lines.append("PASS" if not why else "FAIL: " + "; ".join(why))
@@ -257,6 +310,12 @@ def add_command(sub: Any) -> None:
     p.add_argument("--max-abs-err", type=float, default=1e-5, help="fail above this max absolute error (1e-5)")
     p.add_argument("--max-rel-err", type=float, help="fail above this max relative error")
     p.add_argument("--min-agreement", type=float, help="fail below this argmax agreement (0..1)")
+    p.add_argument(
+        "--latency-jobs",
+        type=int,
+        default=20,
+        help="kept inputs run one at a time on each version, alternating, for the latency figures (20; 0: none)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all the jobs (120)")
     p.add_argument("--result-ttl", type=int, default=600, help="seconds the replay jobs' results are kept (600)")
     p.add_argument("--redis", help="Redis URL (ICOW_REDIS_URL); the worker user, which may read kept inputs")
