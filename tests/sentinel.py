@@ -42,10 +42,12 @@ class Node:
         self._argv = [exe, *args]
         self.start()
 
-    def start(self) -> None:
-        """Start (again, after :meth:`kill`: same port, same data folder)."""
+    def start(self, extra: list[str] | None = None) -> None:
+        """Start (again, after :meth:`kill`: same port, same data folder); ``extra``: more
+        server arguments for this start only."""
         self._log_file = self.log.open("ab")
-        self.proc = subprocess.Popen(self._argv, stdout=self._log_file, stderr=subprocess.STDOUT)
+        argv = self._argv + (extra or [])
+        self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT)
         _wait(f"server on port {self.port}", self.ping, 10)
 
     def conn(self) -> redis.Redis:
@@ -178,21 +180,33 @@ class SentinelSet:
         self.primary, self.replica = self.replica, self.primary
         return time.monotonic() - start
 
-    def revive(self, node: Node, timeout_s: float = 60) -> None:
-        """Restart a killed data node; the sentinels make it a replica of the current primary.
-        Returns once the primary has it as a replica in sync."""
+    def revive(self, node: Node, timeout_s: float = 60, *, as_replica: bool = True) -> None:
+        """Restart a killed data node (same port, empty). With ``as_replica`` (the default) the
+        test makes it a replica of the current primary at once (REPLICAOF, what an operator
+        would do) and returns once it is in sync: the test, not the sentinels' timing, decides
+        when a returning old primary stops being one (the sentinels' own conversion waits 8 s
+        at the least and took over 60 s under load).
+
+        ``as_replica=False``: it comes back a primary and stays one: REPLICAOF and SLAVEOF are
+        renamed away on it, so neither the sentinels nor anyone else can convert it (a stale
+        primary, for tests of who writes to it)."""
+        if node is self.primary:
+            raise ValueError("revive: that node is the primary")
+        if not as_replica:
+            node.start(["--rename-command", "REPLICAOF", "", "--rename-command", "SLAVEOF", ""])
+            return
         node.start()
-        asked = time.monotonic()
+        self.demote(node, timeout_s)
+
+    def demote(self, node: Node, timeout_s: float = 60) -> None:
+        """Make a live node (an old primary) a replica of the current primary now (REPLICAOF);
+        return once it replicates, in sync."""
+        with node.conn() as c:
+            c.execute_command("REPLICAOF", "127.0.0.1", str(self.primary.port))
 
         def synced() -> bool:
-            nonlocal asked
             with node.conn() as c:
                 info = c.info("replication")
-                if info.get("role") == "master" and time.monotonic() - asked > 5:
-                    # The sentinels usually convert a returning old primary within seconds, but
-                    # under load it can take a minute: do what an operator would.
-                    c.execute_command("REPLICAOF", "127.0.0.1", str(self.primary.port))
-                    asked = time.monotonic()
             return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
         _wait(f"node on port {node.port} back as a replica", synced, timeout_s)
