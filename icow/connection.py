@@ -48,7 +48,7 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from icow.errors import BrokerUnavailable, InvalidInput
+from icow.errors import InvalidInput, NotDurable
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
@@ -301,13 +301,25 @@ def wait_replicas(r: Any, replicas: int = 1, timeout_ms: int = DEFAULT_WAIT_TIME
     return r.execute_command("WAIT", replicas, timeout_ms)
 
 
-def require_replicas(acknowledged: Any, replicas: int = 1) -> int:
-    """The count ``WAIT`` returned, or BrokerUnavailable when fewer replicas acknowledged: the
-    write happened on the primary but would not survive its death."""
+def require_replicas(acknowledged: Any, replicas: int = 1, job_ids: list[str] | None = None) -> int:
+    """The count ``WAIT`` returned, or :class:`~icow.errors.NotDurable` (a BrokerUnavailable)
+    when fewer replicas acknowledged: the write happened on the primary but would not survive
+    its death. ``job_ids``: the jobs those writes queued (they will run: re-attach, do not
+    resubmit); the error carries them."""
     got = int(acknowledged)
     if got < replicas:
-        raise BrokerUnavailable(
-            f"only {got} of {replicas} Redis replica(s) acknowledged the write in time: it is on the "
-            "primary but not yet durable (no replica, or replication lagging)"
-        )
+        raise not_durable(got, replicas, list(job_ids or []))
     return got
+
+
+def not_durable(acknowledged: int, replicas: int, job_ids: list[str], jobs: list[Any] | None = None) -> NotDurable:
+    """The NotDurable error for jobs queued on the primary that ``acknowledged`` (< ``replicas``)
+    replicas hold; ``jobs``: the caller's handles of them."""
+    text = (
+        f"only {acknowledged} of {replicas} Redis replica(s) acknowledged the write in time: it is on the "
+        "primary but not yet durable (no replica, or replication lagging)"
+    )
+    if job_ids:
+        shown = ", ".join(job_ids[:3]) + (f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else "")
+        text += f"; the job(s) ARE queued and will run ({shown}): re-attach to them (.jobs), do not resubmit"
+    return NotDurable(text, job_ids=job_ids, jobs=jobs, acknowledged=acknowledged, replicas=replicas)
