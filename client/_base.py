@@ -10,8 +10,9 @@ from typing import Any
 from icow import keys
 from icow.client import _core
 from icow.client._core import JobStatus
+from icow.client._info import JobInfo, info_of
 from icow.client._wait import ReplyBox
-from icow.errors import IcowError
+from icow.errors import ClientClosed, IcowError
 
 
 class ClientBase:
@@ -46,6 +47,12 @@ class ClientBase:
         self.client_id = _core.new_client_id()
         self.reply_key = keys.reply(self.client_id)
         self._box = ReplyBox(self.reply_key)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        """ClientClosed once ``close()`` has run: every call that would reach Redis refuses."""
+        if self._closed:
+            raise ClientClosed(f"{type(self).__name__} {self.client_id} is closed: make a new client")
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Any:
@@ -95,12 +102,14 @@ class JobBase:
         *,
         cancel_token: str | None = None,
         own: bool = False,
+        ttl_s: int | None = None,
     ):
         self._client = client
         self.id = job_id
         self.model = model
         self.cancel_token = cancel_token
         self._own = own
+        self._ttl_s = ttl_s  # the result TTL it was submitted with (a cancel passes it on), if known
         self._meta: dict[str, Any] | None = None
         self._error: IcowError | None = None
 
@@ -114,6 +123,15 @@ class JobBase:
         if self._error is not None:
             raise self._error
         return None if self._meta is None else _core.status_of_meta(self._meta)
+
+    def info(self) -> JobInfo:
+        """How the finished job ran: the version that ran, the worker, its timings (a frozen
+        :class:`icow.client.JobInfo`). There once ``result()`` has returned (or raised the job's
+        error), ``status()`` read it finished or ``as_completed`` yielded it; NoResultYet before.
+        No Redis call."""
+        if self._error is not None:
+            raise self._error
+        return info_of(self.id, self._meta)
 
     def _known_meta(self) -> dict[str, Any] | None:
         if self._error is not None:

@@ -18,16 +18,20 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import redis.exceptions
 
-from icow import functions, keys, protocol, settings, tensor
+from icow import connection, functions, keys, protocol, settings, tensor
+from icow.digest import job_digest
 from icow.errors import (
     BrokerFull,
     BrokerUnavailable,
     IcowError,
     InvalidInput,
+    JobIdConflict,
     JobNotFound,
     ModelNotFound,
+    NotDurable,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     QueueFull,
     remote_error,
 )
@@ -45,6 +49,8 @@ STASH_MAX = 10_000  # replies kept for waiters that have not asked yet (the keys
 DRAIN_MAX = 1000  # replies taken in one round trip once one has arrived
 SUBMIT_CHUNK = 500  # jobs per FCALL in submit_many
 CANCEL_PREFIX = "cancel:"  # the task_id of a cancel outcome on a reply list: cancel:<job id>
+DIGEST_CONFLICT = 2  # icow_submit's per-job code: the id's first job had other inputs (§8.4)
+INVALID_PREFIX = "ICOW_INVALID "  # how icow_cancel_request refuses a malformed argument
 
 
 # ---------------------------------------------------------------------------- options
@@ -159,18 +165,20 @@ def io_limit(deadline: float | None, blocking_s: float, cap_s: float) -> float:
 def broker_error(exc: BaseException, what: str) -> IcowError | None:
     """The ICOW error a Redis failure surfaces as (None: not a Redis failure, let it be).
 
-    Out of memory is :class:`BrokerFull`; an ACL refusal, a missing function library, a
-    refused, broken, timed-out or unreachable connection are :class:`BrokerUnavailable` saying
-    which."""
+    Out of memory is :class:`BrokerFull`; an ACL refusal :class:`PermissionDenied`; a missing
+    function library, a refused, broken, timed-out or unreachable connection are
+    :class:`BrokerUnavailable` saying which."""
     if isinstance(exc, IcowError):
         return None
     text = str(exc)
+    if text.startswith(INVALID_PREFIX):  # an ICOW function refused an argument: nothing was done
+        return InvalidInput(f"Redis refused {what}: {text[len(INVALID_PREFIX) :]}")
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return BrokerFull(f"Redis is out of memory (maxmemory) and refused {what}: {text}")
     if isinstance(exc, redis.exceptions.NoPermissionError) or is_acl_denial(exc):
-        return BrokerUnavailable(
+        return PermissionDenied(
             f"Redis refused {what}: the ACL user lacks a permission ICOW's client needs "
-            f"(see icow.keys.CLIENT_ACL_RULES): {text}"
+            f"(see `icow admin acl`, icow.keys.CLIENT_ACL_RULES): {text}"
         )
     if functions.is_missing(exc):
         return functions.missing_error(exc)
@@ -292,6 +300,7 @@ class PreparedJob:
     message: bytes
     inputs: dict[str, Any]  # input key -> bytes
     ttl_s: int
+    digest: str | None = None  # a caller-chosen id's job digest (icow.digest), sent to icow_submit
 
 
 def prepare(
@@ -322,6 +331,7 @@ def prepare(
     ):
         raise InvalidInput(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
     token: str | None = None
+    custom = job_id is not None
     if job_id is None:
         job_id, token = protocol.new_job()
     else:
@@ -329,11 +339,14 @@ def prepare(
     inline_max = options.inline_max_bytes if inline_max_bytes is None else inline_max_bytes
     wire: list[dict[str, Any]] = []
     blobs: dict[str, Any] = {}
+    hashed: list[tuple[str, str, Sequence[int], Any]] = []
     total = 0
     for name, array in inputs.items():
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"input names must be non-empty strings, got {name!r}")
         t = tensor.encode(name, array, max_bytes=options.max_tensor_bytes)
+        if custom:
+            hashed.append((name, t["datatype"], t["shape"], t["data"]))
         size = len(t["data"])
         total += size
         if size > inline_max:
@@ -355,8 +368,11 @@ def prepare(
         deadline=None if deadline_s is None else now + deadline_s,
         created=now,
     )
-    message = protocol.celery_message(job, queue=target.queue, priority=target.priority)
-    return PreparedJob(job_id, token, message, blobs, ttl_s)
+    # A caller-chosen id may be reused: its digest lets icow_submit tell a resubmission of the
+    # same job (idempotent) from another job under that id (JobIdConflict).
+    digest = job_digest(target.model, target.version, outputs, hashed) if custom else None
+    message = protocol.celery_message(job, queue=target.queue, priority=target.priority, digest=digest)
+    return PreparedJob(job_id, token, message, blobs, ttl_s, digest)
 
 
 def submit_call(target: Target, jobs: Sequence[PreparedJob], require_published: bool) -> tuple[list[str], list[Any]]:
@@ -367,22 +383,69 @@ def submit_call(target: Target, jobs: Sequence[PreparedJob], require_published: 
         target.model,
         "" if target.version is None else str(target.version),
         "1" if require_published else "0",
-        len(jobs),
+        str(len(jobs)),  # every ARGV is a bulk string: counts in decimal ASCII
     ]
     queue_list = keys.queue_list(q, target.priority)
     for job in jobs:
         fkeys += [queue_list, *job.inputs]
-        args += [job.message, len(job.inputs)]
+        args += [job.message, str(len(job.inputs))]
+    if any(job.digest for job in jobs):  # §8.4: then per job its digest key, digest and the key's TTL
+        for job in jobs:
+            fkeys.append(keys.digest(job.job_id))
+            args += [job.digest or "", str(job.ttl_s + keys.DONE_EXTRA_TTL_S)]
     return fkeys, args
 
 
-def submit_outcome(target: Target, reply: Any) -> tuple[int, int, int]:
+def is_served(reply: Any) -> bool:
+    """Whether ``icow_submit``'s reply says a live worker serves the target (if not, the shell
+    reads ``icow:failed:<m>`` for :func:`submit_outcome`'s message)."""
+    try:
+        return bool(int(reply[3]))
+    except (TypeError, ValueError, IndexError):
+        return True  # not a reply submit_outcome accepts: it raises
+
+
+def not_served_reasons(target: Target, failed: Mapping[Any, Any]) -> list[str]:
+    """Why workers do not serve the target, from ``icow:failed:<m>`` (field
+    ``<version>:<worker>``, value the reason): one sentence per failed version and worker."""
+    found = []
+    for field_, why in failed.items():
+        version, _, worker = _str(field_).partition(":")
+        if version.isdigit() and worker and (target.version is None or int(version) == target.version):
+            found.append((int(version), worker, _str(why)))
+    return [
+        f"model {target.model!r} version {v} failed to load on worker {w}: {why}" for v, w, why in sorted(found)
+    ]
+
+
+def submit_outcome(target: Target, reply: Any, failed: Mapping[Any, Any] | None = None) -> tuple[int, int, int]:
     """(queued, depth, limit) from ``icow_submit``'s reply; ModelNotFound when no live worker
-    serves the target (then nothing was queued)."""
-    queued, depth, limit, served = (int(x) for x in reply)
+    serves the target (then nothing was queued), saying why when workers reported it
+    (``failed``: the ``icow:failed:<m>`` hash)."""
+    queued, depth, limit, served = (int(x) for x in reply[:4])
     if not served:
-        raise ModelNotFound(f"no live worker serves {target.describe()}: nothing was queued")
+        reasons = not_served_reasons(target, failed or {})
+        more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        why = "; " + "; ".join(reasons[:3]) + more if reasons else ""
+        raise ModelNotFound(f"no live worker serves {target.describe()}: nothing was queued{why}")
     return queued, depth, limit
+
+
+def check_conflicts(reply: Any, jobs: Sequence[PreparedJob]) -> None:
+    """JobIdConflict when ``icow_submit`` refused a job because its custom id was already used
+    by a job with other inputs (§8.4: the per-job codes after the first four; that job was not
+    queued). Raised for single submits only: only they carry caller-chosen ids."""
+    refused = [job.job_id for job, code in zip(jobs, reply[4:]) if int(code) == DIGEST_CONFLICT]
+    if refused:
+        raise JobIdConflict(
+            f"job id {refused[0]!r} was already used by a job with other inputs (model, version, outputs "
+            "or tensors): not queued; choose a new id (the same id with the same inputs is idempotent)",
+            job_id=refused[0],
+        )
+
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -397,6 +460,12 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
             part = []
     if part:
         yield part
+
+
+def not_durable(exc: NotDurable, handles: list[Any]) -> NotDurable:
+    """What a submit call raises when its jobs were queued but no replica acknowledged them:
+    ``exc`` (from ``_queue``) with the handles of every job the call queued."""
+    return connection.not_durable(exc.acknowledged, exc.replicas, [h.id for h in handles], handles)
 
 
 def queue_full(target: Target, depth: int, limit: int, queued: list[Any]) -> QueueFull:
@@ -414,17 +483,24 @@ def queue_full(target: Target, depth: int, limit: int, queued: list[Any]) -> Que
 
 
 def parse_entry(raw: Any) -> tuple[str, dict[str, Any]] | None:
-    """(task id, meta) of a reply-list or bell entry: a result meta, or a cancel outcome whose
-    task id is ``cancel:<job id>``. None for anything else (nothing a worker writes)."""
+    """(who waits for it, meta) of a reply-list or bell entry: a result meta goes to its task
+    id; a cancel outcome (status ``CANCEL``, task id ``cancel:<job id>``) to
+    :func:`cancel_key` of the job. Told apart by the status, never by the task id alone: a
+    custom job id may itself read ``cancel:abc`` (docs/PROTOCOL.md §12). None for anything else."""
     try:
         meta = protocol.unpackb(raw)
     except (ValueError, TypeError):
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("task_id"), str):
         return None
-    if meta.get("status") not in (*protocol.READY_STATES, "CANCEL"):
+    task_id, status = meta["task_id"], meta.get("status")
+    if status == "CANCEL":
+        if not task_id.startswith(CANCEL_PREFIX):
+            return None
+        return cancel_key(task_id[len(CANCEL_PREFIX) :]), meta
+    if status not in protocol.READY_STATES:
         return None
-    return meta["task_id"], meta
+    return task_id, meta
 
 
 def read_meta(job_id: str, raw: Any) -> dict[str, Any] | None:
@@ -488,8 +564,10 @@ def decode_result(meta: Mapping[str, Any], blobs: Mapping[str, Any] | None = Non
 
 
 def cancel_key(job_id: str) -> str:
-    """The task id of the fleet's answer to a cancel request for ``job_id``."""
-    return CANCEL_PREFIX + job_id
+    """Who waits for the fleet's answer to a cancel request for ``job_id`` (in the reply box):
+    ``"cancel <job id>"``, a space that no job id holds, so it never meets a job's own result.
+    On the wire the answer's task id is ``cancel:<job id>``."""
+    return "cancel " + job_id
 
 
 def check_token(job_id: str, token: str | None) -> str | None:
@@ -499,15 +577,21 @@ def check_token(job_id: str, token: str | None) -> str | None:
     return token
 
 
-def cancel_request(job_id: str, token: str | None, reply_key: str) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of ``icow_cancel_request``; InvalidInput for a job without a token."""
+def cancel_request(
+    job_id: str, token: str | None, reply_key: str, ttl_s: int | None = None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``icow_cancel_request``: the token, the reply list to answer on, and the
+    job's result TTL when known (its JobCancelled result keeps it; else one day). InvalidInput
+    for a job without a token, or a malformed one (checked here, before anything is sent)."""
     if token is None:
         raise InvalidInput(
             f"job {job_id} has no cancel token: only the client that submitted it with an id of "
             "ICOW's making (or whoever it gave job.cancel_token to: client.job(id, cancel_token=...)) "
             "can cancel it; jobs submitted with job_id=... cannot be cancelled"
         )
-    return [keys.CANCELS], [token, reply_key]
+    if protocol.job_id_for_token(token) != job_id:
+        raise InvalidInput(f"this cancel token does not belong to job {job_id}")
+    return [keys.CANCELS], [token, reply_key] + ([] if ttl_s is None else [str(check_ttl(ttl_s))])
 
 
 def cancel_outcome(meta: Mapping[str, Any]) -> bool:

@@ -17,6 +17,7 @@ Where a client learns of a result (docs/PROTOCOL.md §10):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -116,27 +117,52 @@ def wait_own(job_id: str, deadline: float | None, timeout_s: float | None) -> St
 
 
 def wait_other(job_id: str, deadline: float | None, timeout_s: float | None) -> Steps:
-    """The result meta of a job re-attached by id: subscribe, then read, then listen."""
+    """The result meta of a job re-attached by id: subscribe, then read, then listen; the keys
+    again after every :data:`~icow.client._core.SLICE_S` without the answer."""
     yield Subscribe([keys.result_channel(job_id)])
     while True:
         raw, state = yield ReadKeys([keys.result(job_id), keys.state(job_id)])
         meta = _core.settled(job_id, raw, state)
         if meta is not None:
             return meta
+        due = _Due()
         while True:
             if deadline is not None and _core.remaining(deadline) == 0:
                 raise _timeout(f"job {job_id} not finished", timeout_s)
-            data = yield Listen(_core.slice_for(deadline))
-            if data is None:
-                break  # a slice passed: read the keys again
-            entry = _core.parse_entry(data)
+            data = yield Listen(due.slice(deadline))
+            entry = None if data is None else _core.parse_entry(data)
             if entry is not None and entry[0] == job_id:
                 return entry[1]
+            if data is None or due.now():
+                break  # a slice passed without the answer: read the keys again
 
 
-def cancel(job_id: str, token: str | None, reply_key: str, deadline: float | None, timeout_s: float | None) -> Steps:
+class _Due:
+    """When the keys are next read: :data:`~icow.client._core.SLICE_S` after the last read,
+    however many replies (for other jobs) arrive meanwhile (docs/PROTOCOL.md §10). A read is
+    bounded by it, so an empty read means it has come, too."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic() + _core.SLICE_S
+
+    def now(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def slice(self, deadline: float | None) -> float:
+        """The next blocking read: up to the check, and within the deadline."""
+        return max(0.0, min(_core.slice_for(deadline), self.at - time.monotonic()))
+
+
+def cancel(
+    job_id: str,
+    token: str | None,
+    reply_key: str,
+    deadline: float | None,
+    timeout_s: float | None,
+    ttl_s: int | None = None,
+) -> Steps:
     """Ask the fleet to cancel a job and wait for its answer on our reply list."""
-    fkeys, args = _core.cancel_request(job_id, token, reply_key)
+    fkeys, args = _core.cancel_request(job_id, token, reply_key, ttl_s)
     yield Call("icow_cancel_request", fkeys, args)
     answer = _core.cancel_key(job_id)
     while True:
@@ -155,11 +181,14 @@ def cancel(job_id: str, token: str | None, reply_key: str, deadline: float | Non
 
 def as_completed(own: Sequence[str], other: Sequence[str], deadline: float | None, timeout_s: float | None) -> Steps:
     """Report each job as :class:`Finished` as soon as it is. ``own``: jobs this client
-    submitted; ``other``: jobs re-attached by id. Raises JobTimeout at the deadline."""
+    submitted; ``other``: jobs re-attached by id. The keys of every job still waited for are
+    read every :data:`~icow.client._core.SLICE_S` (time-based: also while replies for some of
+    them keep arriving). Raises JobTimeout at the deadline."""
     waiting_own, waiting_other = set(own), set(other)
     for i in range(0, len(other), SUBSCRIBE_MAX):
         yield Subscribe([keys.result_channel(j) for j in other[i : i + SUBSCRIBE_MAX]])
     check = bool(other)  # re-attached jobs may have finished long ago: read their keys first
+    due = _Due()
     while waiting_own or waiting_other:
         if check:
             for ids in _chunks(sorted(waiting_own | waiting_other), MGET_MAX // 2):
@@ -176,24 +205,24 @@ def as_completed(own: Sequence[str], other: Sequence[str], deadline: float | Non
                     waiting_own.discard(job_id)
                     waiting_other.discard(job_id)
             check = False
+            due = _Due()
             continue
         if deadline is not None and _core.remaining(deadline) == 0:
             raise _timeout(f"{len(waiting_own) + len(waiting_other)} jobs not finished", timeout_s)
         if waiting_other:
-            data = yield Listen(_core.slice_for(deadline))
+            data = yield Listen(due.slice(deadline))
             entry = None if data is None else _core.parse_entry(data)
             if entry is not None and entry[0] in waiting_other:
                 job_id, meta = entry
                 waiting_other.discard(job_id)
                 yield Finished(job_id, meta)
-            elif data is None:
-                check = True
+            check = data is None or due.now()
         else:
-            got = yield ReadReplies(waiting_own, (), _core.slice_for(deadline), deadline)
+            got = yield ReadReplies(waiting_own, (), due.slice(deadline), deadline)
             for job_id, meta in got.items():
                 waiting_own.discard(job_id)
                 yield Finished(job_id, meta)
-            check = not got
+            check = not got or due.now()
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

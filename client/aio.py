@@ -18,7 +18,7 @@ from icow.client import _core, _wait, bulk
 from icow.client._base import ClientBase, JobBase
 from icow.client._core import JobStatus, ModelInfo, Outputs
 from icow.client._wait import Finished, ReplyBox
-from icow.errors import BrokerUnavailable
+from icow.errors import BrokerUnavailable, NotDurable, QueueFull
 
 
 class AsyncJob(JobBase):
@@ -133,7 +133,10 @@ class AsyncClient(ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        """Delete this client's reply list (results stay under their keys) and disconnect."""
+        """Delete this client's reply list (results stay under their keys) and disconnect.
+        Every later call raises ClientClosed; closing again does nothing."""
+        if self._closed:
+            return
         await self._router.close()
         try:
             async with self._io("closing the client", _core.deadline_of(0.0)):
@@ -141,6 +144,7 @@ class AsyncClient(ClientBase):
         except BrokerUnavailable:
             pass  # unreachable: the list expires on its own
         finally:
+            self._closed = True
             await self._r.aclose()
 
     async def ping(self) -> None:
@@ -179,12 +183,23 @@ class AsyncClient(ClientBase):
         [job] = self._prepare(
             target, [inputs], outputs=outputs, deadline_s=deadline_s, result_ttl_s=result_ttl_s, job_id=job_id
         )
-        await self._queue_coalesced(target, job, deadline)
-        return AsyncJob(self, job.job_id, target.model, cancel_token=job.cancel_token, own=True)
+        own = job.digest is None  # a caller-chosen id: waited as re-attached (see Client._submit)
+        handle = AsyncJob(self, job.job_id, target.model, cancel_token=job.cancel_token, own=own, ttl_s=job.ttl_s)
+        try:
+            await self._queue_coalesced(target, job, deadline)
+        except NotDurable as exc:  # queued, not yet on a replica: the caller re-attaches
+            raise _core.not_durable(exc, [handle]) from exc
+        return handle
 
     async def _queue_coalesced(self, target: _core.Target, job: _core.PreparedJob, deadline: float | None) -> None:
         """Queue one job; jobs of the same target submitted by concurrent coroutines in the same
-        event-loop turn share one ``icow_submit`` call, in submission order."""
+        event-loop turn share one ``icow_submit`` call, in submission order. A caller-chosen id
+        travels alone: its JobIdConflict (or QueueFull) is its own."""
+        if job.digest is not None:
+            queued, depth, limit = await self._queue(target, [job], deadline)
+            if not queued:
+                raise _core.queue_full(target, depth, limit, [])
+            return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._coalesce.setdefault(target, []).append((job, deadline, fut))
@@ -208,9 +223,9 @@ class AsyncClient(ClientBase):
                     target, [job for job, _, _ in items], min(deadlines) if deadlines else None
                 )
             except Exception as exc:
-                for _, _, fut in items:
+                for job, _, fut in items:
                     if not fut.done():
-                        fut.set_exception(exc)
+                        fut.set_exception(_not_queued_with(exc, job, target))
                 continue
             for i, (_, _, fut) in enumerate(items):
                 if not fut.done():
@@ -256,9 +271,18 @@ class AsyncClient(ClientBase):
             inline_max_bytes=inline_max_bytes,
         )
         for part in _core.chunked(prepared, chunk):
-            queued, depth, limit = await self._queue(target, part, self._deadline())
+            try:
+                queued, depth, limit = await self._queue(target, part, self._deadline())
+            except NotDurable as exc:  # every job queued so far is the caller's to re-attach
+                handles += [
+                    AsyncJob(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True, ttl_s=j.ttl_s)
+                    for j in part
+                    if j.job_id in exc.job_ids
+                ]
+                raise _core.not_durable(exc, handles) from exc
             handles += [
-                AsyncJob(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True) for j in part[:queued]
+                AsyncJob(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True, ttl_s=j.ttl_s)
+                for j in part[:queued]
             ]
             if queued < len(part):
                 raise _core.queue_full(target, depth, limit, handles)
@@ -366,7 +390,7 @@ class AsyncClient(ClientBase):
 
     async def _cancel(self, job: AsyncJob, timeout_s: float) -> bool:
         deadline = _core.deadline_of(timeout_s)
-        steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s)
+        steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s, job._ttl_s)
         return bool(await self._run(steps, "cancelling a job", deadline))
 
     async def _decode(self, meta: Mapping[str, Any]) -> Outputs:
@@ -411,7 +435,8 @@ class AsyncClient(ClientBase):
     @asynccontextmanager
     async def _io(self, what: str, deadline: float | None, blocking_s: float = 0.0) -> AsyncIterator[None]:
         """Bound the Redis commands inside by the call's deadline, and surface every Redis
-        failure as an ICOW error."""
+        failure as an ICOW error. ClientClosed after ``close()``."""
+        self._check_open()
         try:
             async with asyncio.timeout(_core.io_limit(deadline, blocking_s, self.options.timeout_s)):
                 yield
@@ -454,10 +479,21 @@ class AsyncClient(ClientBase):
                 raise
             if wait_ms and isinstance(acked, Exception):
                 raise acked
-        outcome = _core.submit_outcome(target, reply)
+        failed = None if _core.is_served(reply) else await self._failed_versions(target.model)
+        outcome = _core.submit_outcome(target, reply, failed)
+        _core.check_conflicts(reply, jobs)  # a custom id already used by other inputs: JobIdConflict
         if wait_ms and outcome[0]:
-            connection.require_replicas(acked, 1)  # queued on the primary, not yet on a replica
+            # queued on the primary, not yet on a replica: NotDurable names the queued jobs
+            connection.require_replicas(acked, 1, [job.job_id for job in jobs[: outcome[0]]])
         return outcome
+
+    async def _failed_versions(self, model: str) -> Any:
+        """Why workers do not serve ``model`` (``icow:failed:<m>``), for ModelNotFound's message;
+        empty when unreadable (the error is ModelNotFound all the same)."""
+        try:
+            return await self._r.hgetall(keys.failed(model))
+        except redis.exceptions.RedisError:
+            return {}
 
     async def _forget_inputs(self, jobs: Sequence[_core.PreparedJob]) -> None:
         inputs = [key for job in jobs for key in job.inputs]
@@ -552,3 +588,11 @@ class _AsyncPubSub:
                     await self._ps.aclose()
             except (redis.exceptions.RedisError, OSError):
                 pass
+
+
+def _not_queued_with(exc: Exception, job: _core.PreparedJob, target: _core.Target) -> Exception:
+    """The error one coalesced submit gets when its shared ``icow_submit`` call raised ``exc``:
+    a NotDurable that did not queue this job (the backlog limit came first) is QueueFull."""
+    if isinstance(exc, NotDurable) and job.job_id not in exc.job_ids:
+        return QueueFull(f"{target.describe()}: its backlog limit was reached: not queued", model=target.model)
+    return exc

@@ -21,7 +21,7 @@ from icow.client._base import ClientBase, JobBase
 from icow.client._bounded import LIMIT, bound_pool
 from icow.client._core import JobStatus, ModelInfo, Outputs
 from icow.client._wait import Finished, ReplyBox
-from icow.errors import BrokerUnavailable
+from icow.errors import BrokerUnavailable, NotDurable
 
 
 class Job(JobBase):
@@ -142,13 +142,17 @@ class Client(ClientBase):
         self.close()
 
     def close(self) -> None:
-        """Delete this client's reply list (results stay under their keys) and disconnect."""
+        """Delete this client's reply list (results stay under their keys) and disconnect.
+        Every later call raises ClientClosed; closing again does nothing."""
+        if self._closed:
+            return
         try:
             with self._io("closing the client", _core.deadline_of(0.0)):
                 self._r.delete(self.reply_key)
         except BrokerUnavailable:
             pass  # unreachable: the list expires on its own
         finally:
+            self._closed = True
             self._r.close()
 
     def ping(self) -> None:
@@ -192,10 +196,17 @@ class Client(ClientBase):
         [job] = self._prepare(
             target, [inputs], outputs=outputs, deadline_s=deadline_s, result_ttl_s=result_ttl_s, job_id=job_id
         )
-        queued, depth, limit = self._queue(target, [job], deadline)
+        # own=False for a caller-chosen id: waited like a re-attached job (pub/sub, then its keys),
+        # so a resubmission the fleet drops at its claim (answered already) is answered at once.
+        own = job.digest is None
+        handle = Job(self, job.job_id, target.model, cancel_token=job.cancel_token, own=own, ttl_s=job.ttl_s)
+        try:
+            queued, depth, limit = self._queue(target, [job], deadline)
+        except NotDurable as exc:  # queued, not yet on a replica: the caller re-attaches
+            raise _core.not_durable(exc, [handle]) from exc
         if not queued:
             raise _core.queue_full(target, depth, limit, [])
-        return Job(self, job.job_id, target.model, cancel_token=job.cancel_token, own=True)
+        return handle
 
     def submit_many(
         self,
@@ -237,8 +248,19 @@ class Client(ClientBase):
             inline_max_bytes=inline_max_bytes,
         )
         for part in _core.chunked(prepared, chunk):
-            queued, depth, limit = self._queue(target, part, self._deadline())
-            handles += [Job(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True) for j in part[:queued]]
+            try:
+                queued, depth, limit = self._queue(target, part, self._deadline())
+            except NotDurable as exc:  # every job queued so far is the caller's to re-attach
+                handles += [
+                    Job(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True, ttl_s=j.ttl_s)
+                    for j in part
+                    if j.job_id in exc.job_ids
+                ]
+                raise _core.not_durable(exc, handles) from exc
+            handles += [
+                Job(self, j.job_id, target.model, cancel_token=j.cancel_token, own=True, ttl_s=j.ttl_s)
+                for j in part[:queued]
+            ]
             if queued < len(part):
                 raise _core.queue_full(target, depth, limit, handles)
         return handles
@@ -351,7 +373,7 @@ class Client(ClientBase):
 
     def _cancel(self, job: Job, timeout_s: float) -> bool:
         deadline = _core.deadline_of(timeout_s)
-        steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s)
+        steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s, job._ttl_s)
         return bool(self._run(steps, "cancelling a job", deadline))
 
     def _decode(self, meta: Mapping[str, Any]) -> Outputs:
@@ -396,7 +418,8 @@ class Client(ClientBase):
     @contextmanager
     def _io(self, what: str, deadline: float | None, blocking_s: float = 0.0) -> Iterator[None]:
         """Bound every Redis command inside by the call's deadline, and surface every Redis
-        failure as an ICOW error."""
+        failure as an ICOW error. ClientClosed after ``close()``."""
+        self._check_open()
         token = LIMIT.set(time.monotonic() + _core.io_limit(deadline, blocking_s, self.options.timeout_s))
         try:
             yield
@@ -442,10 +465,21 @@ class Client(ClientBase):
                 raise
             if wait_ms and isinstance(acked, Exception):
                 raise acked
-        outcome = _core.submit_outcome(target, reply)
+        failed = None if _core.is_served(reply) else self._failed_versions(target.model)
+        outcome = _core.submit_outcome(target, reply, failed)
+        _core.check_conflicts(reply, jobs)  # a custom id already used by other inputs: JobIdConflict
         if wait_ms and outcome[0]:
-            connection.require_replicas(acked, 1)  # queued on the primary, not yet on a replica
+            # queued on the primary, not yet on a replica: NotDurable names the queued jobs
+            connection.require_replicas(acked, 1, [job.job_id for job in jobs[: outcome[0]]])
         return outcome
+
+    def _failed_versions(self, model: str) -> Any:
+        """Why workers do not serve ``model`` (``icow:failed:<m>``), for ModelNotFound's message;
+        empty when unreadable (the error is ModelNotFound all the same)."""
+        try:
+            return self._r.hgetall(keys.failed(model))
+        except redis.exceptions.RedisError:
+            return {}
 
     def _forget_inputs(self, jobs: Sequence[_core.PreparedJob]) -> None:
         inputs = [key for job in jobs for key in job.inputs]

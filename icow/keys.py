@@ -21,6 +21,8 @@ key                                  type    by  content
 ``icow:in:<nonce>``                  string  C   a claim-checked input tensor (128-bit random name)
 ``icow:cancels``                     zset    C   cancel requests: member ``<token> <reply list>``
 ``icow:bulk:<id>``                   string  C   a bulk submission (model, job ids, samples)
+``icow:digest:<id>``                 string  C   the job digest first submitted under a custom id
+                                                 (``icow_submit``; lives as long as ``done``)
 ``celery-task-meta-<id>``            string  W   the job's result (Celery result meta, msgpack),
                                                  written once (SET NX); also the pub/sub channel
 ``icow:state:<id>``                  string  W   ``running`` from the claim, ``done`` once answered
@@ -39,6 +41,9 @@ key                                  type    by  content
 ``icow:live:<m>``                    zset    W   version -> expiry (ms) of the last heartbeat of a
                                                  worker serving it (ZADD GT): the live versions
 ``icow:limits``                      hash    W   model -> most jobs its queue may hold
+``icow:failed:<m>``                  hash    W   ``<v>:<worker>`` -> why that worker does not serve
+                                                 ``<v>`` (does not load, config.toml refused);
+                                                 renewed each heartbeat, expires with liveness
 ``icow:workers``                     set     W   names of workers that have sent a heartbeat
 ``icow:worker:<w>``                  string  W   the worker's heartbeat (msgpack)
 ``icow:failures``                    list    W   recent failures, newest first (capped)
@@ -75,6 +80,7 @@ DEFAULT_RESULT_TTL_S = 24 * 3600
 MAX_RESULT_TTL_S = 30 * 24 * 3600
 DONE_EXTRA_TTL_S = 7 * 24 * 3600  # ``done`` outlives the result: "expired" is told from "queued"
 BELL_TTL_S = 60
+REPLY_MAX = 10_000  # a reply list keeps its newest entries (REPLY_MAX in icow/lua/icow.lua too)
 INPUT_TTL_S = 24 * 3600  # claim-checked inputs of a job nobody takes expire after this
 
 # kombu's Redis transport: queue + sep + step is the list for a priority step.
@@ -231,6 +237,16 @@ def live(name: str) -> str:
     return f"{PREFIX}live:{name}"
 
 
+def failed(name: str) -> str:
+    """Why versions of ``name`` are not served: field ``<version>:<worker>``, the reason."""
+    return f"{PREFIX}failed:{name}"
+
+
+def digest(job_id: str) -> str:
+    """The digest of the first job submitted under a caller-chosen id (icow.digest)."""
+    return f"{PREFIX}digest:{job_id}"
+
+
 def worker(name: str) -> str:
     return f"{PREFIX}worker:{name}"
 
@@ -260,9 +276,11 @@ CLIENT_ACL_RULES = (
     "+time",  # icow_submit (live check) and icow_cancel_request read the server clock
     *("+subscribe", "+unsubscribe", f"&{RESULT_PREFIX}*"),  # stock Celery AsyncResult waits
     *(f"~{QUEUE_PREFIX}*", f"~{PREFIX}wake:*", f"~{LIMITS}", f"~{PREFIX}live:*", f"~{PREFIX}in:*", f"~{CANCELS}"),
-    # Reads: results, output blobs, job state, models, live versions, limits, bulk records.
+    f"~{PREFIX}digest:*",  # icow_submit: the first job digest of a custom job id
+    # Reads: results, output blobs, job state, models, live versions, limits, bulk records, and
+    # why a model is not served (the ModelNotFound message).
     f"(%R~{RESULT_PREFIX}* %R~{PREFIX}out:* %R~{PREFIX}state:* %R~{MODELS} %R~{PREFIX}model:* "
-    f"%R~{PREFIX}live:* %R~{LIMITS} %R~{PREFIX}bulk:* "
+    f"%R~{PREFIX}live:* %R~{LIMITS} %R~{PREFIX}bulk:* %R~{PREFIX}failed:* "
     "+get +mget +exists +ttl +smembers +hgetall +hkeys +hget +zrange +zrangebyscore +zscore)",
     # Its own reply list (a 128-bit random name): wait on it, drop it on close; and, in the
     # same BLPOP, the bells of the jobs it waits for (a cancel wakes every waiter at once).
@@ -273,6 +291,7 @@ CLIENT_ACL_RULES = (
     # What icow_submit and icow_cancel_request do: queue (never read), wake, request a cancel.
     f"(~{QUEUE_PREFIX}* +lpush +llen)",
     f"(~{PREFIX}wake:* ~{CANCELS} +zadd)",
+    f"(~{PREFIX}digest:* +get +set)",  # icow_submit: a custom id's first digest, compared and kept
 )
 # Workers touch every ICOW key and channel (and Celery's own); no admin commands.
 WORKER_ACL_RULES = ("resetkeys", "resetchannels", "~*", "&*", "+@all", "-@dangerous", "+function")

@@ -157,7 +157,7 @@ class SimWorker:
             popped = self.r.zpopmin(keys.CANCELS)
             if not popped:
                 return n
-            token, _, reply_to = popped[0][0].decode().partition(" ")
+            token, reply_to, *ttl = popped[0][0].decode().split(" ")  # <token> <reply list> [<ttl>]
             job_id = protocol.job_id_for_token(token)
             meta = protocol.failure_meta(
                 job_id, error_type="JobCancelled", message="the job was cancelled before it ran", worker=self.name
@@ -166,7 +166,12 @@ class SimWorker:
                 self.r,
                 functions.CANCEL,
                 [keys.result(job_id), keys.state(job_id), keys.bell(job_id)],
-                [protocol.packb(meta), keys.DEFAULT_RESULT_TTL_S, keys.DONE_EXTRA_TTL_S, keys.BELL_TTL_S],
+                [
+                    protocol.packb(meta),
+                    int(ttl[0]) if ttl else keys.DEFAULT_RESULT_TTL_S,
+                    keys.DONE_EXTRA_TTL_S,
+                    keys.BELL_TTL_S,
+                ],
             )
             if keys.is_reply(reply_to):
                 self.r.rpush(

@@ -30,6 +30,7 @@ from icow.errors import (
     JobTimeout,
     ModelNotFound,
     PayloadTooLarge,
+    PermissionDenied,
 )
 
 from .conftest import run_python
@@ -59,6 +60,7 @@ def test_public_surface_is_locked() -> None:
         "Client",
         "IcowError",
         "Job",
+        "JobInfo",
         "JobStatus",
         "ModelInfo",
         "TensorSpec",
@@ -180,10 +182,10 @@ def test_the_submit_call_follows_the_contract() -> None:
     [input_key] = big.inputs
     assert keys.is_input_blob(input_key)
     assert fkeys[7:] == [q + "\x06\x163", q + "\x06\x163", input_key]
-    assert args == ["mlp", "2", "1", 2, small.message, 0, big.message, 1]
+    assert args == ["mlp", "2", "1", "2", small.message, "0", big.message, "1"]  # counts in decimal ASCII
     latest = _core.Target("mlp")
     _, args = _core.submit_call(latest, [small], require_published=False)
-    assert args[:4] == ["mlp", "", "0", 1]
+    assert args[:4] == ["mlp", "", "0", "1"]
 
 
 def test_large_inputs_travel_under_random_input_keys_and_bulk_chunks_always_do() -> None:
@@ -239,8 +241,13 @@ def test_reply_entries_are_routed_by_task_id_and_garbage_is_dropped() -> None:
     box = ReplyBox(keys.reply("01" * 16), stash_max=3)
     cancel = protocol.packb({"status": "CANCEL", "task_id": "cancel:j1", "result": 1})
     got = box.deliver([packed("j1"), cancel, b"\xc1 not msgpack", protocol.packb({"status": "SUCCESS"})])
-    assert got == {"j1", "cancel:j1"}
-    assert list(box.take({"cancel:j1"})) == ["cancel:j1"] and _core.cancel_outcome(meta_of(cancel))
+    assert got == {"j1", _core.cancel_key("j1")}  # a cancel answer is routed by its status
+    assert list(box.take({_core.cancel_key("j1")})) == [_core.cancel_key("j1")]
+    assert _core.cancel_outcome(meta_of(cancel))
+    custom = packed("cancel:j1")  # a job whose custom id reads like a cancel answer: its own entry
+    assert box.deliver([custom, cancel]) == {"cancel:j1", _core.cancel_key("j1")}
+    assert box.take({"cancel:j1"})["cancel:j1"]["status"] == "SUCCESS"
+    assert box.take({_core.cancel_key("j1")})[_core.cancel_key("j1")]["status"] == "CANCEL"
     box.deliver([packed(f"k{i}") for i in range(5)])  # over the cap: the oldest go (their keys keep them)
     assert box.take({"j1", "k0", "k1", "k2", "k3", "k4"}).keys() == {"k2", "k3", "k4"}
 
@@ -275,7 +282,7 @@ def test_a_read_watches_the_reply_list_and_at_most_64_bells() -> None:
         (redis.exceptions.ResponseError("OOM command not allowed"), BrokerFull, "out of memory"),
         (
             redis.exceptions.NoPermissionError("User c has no permissions to run the 'eval' command"),
-            BrokerUnavailable,
+            PermissionDenied,
             "ACL",
         ),
         (redis.exceptions.ResponseError("ERR Function not found"), BrokerUnavailable, "not installed"),
@@ -360,9 +367,9 @@ def test_cancel_asks_the_fleet_then_waits_for_its_answer_on_our_reply_list() -> 
     job_id = protocol.job_id_for_token(token)
     reply = keys.reply("03" * 16)
     answer = {"status": "CANCEL", "task_id": f"cancel:{job_id}", "result": -1}
-    ops, result = drive(_wait.cancel(job_id, token, reply, None, None), [1, {}, {f"cancel:{job_id}": answer}])
+    ops, result = drive(_wait.cancel(job_id, token, reply, None, None), [1, {}, {_core.cancel_key(job_id): answer}])
     assert ops[0] == _wait.Call("icow_cancel_request", [keys.CANCELS], [token, reply])
-    assert ops[1].wanted == {f"cancel:{job_id}"} and result is False
+    assert ops[1].wanted == {_core.cancel_key(job_id)} and result is False
     assert isinstance(drive(_wait.cancel(job_id, None, reply, None, None), [])[1], InvalidInput)
 
 
@@ -379,6 +386,45 @@ def test_as_completed_reads_replies_and_checks_the_keys_after_an_empty_slice() -
     ]
     check = next(op for op in ops if isinstance(op, ReadKeys))
     assert check.keys == [f"{k}{j}" for j in ("b", "c") for k in ("celery-task-meta-", "icow:state:")]
+
+
+def test_as_completed_checks_the_keys_every_slice_even_while_replies_keep_arriving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/PROTOCOL.md §10: the keys check is time-based. Replies for some jobs arrive in every
+    read, yet once SLICE_S has passed since the last check the keys of the rest are read (an
+    entry of theirs may have been taken by another reader or trimmed)."""
+    clock = [1000.0]
+    monkeypatch.setattr(_wait.time, "monotonic", lambda: clock[0])
+
+    def arrives(job_id: str, after_s: float) -> dict[str, Any]:
+        clock[0] += after_s
+        return {job_id: meta(job_id)}
+
+    steps = _wait.as_completed(["a", "b", "c", "lost"], [], None, None)
+    op = steps.send(None)
+    assert isinstance(op, ReadReplies) and op.slice_s == _core.SLICE_S
+    op = steps.send(arrives("a", 1.5))  # 1.5 s in: no check yet
+    assert isinstance(op, _wait.Finished) and op.job_id == "a"
+    op = steps.send(None)
+    assert isinstance(op, ReadReplies) and op.slice_s == pytest.approx(_core.SLICE_S - 1.5)  # up to the check
+    op = steps.send(arrives("b", 0.6))  # 2.1 s since the start: the check is due
+    assert isinstance(op, _wait.Finished) and op.job_id == "b"
+    op = steps.send(None)
+    assert op == ReadKeys([f"{k}{j}" for j in ("c", "lost") for k in ("celery-task-meta-", "icow:state:")])
+    op = steps.send([None, None, packed("lost"), b"done"])
+    assert isinstance(op, _wait.Finished) and op.job_id == "lost" and op.meta is not None
+
+
+def test_wait_other_reads_the_keys_every_slice_even_while_messages_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(_wait.time, "monotonic", lambda: clock[0])
+    steps = _wait.wait_other("j", None, None)
+    assert isinstance(steps.send(None), _wait.Subscribe)
+    assert isinstance(steps.send(None), ReadKeys)
+    assert isinstance(steps.send([None, None]), _wait.Listen)
+    clock[0] += 2.5
+    assert isinstance(steps.send(packed("not-j")), ReadKeys)  # a message, but not the answer, and due
 
 
 # -- the routers: a reply popped by one waiter reaches another without a lost wakeup

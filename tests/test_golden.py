@@ -236,6 +236,7 @@ def test_the_submit_call_reproduces_the_vector(name: str) -> None:
     target = _core.Target(vector["model"], vector["version"], vector["priority"])
     fkeys, args = _core.submit_call(target, [prepared], vector["require_published"])
     assert fkeys == vector["keys"]
+    assert all(isinstance(a, str) for a in vector["args"] if not isinstance(a, dict))  # bulk strings
     assert args == [_file(a["file"]) if isinstance(a, dict) else a for a in vector["args"]]
     reply = vector["reply"]
     outcome = _core.submit_outcome(target, [reply["queued"], reply["depth"], reply["limit"], reply["served"]])
@@ -249,12 +250,32 @@ def test_the_cancel_request_and_the_fleets_answer() -> None:
         request["keys"],
         request["args"],
     ]
+    with_ttl = request["with_ttl"]
+    assert _core.cancel_request(request["job_id"], request["token"], request["args"][1], with_ttl["ttl"]) == (
+        request["keys"],
+        with_ttl["args"],
+    )
+    for case in request["refused"][:2]:  # a malformed token never leaves the client
+        with pytest.raises(InvalidInput, match="cancel token"):
+            _core.cancel_request(request["job_id"], case["args"][0], case["args"][1])
     outcome = json.loads(_file("reply_cancel_outcome.json"))
     raw = _file(outcome["files"]["entry"])
     assert protocol.cancel_outcome(request["job_id"], 1) == raw
+    assert outcome["entry"]["task_id"] == "cancel:" + request["job_id"]
     entry = _core.parse_entry(raw)
-    assert entry is not None and entry[0] == _core.cancel_key(request["job_id"]) == outcome["entry"]["task_id"]
+    assert entry is not None and entry[0] == _core.cancel_key(request["job_id"])  # routed by status CANCEL
     assert _core.cancel_outcome(entry[1]) is True
+
+
+def test_a_result_whose_custom_id_reads_like_a_cancel_answer_goes_to_its_own_waiter() -> None:
+    """docs/PROTOCOL.md §12: entries are routed by status, so a custom id ``cancel:<id>`` never
+    meets the cancel answer of job ``<id>``."""
+    request = json.loads(_file("cancel_request.json"))
+    meta = json.loads(_file("result_mlp.json"))["meta"]
+    custom = "cancel:" + request["job_id"]
+    raw = protocol.packb({**meta, "task_id": custom, "result": {**meta["result"], "id": custom, "outputs": []}})
+    entry = _core.parse_entry(raw)
+    assert entry is not None and entry[0] == custom != _core.cancel_key(request["job_id"])
 
 
 @pytest.mark.parametrize("case", json.loads(_file("invalid_jobs.json"))["cases"], ids=lambda c: c["doc"][:40])

@@ -70,6 +70,7 @@ class Take:
 class CancelRequest:
     token: str
     reply_to: str | None
+    ttl_s: int = keys.DEFAULT_RESULT_TTL_S  # the job's result TTL, when the canceller sent it
 
 
 @dataclass
@@ -192,8 +193,8 @@ class Broker:
         members = [got[1], *[m for m, _ in more]]
         out = []
         for m in members:
-            token, _, reply_to = _text(m).partition(" ")
-            out.append(CancelRequest(token, reply_to if keys.is_reply(reply_to) else None))
+            token, reply_to, *rest = [*_text(m).split(" "), ""][:3]
+            out.append(CancelRequest(token, reply_to if keys.is_reply(reply_to) else None, _ttl(rest)))
         return out
 
     # -- claim and inputs
@@ -289,11 +290,12 @@ class Broker:
             job_id, error_type="JobCancelled", message="the job was cancelled before it ran", worker=self.worker
         )
         fkeys = [keys.result(job_id), keys.state(job_id), keys.bell(job_id)]
-        args = [protocol.packb(meta), keys.DEFAULT_RESULT_TTL_S, keys.DONE_EXTRA_TTL_S, keys.BELL_TTL_S]
+        args = [protocol.packb(meta), request.ttl_s, keys.DONE_EXTRA_TTL_S, keys.BELL_TTL_S]
         code = int(self._call(functions.CANCEL, fkeys, args))
         if request.reply_to:
             pipe = self.r.pipeline(transaction=False)
             pipe.rpush(request.reply_to, protocol.cancel_outcome(job_id, code))
+            pipe.ltrim(request.reply_to, -keys.REPLY_MAX, -1)
             pipe.expire(request.reply_to, keys.DEFAULT_RESULT_TTL_S, nx=True)
             pipe.execute()
         return code
@@ -389,6 +391,14 @@ class Broker:
     def release(self) -> None:
         """On a clean stop: nothing is in flight; drop the lease."""
         self._call(functions.FORGET, [keys.LEASES, self._runs_key], [self.worker])
+
+
+def _ttl(rest: Sequence[str]) -> int:
+    """The result TTL a cancel request carries (its third field), else the default one day."""
+    text = rest[0] if rest else ""
+    if text.isdigit() and 1 <= int(text) <= keys.MAX_RESULT_TTL_S:
+        return int(text)
+    return keys.DEFAULT_RESULT_TTL_S
 
 
 def _text(value: Any) -> str:

@@ -20,6 +20,28 @@ end
 --       [4] number of jobs, then per job: message, number of input keys.
 -- Returns {queued, depth, limit (-1: none), served (1/0)}. Jobs 1..queued were queued (a
 -- prefix, in order); the input keys of the others are deleted.
+-- Job digests (docs/PROTOCOL.md 8.4; optional, for caller-chosen ids): after all of the above,
+-- KEYS per job icow:digest:<id>, ARGV per job its digest ('' = none) and that key's TTL. A job
+-- whose id already holds another digest is not queued (its input keys are deleted) and takes
+-- no place in the limit; 'queued' then counts the others (a prefix of them). The reply then
+-- has one code per job after the four: 0 queued as new (or no digest / not reached), 1 queued,
+-- its id already held this digest (a resubmission), 2 refused: the id holds another digest.
+local MAX_DIGEST_TTL_S = 2592000 + 604800
+local function digest_args(keys, args, n, kend)
+  if #args == 4 + 2 * n then return nil end
+  if #args ~= 4 + 4 * n or #keys ~= kend + n - 1 then
+    return redis.error_reply('ICOW_INVALID icow_submit: digests need one key, digest and TTL per job')
+  end
+  for j = 1, n do
+    local d, ttl = args[3 + 2 * n + 2 * j], args[4 + 2 * n + 2 * j]
+    local t = string.match(ttl, '^[1-9][0-9]*$') and tonumber(ttl)
+    if not (d == '' or (#d == 64 and string.match(d, '^[0-9a-f]+$'))) or not t or t > MAX_DIGEST_TTL_S then
+      return redis.error_reply('ICOW_INVALID icow_submit: a digest is 64 lowercase hex (or empty), its TTL 1..' .. MAX_DIGEST_TTL_S)
+    end
+  end
+  return true
+end
+
 local function submit(keys, args)
   local served = 1
   if args[3] == '1' then
@@ -44,10 +66,31 @@ local function submit(keys, args)
   if limit then
     for i = 4, 7 do depth = depth + redis.call('LLEN', keys[i]) end
   end
+  local n = tonumber(args[4])
+  local kend = 8
+  for j = 1, n do kend = kend + 1 + tonumber(args[4 + 2 * j]) end
+  local digests = digest_args(keys, args, n, kend)
+  if type(digests) == 'table' then return digests end  -- the error reply
+  local codes = {}
   local k, a, queued = 8, 5, 0
-  for j = 1, tonumber(args[4]) do
+  for j = 1, n do
     local nblobs = tonumber(args[a + 1])
-    if served == 0 or (limit and depth >= limit) then
+    local code = 0
+    if served ~= 0 and not (limit and depth >= limit) and digests then
+      local d = args[3 + 2 * n + 2 * j]
+      if d ~= '' then
+        local held = redis.call('GET', keys[kend + j - 1])
+        if not held then
+          redis.call('SET', keys[kend + j - 1], d, 'EX', args[4 + 2 * n + 2 * j])
+        elseif held == d then
+          code = 1
+        else
+          code = 2
+        end
+      end
+    end
+    codes[j] = code
+    if served == 0 or (limit and depth >= limit) or code == 2 then
       for b = 1, nblobs do redis.call('DEL', keys[k + b]) end
     else
       redis.call('LPUSH', keys[k], args[a])
@@ -58,13 +101,36 @@ local function submit(keys, args)
     a = a + 2
   end
   if queued > 0 then redis.call('ZADD', keys[3], 0, '1') end
-  return {queued, depth, limit or -1, served}
+  local out = {queued, depth, limit or -1, served}
+  if digests then
+    for j = 1, n do out[4 + j] = codes[j] end
+  end
+  return out
 end
 
 -- icow_cancel_request: ask the fleet to cancel a job. KEYS: [1] icow:cancels.
--- ARGV: [1] the job's cancel token, [2] the reply list to answer on. Returns 1.
+-- ARGV: [1] the job's cancel token, [2] the reply list to answer on, [3] (optional) the job's
+-- result TTL in seconds, kept by its JobCancelled result. Returns 1. A malformed argument is
+-- refused with an error starting 'ICOW_INVALID' (nothing is queued): a request no worker would
+-- act on must not leave its caller waiting for an answer that never comes.
+local MAX_TTL_S = 2592000
 local function cancel_request(keys, args)
-  redis.call('ZADD', keys[1], now_ms(), args[1] .. ' ' .. args[2])
+  local token, reply, ttl = args[1], args[2], args[3]
+  if #args < 2 or #args > 3 or #token ~= 32 or not string.match(token, '^[0-9a-f]+$') then
+    return redis.error_reply('ICOW_INVALID a cancel token is 32 lowercase hex characters')
+  end
+  if #reply ~= 43 or not string.match(reply, '^icow:reply:[0-9a-f]+$') then
+    return redis.error_reply('ICOW_INVALID the reply list must be icow:reply:<32 lowercase hex>')
+  end
+  local member = token .. ' ' .. reply
+  if ttl ~= nil then
+    local n = string.match(ttl, '^[1-9][0-9]*$') and tonumber(ttl)
+    if not n or n > MAX_TTL_S then
+      return redis.error_reply('ICOW_INVALID the result TTL must be an integer in 1..' .. MAX_TTL_S)
+    end
+    member = member .. ' ' .. ttl
+  end
+  redis.call('ZADD', keys[1], now_ms(), member)
   return 1
 end
 
@@ -157,6 +223,8 @@ end
 -- lists to ack, then per job its result key, state key and reply list ('' for none).
 -- ARGV: [1] acks, [2] jobs, [3] extra TTL of the 'done' state, then per job meta and TTL.
 -- SET NX decides each job's first answer; only it is published and pushed. Returns per job 1/0.
+-- A reply list keeps its newest REPLY_MAX entries (entries are hints: results stay in their keys).
+local REPLY_MAX = 10000
 local function answer(keys, args)
   local nacks, n, extra = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
   local out = {}
@@ -168,6 +236,7 @@ local function answer(keys, args)
       redis.call('PUBLISH', keys[k + 1], meta)
       if keys[k + 3] ~= '' then
         redis.call('RPUSH', keys[k + 3], meta)
+        redis.call('LTRIM', keys[k + 3], -REPLY_MAX, -1)
         if redis.call('TTL', keys[k + 3]) < ttl then redis.call('EXPIRE', keys[k + 3], ttl) end
       end
       out[j] = 1

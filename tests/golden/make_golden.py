@@ -208,7 +208,8 @@ def success(
         version=version,
         outputs=wire,
         worker="golden@host",
-        timing={"queued_s": 0.25, "compute_s": 0.5},
+        # batch: jobs that shared the ONNX Runtime call; batch_samples: the samples in it
+        timing={"queued_s": 0.25, "compute_s": 0.5, "batch": 2, "batch_samples": 3},
     )
     return result_vector(name, doc, n, meta, arrays, blobs)
 
@@ -319,11 +320,13 @@ def submit_vector(name: str, doc: str, job_name: str, files: dict[str, bytes]) -
             model,
             "" if version is None else str(version),
             "1",
-            1,
+            "1",
             {"file": f"{job_name}.message.json"},
-            len(inputs),
+            str(len(inputs)),
         ],
+        "args_doc": "every ARGV is a Redis bulk string: counts are decimal ASCII; {file} is that file's bytes",
         "reply": {"queued": 1, "depth": 1, "limit": -1, "served": 1},
+        "reply_doc": "the model has no limit (-1): depth then counts only the jobs this call queued",
     }
     return {f"{name}.json": _json(meaning)}
 
@@ -340,6 +343,26 @@ def cancel_vectors(n: int) -> dict[str, bytes]:
         "keys": [keys.CANCELS],
         "args": [token(n), REPLY],
         "member": f"{token(n)} {REPLY}",
+        "with_ttl": {
+            "doc": "the job's result TTL (s) as a third argument: its JobCancelled result keeps it (else 86400)",
+            "ttl": 3600,
+            "args": [token(n), REPLY, "3600"],
+            "member": f"{token(n)} {REPLY} 3600",
+        },
+        "refused": [
+            {"doc": doc, "args": args, "error": error}
+            for doc, args, error in [
+                ("a token in upper-case hex", ["0" * 30 + "AB", REPLY], "ICOW_INVALID a cancel token"),
+                ("a token of 31 characters", [token(n)[1:], REPLY], "ICOW_INVALID a cancel token"),
+                (
+                    "a reply list that is not icow:reply:<32 hex>",
+                    [token(n), "icow:q:mlp"],
+                    "ICOW_INVALID the reply list",
+                ),
+                ("a TTL out of 1..2592000", [token(n), REPLY, "2592001"], "ICOW_INVALID the result TTL"),
+                ("a TTL that is not a decimal integer", [token(n), REPLY, "1e3"], "ICOW_INVALID the result TTL"),
+            ]
+        ],
     }
     entry = protocol.cancel_outcome(jid, 1)
     outcome = {
@@ -436,15 +459,16 @@ def vectors() -> dict[str, bytes]:
     )
     files |= job_vector(
         "job_text",
-        "BYTES input: 4-byte little-endian length before each element",
+        "BYTES input: 4-byte little-endian length before each element; reply_to nil (a job that is "
+        "waited for by pub/sub only, as a stock Celery client sends it: nil optional fields are written as nil)",
         3,
         "text",
         {"x": np.array(["hello", "", "héllo wörld"], dtype=object)},
-        reply_to=None,
+        reply_to=None,  # nil as a pub/sub-only client writes it; ICOW's clients always set it
     )
     files |= job_vector(
         "job_all_datatypes",
-        "one input of every numeric datatype (FP16 as raw IEEE half bits)",
+        "one input of every numeric datatype (FP16 as raw IEEE half bits); reply_to nil as in job_text",
         4,
         "any",
         {
@@ -472,7 +496,12 @@ def vectors() -> dict[str, bytes]:
         {"x": np.arange(8, dtype=np.float32)},
         inline_max_bytes=16,
     )
-    files |= json_form("job_json_form", "the JSON form a JSON-only Celery client sends", 6)
+    files |= json_form(
+        "job_json_form",
+        "the JSON form a JSON-only Celery client sends: an example to compare parsed, not bytes to reproduce "
+        "(any JSON spelling, key order or spacing is accepted)",
+        6,
+    )
     files |= success(
         "result_mlp", "SUCCESS with one FP32 output", 1, "mlp", 1, {"y": np.array([[0.5, -1.25, 2.0]], np.float32)}
     )

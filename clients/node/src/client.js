@@ -24,9 +24,9 @@ import {
   MAX_JOB_BYTES,
   READY_STATES,
   SUBMIT,
-  cancelAnswerId,
   cancelOutcome,
   cancelRequestCall,
+  cancelWaitKey,
   celeryMessage,
   failureOf,
   functionsMissing,
@@ -75,12 +75,32 @@ function deadlineOf(timeoutS) {
   return timeoutS === null ? Infinity : Date.now() + timeoutS * 1000;
 }
 
+/**
+ * Why workers do not serve `model` (or its `version`), from `icow:failed:<m>` (field
+ * `<version>:<worker>`, value the reason): one sentence per failed version and worker, the
+ * same text as the Python client's.
+ */
+export function notServedReasons(model, version, failed) {
+  const found = [];
+  for (const [field, why] of Object.entries(failed ?? {})) {
+    const at = field.indexOf(':');
+    const v = field.slice(0, at);
+    const worker = field.slice(at + 1);
+    if (at > 0 && /^[0-9]+$/.test(v) && worker && (version === null || Number(v) === version)) found.push([Number(v), worker, String(why)]);
+  }
+  found.sort((a, b) => a[0] - b[0] || (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+  return found.map(([v, w, why]) => `model '${model}' version ${v} failed to load on worker ${w}: ${why}`);
+}
+
 async function io(what, fn) {
   try {
     return await fn();
   } catch (err) {
     if (err instanceof IcowError) throw err;
     if (isFunctionMissing(err)) throw functionsMissing(err);
+    // An ICOW function refused an argument (icow_cancel_request): nothing was done.
+    const text = String(err?.message ?? '');
+    if (text.startsWith('ICOW_INVALID ')) throw new InvalidInput(`Redis refused ${what}: ${text.slice(13)}`, { cause: err });
     throw new BrokerUnavailable(`Redis is unavailable while ${what}: ${err.message}`, { cause: err });
   }
 }
@@ -135,8 +155,9 @@ export function statusOf(meta, state, jobId) {
  * (or a handle from submit) can also cancel it.
  */
 export class Job {
-  constructor(client, id, { model = null, cancelToken = null, viaReply = false } = {}) {
+  constructor(client, id, { model = null, cancelToken = null, viaReply = false, ttlS = null } = {}) {
     this.client = client;
+    this._ttlS = ttlS; // the result TTL it was submitted with (a cancel passes it on), if known
     this.id = id;
     this.model = model;
     /** The cancel token (32 hex): only its holder may cancel the job. Null when re-attached by id. */
@@ -180,7 +201,7 @@ export class Job {
           'whoever it gave job.cancelToken to (client.job(id, { cancelToken })), can cancel it',
       );
     }
-    return this.client.cancel(this.cancelToken, { timeoutS });
+    return this.client.cancel(this.cancelToken, { timeoutS, ttlS: this._ttlS });
   }
 }
 
@@ -352,10 +373,22 @@ export class Client {
     return reply;
   }
 
-  _refused(model, version, { queued, depth, limit, served }, count, handles) {
+  /** `icow:failed:<m>` for ModelNotFound's message; {} when unreadable (still ModelNotFound). */
+  async _failedVersions(model) {
+    try {
+      return await this._r.hgetall(keys.failed(model));
+    } catch {
+      return {};
+    }
+  }
+
+  async _refused(model, version, { queued, depth, limit, served }, count, handles) {
     if (!served) {
       const what = version === null ? `model '${model}'` : `model '${model}' version ${version}`;
-      return new ModelNotFound(`no live worker serves ${what}: not queued`);
+      const reasons = notServedReasons(model, version, await this._failedVersions(model));
+      const more = reasons.length > 3 ? ` (and ${reasons.length - 3} more)` : '';
+      const why = reasons.length > 0 ? `; ${reasons.slice(0, 3).join('; ')}${more}` : '';
+      return new ModelNotFound(`no live worker serves ${what}: nothing was queued${why}`);
     }
     if (queued < count) {
       const done = handles.length > 0 ? `; ${handles.length} jobs of this call were queued before the limit (err.queued)` : '';
@@ -379,9 +412,9 @@ export class Client {
   async submit(model, inputs, options = {}) {
     const job = this._prepare(model, inputs, options);
     const reply = await this._queue(model, job.version, [job], options.durable ?? this.durable);
-    const refused = this._refused(model, job.version, reply, 1, []);
+    const refused = await this._refused(model, job.version, reply, 1, []);
     if (refused) throw refused;
-    return new Job(this, job.id, { model, cancelToken: job.token, viaReply: true });
+    return new Job(this, job.id, { model, cancelToken: job.token, viaReply: true, ttlS: job.ttl });
   }
 
   /**
@@ -397,8 +430,8 @@ export class Client {
     let pending = [];
     const flush = async () => {
       const reply = await this._queue(model, version, pending, durable);
-      for (const p of pending.slice(0, reply.queued)) handles.push(new Job(this, p.id, { model, cancelToken: p.token, viaReply: true }));
-      const refused = this._refused(model, version, reply, pending.length, handles);
+      for (const p of pending.slice(0, reply.queued)) handles.push(new Job(this, p.id, { model, cancelToken: p.token, viaReply: true, ttlS: p.ttl }));
+      const refused = await this._refused(model, version, reply, pending.length, handles);
       if (refused) throw refused;
       pending = [];
     };
@@ -479,16 +512,17 @@ export class Client {
    * Ask the fleet to cancel the job `token` commits to (a submit handle's `cancelToken`).
    * Resolves true if it was cancelled, false if it is already running or finished; rejects with
    * JobTimeout if no worker answers within `timeoutS` (the request stays for the fleet).
+   * `ttlS`: the job's result TTL, kept by its JobCancelled result (null: one day).
    */
-  async cancel(token, { timeoutS = 10 } = {}) {
+  async cancel(token, { timeoutS = 10, ttlS = null } = {}) {
     checkTimeout(timeoutS);
     const jobId = jobIdForToken(token);
-    const call = cancelRequestCall(token, this.replyList);
-    const answer = this._replies.wait(cancelAnswerId(jobId), deadlineOf(timeoutS));
+    const call = cancelRequestCall(token, this.replyList, ttlS);
+    const answer = this._replies.wait(cancelWaitKey(jobId), deadlineOf(timeoutS));
     try {
       await io('requesting a cancel', () => this._r.fcall(CANCEL_REQUEST, call.keys.length, ...call.keys, ...call.args));
     } catch (err) {
-      this._replies.nudge(cancelAnswerId(jobId));
+      this._replies.nudge(cancelWaitKey(jobId));
       throw err;
     }
     const got = await answer;
@@ -532,6 +566,9 @@ export class Client {
             }),
           );
     checkAll = reattached.length > 0; // subscribed first, then read: nothing published is missed
+    // The keys of every job still waited for are read every SLICE_S, also while replies for some
+    // of them keep arriving (time-based, PROTOCOL.md section 10).
+    let checkedAt = Date.now();
     const stopCollecting = this._replies.collect({
       has: (id) => waiting.has(id),
       deliver: (id, meta) => {
@@ -554,7 +591,9 @@ export class Client {
           yield job;
         }
         if (waiting.size === 0) return;
+        if (Date.now() - checkedAt >= SLICE_S * 1000) checkAll = true;
         if (checkAll || recheck.size > 0) {
+          if (checkAll) checkedAt = Date.now();
           const ids = checkAll ? [...waiting.keys()] : [...recheck].filter((id) => waiting.has(id));
           checkAll = false;
           recheck.clear();
@@ -578,7 +617,7 @@ export class Client {
               wake = null;
               resolve();
             },
-            Math.min(left, SLICE_S * 1000),
+            Math.max(0, Math.min(left, checkedAt + SLICE_S * 1000 - Date.now())),
           );
           wake = () => {
             clearTimeout(timer);

@@ -180,12 +180,33 @@ export function submitReply(reply) {
 }
 
 /** KEYS and ARGV of `FCALL icow_cancel_request`: the fleet answers on `replyList`. */
-export function cancelRequestCall(token, replyList) {
-  return { keys: [keys.CANCELS], args: [token, replyList] };
+export function cancelRequestCall(token, replyList, ttlS = null) {
+  jobIdForToken(token); // InvalidInput for a malformed token, before anything is sent
+  const args = [token, replyList];
+  if (ttlS !== null) {
+    if (!Number.isSafeInteger(ttlS) || ttlS < 1 || ttlS > keys.MAX_RESULT_TTL_S) {
+      throw new InvalidInput(`resultTtlS must be an integer in 1..${keys.MAX_RESULT_TTL_S}`);
+    }
+    args.push(String(ttlS)); // the job's result TTL: its JobCancelled result keeps it (else one day)
+  }
+  return { keys: [keys.CANCELS], args };
 }
 
 /** The task_id of the fleet's answer to a cancel request for `jobId`. */
 export const cancelAnswerId = (jobId) => `cancel:${jobId}`;
+
+/**
+ * Who waits for a reply-list entry: a result goes to its task_id; a cancel answer (status
+ * CANCEL, task_id cancel:<job id>) to `cancel <job id>`, a space no job id holds. Routed by the
+ * status, never the task_id alone: a custom job id may itself read `cancel:abc` (PROTOCOL.md §12).
+ */
+export function replyRoute(msg) {
+  if (msg.status !== 'CANCEL') return msg.task_id;
+  return msg.task_id.startsWith('cancel:') ? cancelWaitKey(msg.task_id.slice('cancel:'.length)) : null;
+}
+
+/** The waiter key of the answer to a cancel request for `jobId` (see replyRoute). */
+export const cancelWaitKey = (jobId) => `cancel ${jobId}`;
 
 /** 'cancelled' | 'finished' | 'running' from the result field of a CANCEL answer (1 / 0 / -1). */
 export function cancelOutcome(answer) {

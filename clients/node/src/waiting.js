@@ -2,7 +2,7 @@
 // fleet's answers to its cancel requests) and pub/sub (jobs re-attached by id).
 
 import * as keys from './keys.js';
-import { parseReply } from './protocol.js';
+import { cancelWaitKey, parseReply, replyRoute } from './protocol.js';
 
 // One blocking read never waits longer than this, so result keys (the source of truth) are
 // re-read now and then and a silently dead connection is noticed.
@@ -80,10 +80,11 @@ export class ReplyRouter {
 
   _deliver(msg) {
     if (msg === null) return; // not an ICOW map: nothing waits for it
-    const taskId = msg.task_id;
-    if (msg.status === 'CANCEL' && Number(msg.result) === 1 && taskId.startsWith('cancel:')) {
+    const taskId = replyRoute(msg);
+    if (taskId === null) return;
+    if (msg.status === 'CANCEL' && Number(msg.result) === 1) {
       // The job's JobCancelled result is written before this answer is pushed.
-      this.nudge(taskId.slice('cancel:'.length));
+      this.nudge(msg.task_id.slice('cancel:'.length));
     }
     const set = this.waiters.get(taskId);
     if (set) {
@@ -105,7 +106,7 @@ export class ReplyRouter {
     const out = [];
     for (const id of this.waiters.keys()) {
       if (out.length >= BELLS_MAX) break;
-      if (!id.startsWith('cancel:')) out.push(keys.bell(id));
+      if (!id.startsWith(cancelWaitKey(''))) out.push(keys.bell(id));
     }
     return out;
   }

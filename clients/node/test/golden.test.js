@@ -16,12 +16,17 @@ import {
   halfToNumbers,
   jobEnvelope,
   jobIdForToken,
+  cancelRequestCall,
   keys,
   msgpackDecode,
   msgpackEncode,
   outputRefs,
   parseMeta,
+  parseReply,
+  submitCall,
+  submitReply,
 } from '../src/index.js';
+import { cancelWaitKey, replyRoute } from '../src/protocol.js';
 
 const GOLDEN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'tests', 'golden');
 
@@ -168,4 +173,45 @@ test('the encoder refuses tensors whose shape does not match the data, and unkno
   assert.throws(() => encodeTensor('x', { datatype: 'FP8', data: [1] }), InvalidInput);
   assert.throws(() => encodeTensor('x', { datatype: 'FP32', data: new Int32Array(2) }), InvalidInput);
   assert.throws(() => encodeTensor('x', [1, 2]), InvalidInput); // numbers need a datatype
+});
+
+for (const name of ['submit_claim_check', 'submit_pinned']) {
+  test(`${name}: the Node submit call reproduces KEYS and ARGV (every ARGV a string)`, () => {
+    const vector = JSON.parse(file(`${name}.json`));
+    const job = JSON.parse(file(`${vector.job}.json`));
+    const call = submitCall({
+      model: vector.model,
+      version: vector.version,
+      requireLive: vector.require_published,
+      jobs: [{ queueList: job.queue_list, message: file(job.files.message).toString('utf8'), inputKeys: Object.keys(job.blobs) }],
+    });
+    assert.deepEqual(call.keys, vector.keys);
+    const want = vector.args.map((a) => (typeof a === 'object' ? file(a.file).toString('utf8') : a));
+    assert.deepEqual(call.args, want);
+    const { queued, depth, limit, served } = vector.reply;
+    assert.deepEqual(submitReply([queued, depth, limit, served]), { queued, depth, limit, served: true });
+  });
+}
+
+test('cancel_request: the Node call reproduces KEYS and ARGV, with and without the TTL; malformed tokens never leave', () => {
+  const request = JSON.parse(file('cancel_request.json'));
+  assert.equal(jobIdForToken(request.token), request.job_id);
+  assert.deepEqual(cancelRequestCall(request.token, request.args[1]), { keys: request.keys, args: request.args });
+  assert.deepEqual(cancelRequestCall(request.token, request.args[1], request.with_ttl.ttl), {
+    keys: request.keys,
+    args: request.with_ttl.args,
+  });
+  for (const c of request.refused.slice(0, 2)) assert.throws(() => cancelRequestCall(c.args[0], c.args[1]), InvalidInput);
+});
+
+test('reply entries are routed by status: a custom id cancel:<id> never meets the cancel answer of <id>', () => {
+  const request = JSON.parse(file('cancel_request.json'));
+  const outcome = JSON.parse(file('reply_cancel_outcome.json'));
+  const answer = parseReply(file(outcome.files.entry));
+  assert.equal(answer.task_id, `cancel:${request.job_id}`);
+  assert.equal(replyRoute(answer), cancelWaitKey(request.job_id));
+  const [[, result]] = load('result').filter(([n]) => n === 'result_mlp');
+  const custom = parseReply(msgpackEncode({ ...result.meta, task_id: `cancel:${request.job_id}` }));
+  assert.equal(replyRoute(custom), `cancel:${request.job_id}`);
+  assert.notEqual(replyRoute(custom), replyRoute(answer));
 });
