@@ -67,6 +67,41 @@ def sequence_output(path: Path) -> Path:
     )
 
 
+def sequence_only(path: Path) -> Path:
+    """A model whose only output is a sequence: FP32 ``x`` [N, 2] -> ``parts``, seq(tensor(float))."""
+    from onnx import TensorProto, helper
+
+    return _save(
+        [helper.make_node("SequenceConstruct", ["x", "x"], ["parts"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)],
+        path,
+    )
+
+
+def zipmap_only(path: Path) -> Path:
+    """A classifier whose only output is ZipMap's seq(map(string, float)): FP32 ``x`` [N, 2]."""
+    from onnx import TensorProto, helper
+
+    probabilities = helper.make_value_info(
+        "probabilities",
+        helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+        ),
+    )
+    return _save(
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=1),
+            helper.make_node(
+                "ZipMap", ["p"], ["probabilities"], domain="ai.onnx.ml", classlabels_strings=["no", "yes"]
+            ),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [probabilities],
+        path,
+    )
+
+
 def scalar(path: Path) -> Path:
     """Scalars in and out: FP32 ``x`` [] and INT64 ``n`` [] -> ``y`` = x * n (FP32 [])."""
     from onnx import TensorProto, helper

@@ -298,8 +298,10 @@ def test_repository_scan_and_version_policy(tmp_path: Path) -> None:
     entry = Repository(tmp_path).scan()["m"]
     assert entry.versions == (1, 3) and entry.config.preload is False and entry.config.providers == ("cpu",)
     (tmp_path / "m" / "config.toml").write_text("providers = ['metal']\n")
-    with pytest.raises(InvalidInput, match="unknown providers"):
-        Repository(tmp_path).scan()
+    repo = Repository(tmp_path)
+    assert "m" not in repo.scan()  # refused alone, each version reported failed with the reason
+    assert set(repo.failed) == {("m", 1), ("m", 2), ("m", 3)}
+    assert "providers = ['metal']: must be a non-empty list of distinct names" in repo.failed[("m", 1)]
 
 
 def test_bench_sweeps_concurrency_and_times_bulk(redis_url: str, worker: WorkerProcess) -> None:

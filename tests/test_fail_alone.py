@@ -1,10 +1,11 @@
 """Each job fails alone, and so does each model.
 
-A model whose output is not a tensor (sklearn-onnx's default ZipMap output, a sequence) fails
-only the jobs that ask for that output, with an error naming it, its type and the outputs that
-can be returned; its tensor outputs work. A model file that does not load is reported (worker
-heartbeat, `icow status`, the ``icow_model_failed`` metric) while the worker serves the rest,
-and is served once a valid file replaces it. `icow up` keeps running through it.
+A model with an output that is not a tensor (sklearn-onnx's default ZipMap output, a sequence)
+beside tensor outputs answers its tensor outputs by default; only a job that asks for the other
+by name fails, with an error naming it, its type and the outputs that can be returned. (A model
+with no tensor output at all is refused at load: tests/test_odd_models.py.) A model file that
+does not load is reported (worker heartbeat, `icow status`, the ``icow_model_failed`` metric)
+while the worker serves the rest, and is served once a valid file replaces it. `icow up` keeps running through it.
 """
 
 from __future__ import annotations
@@ -61,29 +62,35 @@ def test_a_model_with_a_map_or_sequence_output_fails_only_its_own_jobs(
     # One burst, queued before the worker starts so that it finds all of it at once.
     with Client(redis_url, require_published=False) as c:
         innocent_mlp = c.submit_many(mlp, [{"x": np.full((1, 4), i, np.float32)} for i in range(10)])
-        zip_jobs = c.submit_many(zipm, [x3, x3, x3])
+        zip_jobs = c.submit_many(zipm, [x3, x3, x3])  # no outputs named: the tensor outputs
+        zip_probs = c.submit(zipm, x3, outputs=["label", "probabilities"])
         zip_labels = c.submit(zipm, x3, outputs=["label"])
         seq_bad = c.submit(seqm, x2, outputs=["parts"])
         seq_good = c.submit(seqm, x2, outputs=["y"])
+        seq_default = c.submit(seqm, x2)
         innocent_scale = c.submit_many(scale, [{"x": np.full((1, 2), i, np.float32)} for i in range(10)])
         w = WorkerProcess(tmp_path, redis_url, f"test-zip-{os.getpid()}@local")
         try:
             for job in zip_jobs:
-                with pytest.raises(InvalidJob) as err:
-                    job.result(timeout_s=60)
-                message = str(err.value)
-                assert "'probabilities'" in message and "seq(map(int64,tensor(float)))" in message
-                assert "not a tensor" in message and "outputs=['label']" in message
+                out = job.result(timeout_s=60)
+                assert list(out) == ["label"] and out["label"].tolist() == [1]
+            with pytest.raises(InvalidJob) as err:
+                zip_probs.result(timeout_s=60)
+            message = str(err.value)
+            assert "'probabilities'" in message and "seq(map(int64,tensor(float)))" in message
+            assert "not a tensor" in message and "outputs=['label']" in message
             with pytest.raises(InvalidJob, match=r"'parts'.*seq\(tensor\(float\)\).*outputs=\['y'\]"):
                 seq_bad.result(timeout_s=60)
             assert zip_labels.result(timeout_s=60)["label"].tolist() == [1]  # its tensor output works
             np.testing.assert_array_equal(seq_good.result(timeout_s=60)["y"], x2["x"])
+            assert list(seq_default.result(timeout_s=60)) == ["y"]
             for i, job in enumerate(innocent_mlp):
                 x = np.full((1, 4), i, np.float32)
                 np.testing.assert_allclose(job.result(timeout_s=60)["y"], samples.mlp_reference(x), atol=1e-5)
             for i, job in enumerate(innocent_scale):
                 assert job.result(timeout_s=60)["y"][0, 0] == 2.0 * i
             assert c.infer(zipm, x3, outputs=["label"], timeout_s=30)["label"].tolist() == [1]
+            assert c.infer(zipm, x3, timeout_s=30)["label"].tolist() == [1]
 
             # The metadata lists the output as unsupported, never as a datatype ICOW does not have.
             info = c.model(zipm)

@@ -1,17 +1,23 @@
 """Models as real users have them, end to end through a real worker: scalar inputs, a batch
-axis that is not axis 0, symbolic dimensions, INT32 / INT64 / BOOL / string tensors both ways.
+axis that is not axis 0, symbolic dimensions, INT32 / INT64 / BOOL / string tensors both ways,
+and models with no tensor output at all (refused at load, with the reason).
 (FP16 outputs, several inputs and BYTES identity are in tests/test_e2e.py and test_bytes.py.)"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from icow.client import Client
+from icow.errors import ModelNotFound
+from icow.workers import samples
+from icow.workers.heartbeat import live_workers
 
 from . import oddmodels
 from .conftest import WorkerProcess
@@ -100,3 +106,33 @@ def test_strings_in_and_out_with_int64(odd_client: Client) -> None:
         out = job.result(timeout_s=30)
         assert list(out["names"]) == names
         assert out["codes"].dtype == np.int64 and out["codes"].tolist() == codes
+
+
+def test_a_model_with_no_tensor_output_is_refused_at_load_with_the_reason(
+    tmp_path: Path, redis_url: str, r: redis.Redis
+) -> None:
+    """A model whose only output is a sequence (or a ZipMap) is never offered: it is failed at
+    load like a file that does not load, and submit says why; the other models are served."""
+    tag = uuid.uuid4().hex[:6]
+    seq, zipm, good = f"seqonly{tag}", f"ziponly{tag}", f"good{tag}"
+    oddmodels.sequence_only(tmp_path / seq / "1" / "model.onnx")
+    oddmodels.zipmap_only(tmp_path / zipm / "1" / "model.onnx")
+    samples.scale(tmp_path / good / "1" / "model.onnx", 2.0)
+    name = f"test-notensor-{os.getpid()}@local"
+    w = WorkerProcess(tmp_path, redis_url, name)
+    try:
+        with Client(redis_url) as c:
+            assert c.infer(good, {"x": np.ones((1, 2), np.float32)}, timeout_s=30)["y"][0, 0] == 2.0
+            assert good in c.models() and seq not in c.models() and zipm not in c.models()
+            beat = next(b for b in live_workers(r) if b["name"] == name)
+            assert set(beat["models"]) == {good}
+            assert "has no tensor output ('parts' is seq(tensor(float)))" in beat["failed"][f"{seq}:1"]
+            assert "'probabilities' is seq(map(string,tensor(float)))" in beat["failed"][f"{zipm}:1"]
+            for model, kind in ((seq, "seq(tensor(float))"), (zipm, "seq(map(string,tensor(float)))")):
+                with pytest.raises(ModelNotFound) as err:
+                    c.submit(model, {"x": np.ones((1, 2), np.float32)})
+                text = str(err.value)
+                assert f"model '{model}' version 1 failed to load on worker {name}: InvalidInput:" in text
+                assert "has no tensor output" in text and kind in text and "nothing was queued" in text
+    finally:
+        w.stop()

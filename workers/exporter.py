@@ -10,7 +10,9 @@ metric                                  type       labels
 ``icow_queue_backlog``                  gauge      model: jobs waiting (every priority list)
 ``icow_queue_oldest_age_seconds``       gauge      model: age of the oldest waiting job (0:
                                                    none waiting)
-``icow_model_workers``                  gauge      model, state (``alive``, ``ready``)
+``icow_model_workers``                  gauge      model, state (``alive``, ``ready``: serving
+                                                   it; ``failed``: a version of it does not
+                                                   load there, or its config.toml is refused)
 ``icow_workers``                        gauge      state (``alive``, ``ready``)
 ``icow_recent_failures``                gauge      length of the capped recent-failures list
 ``icow_redis_up``                       gauge      0 when Redis did not answer this scrape
@@ -32,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from icow import connection, keys
 from icow.workers import tls
-from icow.workers.heartbeat import live_workers
+from icow.workers.heartbeat import failed_models, live_workers
 from icow.workers.queues import published_models, queue_states
 
 log = logging.getLogger("icow.exporter")
@@ -57,7 +59,11 @@ class FleetCollector(Collector):
 
     def _read(self) -> list[GaugeMetricFamily]:
         workers = live_workers(self.r)
-        models = sorted(set(published_models(self.r)) | {m for w in workers for m in w.get("models") or {}})
+        models = sorted(
+            set(published_models(self.r))
+            | {m for w in workers for m in w.get("models") or {}}
+            | {m for w in workers for m in failed_models(w)}
+        )
         backlog = GaugeMetricFamily("icow_queue_backlog", "Jobs waiting in the model's queue", labels=["model"])
         age = GaugeMetricFamily(
             "icow_queue_oldest_age_seconds", "Age of the oldest waiting job (0: none)", labels=["model"]
@@ -70,6 +76,7 @@ class FleetCollector(Collector):
             serving = [w for w in workers if m in (w.get("models") or {})]
             per_model.add_metric([m, "alive"], len(serving))
             per_model.add_metric([m, "ready"], sum(1 for w in serving if w.get("ready")))
+            per_model.add_metric([m, "failed"], sum(1 for w in workers if m in failed_models(w)))
         fleet = GaugeMetricFamily("icow_workers", "Workers with a live heartbeat", labels=["state"])
         fleet.add_metric(["alive"], len(workers))
         fleet.add_metric(["ready"], sum(1 for w in workers if w.get("ready")))

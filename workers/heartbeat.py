@@ -103,3 +103,9 @@ def live_workers(r: redis.Redis) -> list[dict[str, Any]]:
     if dead:
         r.srem(keys.WORKERS, *dead)
     return [protocol.unpackb(b) for b in beats if b is not None]
+
+
+def failed_models(beat: dict[str, Any]) -> set[str]:
+    """Models with a version this worker does not serve because it failed (its ``failed``
+    keys are ``"model:version"``)."""
+    return {str(k).rpartition(":")[0] for k in beat.get("failed") or {}}

@@ -21,7 +21,8 @@ metric                                  type       labels
                                                    requested but onnxruntime runs on the CPU
 ``icow_worker_ready``                   gauge      1 once the preloaded models are warm
 ``icow_model_failed``                   gauge (1)  model, version: a version in the repository
-                                                   that does not load (retried at each rescan)
+                                                   not served: it does not load, its config.toml
+                                                   is refused (retried at each rescan)
 ``icow_shadow_jobs_total``              counter    model, primary, shadow (versions), outcome:
                                                    compared, mismatch, failed, dropped
 ``icow_shadow_max_abs_error``           histogram  model, primary, shadow, output: per job
@@ -86,8 +87,9 @@ class _SessionCollector(Collector):
         failed = GaugeMetricFamily(
             "icow_model_failed", "1 per model version that does not load (not served)", labels=["model", "version"]
         )
-        for name, version in sorted(dict(self.manager.failed)):
-            failed.add_metric([name, str(version)], 1)
+        for key in self.manager.failures():  # does not load, config.toml refused, store refused
+            name, _, version = key.rpartition(":")
+            failed.add_metric([name, version], 1)
         yield from (load, info, fallback, ready, failed)
 
 

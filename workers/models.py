@@ -37,7 +37,8 @@ class ModelManager:
 
     @property
     def names(self) -> list[str]:
-        return sorted(self.entries)
+        """The models served (at least one version)."""
+        return sorted(m for m, e in self.entries.items() if e.versions)
 
     def start(self) -> None:
         """Load every preloaded model version now (the worker is ready after this). A version
@@ -55,8 +56,16 @@ class ModelManager:
                     good.append(v)
                 except Exception as exc:
                     self.mark_failed(name, v, exc)
-            entries[name] = dataclasses.replace(entry, versions=tuple(good))
+            if good:
+                entries[name] = dataclasses.replace(entry, versions=tuple(good))
+            else:  # nothing of it is served: it is listed as failed, never as served
+                del entries[name]
         self.entries = entries
+
+    def failures(self) -> dict[str, str]:
+        """``"model:version"`` -> why it is not served: versions that do not load, config.toml
+        values refused, versions the store refused (checksum, download)."""
+        return {f"{m}:{v}": why for (m, v), why in sorted({**self.repo.failed, **self.failed}.items())}
 
     def mark_failed(self, name: str, version: int, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:500]
@@ -130,11 +139,10 @@ class ModelManager:
         """What the heartbeat reports: served versions, and the provider each session runs on."""
         loaded = self.loaded()
         return {
-            "models": {m: list(e.versions) for m, e in self.entries.items()},
+            "models": {m: list(e.versions) for m, e in self.entries.items() if e.versions},
             "providers": {f"{m.name}:{m.version}": m.providers[0] for m in loaded},
             "cpu_fallback": sorted(f"{m.name}:{m.version}" for m in loaded if getattr(m, "cpu_fallback", False)),
-            # versions that do not load, and versions the store refused (checksum, download)
-            "failed": {f"{m}:{v}": why for (m, v), why in {**self.repo.failed, **self.failed}.items()},
+            "failed": self.failures(),
         }
 
     def metadata(self) -> list[dict[str, Any]]:

@@ -10,7 +10,10 @@ keep_inputs); session settings of a version already served (providers, threads, 
 take a worker restart.
 
 A version that does not load stays marked failed (``ModelManager.failed``: heartbeat, `icow
-status`, the ``icow_model_failed`` metric) and is retried at every rescan. The intake takes from
+status`, the ``icow_model_failed`` metric, ``icow:failed:<m>``) and is retried at every rescan;
+a model whose config.toml is refused (workers/config_bounds.py) is failed the same way, alone.
+A repository that cannot be read at all (a missing bucket) is logged once, then again only
+when the problem changes or ends. The intake takes from
 the queues of whatever is served at each take, so new models and versions need nothing else.
 """
 
@@ -66,16 +69,25 @@ class RepositoryWatcher:
         self.on_change = on_change  # renews liveness at once (before the metadata is published)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._scan_problem: str | None = None  # the rescan failure last logged (None: scans work)
 
     def refresh(self) -> Changes:
         """Rescan once; load, serve and publish what is new, unpublish and drop what went."""
         mgr = self.manager
         try:
             new = mgr.repo.scan(mgr.only)
-        except Exception as exc:  # a bad config.toml or an unreadable folder: keep serving
-            log.warning("model repository rescan failed, keeping the models served: %s", exc)
+        except Exception as exc:  # an unreadable folder, a missing bucket: keep serving
+            problem = f"{type(exc).__name__}: {exc}"
+            if problem != self._scan_problem:  # once, then again only when it changes
+                log.warning("model repository rescan failed, keeping the models served: %s", problem)
+            self._scan_problem = problem
             return Changes()
+        if self._scan_problem is not None:
+            log.info("model repository readable again (was: %s)", self._scan_problem)
+            self._scan_problem = None
         old = mgr.entries
+        for key in [k for k in mgr.failed if k not in _versions(new)]:
+            del mgr.failed[key]  # gone from the repository (or no longer in its policy)
         ch = Changes()
         for m, v in sorted(_versions(new) - _versions(old)):
             if self._try_load(new[m], v):

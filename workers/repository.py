@@ -33,6 +33,8 @@ from typing import Any
 
 from icow import keys
 from icow.errors import IcowError, InvalidInput
+from icow.workers import config_bounds as bounds
+from icow.workers.config_bounds import check_keys
 from icow.workers.runtime import GpuOptions
 from icow.workers.shadow import ShadowSpec
 from icow.workers.store import CONFIG_FILE, MODEL_FILE, Store, open_store
@@ -56,7 +58,7 @@ class ModelConfig:
     shadow: ShadowSpec | None = None  # a version run on a sample of live jobs, answering nobody
     keep_inputs: int = 0  # inputs of the last N jobs kept for `icow replay` (0: none)
     latest: int = 0  # the version unpinned jobs run on (0: the highest served)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # always empty: unknown keys are refused
 
     @staticmethod
     def load(path: Path) -> ModelConfig:
@@ -77,38 +79,20 @@ class ModelConfig:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"{path}: {exc}") from exc
-        versions = raw.pop("versions", "all")
-        if isinstance(versions, list):
-            if not all(isinstance(v, int) and v >= 1 for v in versions):
-                raise InvalidInput(f"{path}: versions must be positive integers")
-            versions = tuple(versions)
-        elif versions not in ("all", "latest"):
-            raise InvalidInput(f"{path}: versions must be 'all', 'latest' or a list of integers")
-        providers = tuple(raw.pop("providers", ("cuda", "cpu")))
-        bad = [p for p in providers if p not in PROVIDER_NAMES]
-        if bad or not providers:
-            raise InvalidInput(f"{path}: unknown providers {bad}; use {PROVIDER_NAMES}")
-        cfg = ModelConfig(
-            versions=versions,
-            preload=bool(raw.pop("preload", True)),
-            providers=providers,
-            threads=int(raw.pop("threads", 0)),
-            max_batch=int(raw.pop("max_batch", 32)),
-            max_wait_ms=float(raw.pop("max_wait_ms", 0.0)),
-            max_queue=int(raw.pop("max_queue", 0)),
+        check_keys(raw, path)
+        return ModelConfig(
+            versions=bounds.versions(raw, path),
+            preload=bounds.boolean(raw, "preload", True, path),
+            providers=bounds.providers(raw, PROVIDER_NAMES, path),
+            threads=bounds.integer(raw, "threads", 0, path),
+            max_batch=bounds.integer(raw, "max_batch", 32, path),
+            max_wait_ms=bounds.max_wait_ms(raw, path),
+            max_queue=bounds.integer(raw, "max_queue", 0, path),
             gpu=GpuOptions.pop_from(raw, str(path)),
             shadow=ShadowSpec.pop_from(raw, str(path)),
-            keep_inputs=int(raw.pop("keep_inputs", 0)),
-            latest=int(raw.pop("latest", 0)),
-            extra=raw,
+            keep_inputs=bounds.integer(raw, "keep_inputs", 0, path),
+            latest=bounds.integer(raw, "latest", 0, path),
         )
-        if not 0 <= cfg.keep_inputs <= keys.KEPT_MAX:
-            raise InvalidInput(f"{path}: keep_inputs must be in 0..{keys.KEPT_MAX}")
-        if cfg.max_batch < 1 or cfg.max_wait_ms < 0 or cfg.threads < 0 or cfg.max_queue < 0:
-            raise InvalidInput(
-                f"{path}: max_batch >= 1, max_wait_ms >= 0, threads >= 0 and max_queue >= 0 are required"
-            )
-        return cfg
 
 
 @dataclass(frozen=True)
@@ -133,7 +117,8 @@ class Repository:
     def __init__(self, root: str | Path, *, cache_dir: str | Path | None = None):
         self.store: Store = open_store(root, cache_dir=cache_dir)
         self.root = self.store.root  # the local folder the model files lie in
-        self.failed: dict[tuple[str, int], str] = {}  # versions refused (checksum, download), and why
+        self.failed: dict[tuple[str, int], str] = {}  # versions refused (config, checksum, download), and why
+        self._bad_config: set[str] = set()  # models whose config.toml is refused (all their versions failed)
 
     def scan(self, only: set[str] | None = None) -> dict[str, ModelEntry]:
         """Every valid model (or those in ``only``) with the versions its policy serves, each
@@ -147,11 +132,28 @@ class Repository:
         for name, present in sorted(listing.items()):
             if not present or not keys.MODEL_NAME_RE.match(name) or (only and name not in only):
                 continue
-            cfg = ModelConfig.parse(self.store.config_text(name), f"{self.store.where}/{name}/{CONFIG_FILE}")
+            try:
+                cfg = ModelConfig.parse(self.store.config_text(name), f"{self.store.where}/{name}/{CONFIG_FILE}")
+            except IcowError as exc:  # this model alone is refused; the others are served
+                self._refuse_config(name, present, exc)
+                continue
+            if name in self._bad_config:  # fixed: its versions are judged afresh below
+                self._bad_config.discard(name)
+                for key in [k for k in self.failed if k[0] == name]:
+                    del self.failed[key]
             served = self._fetch_served(name, present, cfg)
             if served:
                 found[name] = ModelEntry(name, self.store.model_dir(name), tuple(served), cfg)
         return found
+
+    def _refuse_config(self, name: str, present: list[int], exc: IcowError) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        if any(self.failed.get((name, v)) != reason for v in present):
+            log.error("model %s is refused and not served: %s", name, reason)
+        self._bad_config.add(name)
+        for key in [k for k in self.failed if k[0] == name]:
+            del self.failed[key]
+        self.failed.update({(name, v): reason for v in present})
 
     def _fetch_served(self, name: str, present: list[int], cfg: ModelConfig) -> list[int]:
         candidates = list(present)

@@ -196,15 +196,23 @@ class OnnxModel:
             TensorMeta(i.name, ORT_TYPES.get(i.type, i.type), _dims(i.shape)) for i in self.session.get_inputs()
         )
         # Outputs that are not tensors (sequences, maps: e.g. sklearn-onnx's ZipMap) cannot be
-        # returned; they are listed apart and refused by name when a job asks for them.
+        # returned; they are listed apart, left out by default and refused by name when a job
+        # asks for them. A model with no tensor output at all is refused here, at load.
         all_outputs = self.session.get_outputs()
         self.unsupported = {o.name: o.type for o in all_outputs if o.type not in ORT_TYPES}
+        if len(self.unsupported) == len(all_outputs):
+            kinds = ", ".join(f"{n!r} is {t}" for n, t in self.unsupported.items())
+            del self.session
+            raise InvalidInput(
+                f"model {name} v{version} has no tensor output ({kinds}): ICOW returns tensors only; "
+                "export the model with tensor outputs (sklearn-onnx: options={'zipmap': False})"
+            )
         self.outputs = tuple(
             TensorMeta(o.name, ORT_TYPES[o.type], _dims(o.shape)) for o in all_outputs if o.type in ORT_TYPES
         )
         self._output_names = [o.name for o in self.outputs]
         for out, kind in self.unsupported.items():
-            log.warning("model %s v%s: output %r is %s, not a tensor: jobs must leave it out", name, version, out, kind)
+            log.warning("model %s v%s: output %r is %s, not a tensor: never returned", name, version, out, kind)
 
     @property
     def batchable(self) -> bool:
@@ -243,7 +251,7 @@ class OnnxModel:
                 )
 
     def check_outputs(self, names: list[str] | None) -> None:
-        wanted = list(self.unsupported) if names is None else [n for n in names if n in self.unsupported]
+        wanted = [] if names is None else [n for n in names if n in self.unsupported]
         if wanted:
             n = wanted[0]
             raise InvalidInput(

@@ -15,6 +15,7 @@ from icow import connection, keys
 from icow.errors import InvalidInput
 from icow.workers import tls
 from icow.workers.broker import Broker
+from icow.workers.failboard import FailureBoard
 from icow.workers.followup import FollowUps
 from icow.workers.heartbeat import Heartbeat
 from icow.workers.kept import InputKeeper
@@ -51,10 +52,21 @@ def hostname(name: str | None = None) -> str:
     return name or f"icow-{os.getpid()}@{socket.gethostname()}"
 
 
-def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.Redis, live_ttl_s: float) -> None:
+def maintain(
+    manager: ModelManager,
+    broker: Broker,
+    runner: JobRunner,
+    r: redis.Redis,
+    live_ttl_s: float,
+    board: FailureBoard | None = None,
+    *,
+    check_published: bool = True,
+) -> None:
     """Every heartbeat: reinstall the functions if Redis lost them, renew this worker's lease
-    and its versions' liveness, learn the fleet's latest versions, republish models and
-    limits that Redis forgot, and put back what dead workers held."""
+    and its versions' liveness and the reasons of its failed versions (``board``), learn the
+    fleet's latest versions, republish models and limits that Redis forgot, and put back what
+    dead workers held. ``check_published=False``: the caller (a rescan that added models)
+    publishes them itself next, so none is missing because Redis lost it."""
     try:
         broker.install()
         served = {m: list(e.versions) for m, e in manager.entries.items() if e.versions}
@@ -64,14 +76,17 @@ def maintain(manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.
         now_ms = broker.renew({**served, **withdrawn}, offers, live_ttl_s)
         runner.announced = set(served)
         _, runner.fleet_latest = broker.live_versions(sorted(served), now_ms)
-        pipe = r.pipeline(transaction=False)
-        for m in served:
-            pipe.sismember(keys.MODELS, m)
-            pipe.hlen(keys.model(m))
-        found = pipe.execute()
-        if not all(found):
-            log.warning("Redis lost the published models: publishing them again")
-            manager.publish(r)
+        if board is not None:
+            board.publish(manager.failures(), live_ttl_s)
+        if check_published:
+            pipe = r.pipeline(transaction=False)
+            for m in served:
+                pipe.sismember(keys.MODELS, m)
+                pipe.hlen(keys.model(m))
+            found = pipe.execute()
+            if not all(found):
+                log.warning("Redis lost the published models: publishing them again")
+                manager.publish(r)
         broker.reap()
         broker.restore_stale()
     except redis.exceptions.RedisError as exc:
@@ -102,7 +117,7 @@ def run_worker(opts: WorkerOptions) -> int:
     from icow.workers import app as app_module
 
     manager = ModelManager(Repository(opts.repo), only=opts.models, device=opts.device, threads=opts.threads)
-    if not manager.names:
+    if not manager.names and not manager.repo.failed:  # a model refused at config is reported
         wanted = f" among {sorted(opts.models)}" if opts.models else ""
         raise InvalidInput(f"no models{wanted} in repository {opts.repo}")
     if opts.lease_s < 2 * keys.HEARTBEAT_INTERVAL_S:
@@ -117,6 +132,7 @@ def run_worker(opts: WorkerOptions) -> int:
         **tls.redis_options(opts.redis_url),
     )
     broker = Broker(r, name, lease_s=opts.lease_s, max_message_bytes=opts.max_message_bytes)
+    board = FailureBoard(r, name)
     broker.install()
     manager.publish(r)
     for m in manager.loaded():
@@ -155,7 +171,7 @@ def run_worker(opts: WorkerOptions) -> int:
         name,
         {**manager.state(), "device": opts.device},
         stats=lambda: {
-            **_upkeep(manager, broker, runner, r, opts.heartbeat_ttl_s),
+            **_upkeep(manager, broker, runner, r, opts.heartbeat_ttl_s, board),
             **runner.stats(),
             **stats.snapshot(),
             **shadow_stats.snapshot(),
@@ -170,13 +186,15 @@ def run_worker(opts: WorkerOptions) -> int:
         manager,
         r,
         interval_s=opts.rescan_s,
-        on_change=lambda: maintain(manager, broker, runner, r, opts.heartbeat_ttl_s),
+        on_change=lambda: maintain(manager, broker, runner, r, opts.heartbeat_ttl_s, board, check_published=False),
     )
     watcher.start()
 
     def _ready(**_: object) -> None:
         heartbeat.mark_ready()
-        log.info("worker %s ready: models %s", name, ", ".join(manager.names))
+        failed = manager.failures()
+        why = "; failed (not served): " + "; ".join(f"{k} ({v})" for k, v in failed.items()) if failed else ""
+        log.info("worker %s ready: models %s%s", name, ", ".join(manager.names) or "none", why)
 
     signals.worker_ready.connect(_ready, weak=False)
     app = app_module.app
@@ -204,6 +222,7 @@ def run_worker(opts: WorkerOptions) -> int:
         heartbeat.stop()
         try:  # withdraw at once: pinned jobs are refused at submit rather than left waiting
             broker.renew({m: [] for m in runner.announced}, {}, opts.heartbeat_ttl_s)
+            board.withdraw()
             broker.release()
         except redis.exceptions.RedisError:
             pass
@@ -213,7 +232,7 @@ def run_worker(opts: WorkerOptions) -> int:
 
 
 def _upkeep(
-    manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.Redis, ttl_s: float
+    manager: ModelManager, broker: Broker, runner: JobRunner, r: redis.Redis, ttl_s: float, board: FailureBoard
 ) -> dict[str, object]:
-    maintain(manager, broker, runner, r, ttl_s)
+    maintain(manager, broker, runner, r, ttl_s, board)
     return {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from typing import Any
 
@@ -23,12 +24,16 @@ def _text(v: Any) -> str:
 
 def fleet_status(r: Any, *, failures: int = 10, now: float | None = None) -> dict[str, Any]:
     """Everything `icow status` shows, as plain data (the ``--json`` document)."""
-    from icow.workers.heartbeat import live_workers
+    from icow.workers.heartbeat import failed_models, live_workers
     from icow.workers.queues import published_models, queue_states
 
     now = time.time() if now is None else now
     workers = live_workers(r)
-    models = sorted(set(published_models(r)) | {m for w in workers for m in w.get("models") or {}})
+    models = sorted(
+        set(published_models(r))
+        | {m for w in workers for m in w.get("models") or {}}
+        | {m for w in workers for m in failed_models(w)}
+    )
     queues = []
     for q in queue_states(r, models, now=now):
         serving = [w for w in workers if q.model in (w.get("models") or {})]
@@ -40,6 +45,7 @@ def fleet_status(r: Any, *, failures: int = 10, now: float | None = None) -> dic
                 "jobs_per_s": round(sum((w.get("jobs_per_s") or {}).get(q.model, 0.0) for w in serving), 2),
                 "workers": len(serving),
                 "ready_workers": sum(1 for w in serving if w.get("ready")),
+                "failed_workers": sum(1 for w in workers if q.model in failed_models(w)),
             }
         )
     out_workers = [
@@ -114,53 +120,85 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def render(doc: dict[str, Any]) -> Any:
-    """The rich renderable of a :func:`fleet_status` document."""
+def shorten(text: Any, width: int) -> str:
+    """``text`` on one line, at most ``width`` characters: cut at a word boundary (mid-word only
+    for a word longer than half the width) and ended with an ellipsis."""
+    flat = re.sub(r"\s*[\r\n\t\v\f]+\s*", " ", _text(text)).strip()
+    if len(flat) <= width:
+        return flat
+    cut = flat[: max(1, width - 1)]
+    space = cut.rfind(" ")
+    if space > width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.") + "…"
+
+
+def render(doc: dict[str, Any], width: int = 80) -> Any:
+    """The rich renderable of a :func:`fleet_status` document, fitting ``width`` columns: one
+    short row per queue and per worker; reasons and messages on lines of their own, cut at a
+    word boundary."""
+    from rich import box
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    q = Table(title="queues", title_justify="left", expand=True)
+    def table(title: str) -> Table:
+        return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=True)
+
+    q = table("queues")
     for col in ("model", "backlog", "oldest", "jobs/s", "workers (ready)"):
-        q.add_column(col, justify="left" if col == "model" else "right")
+        q.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
     for row in doc["queues"]:
-        q.add_row(
-            row["model"],
-            str(row["backlog"]),
-            _age(row["oldest_age_s"]),
-            f"{row['jobs_per_s']:.1f}",
-            f"{row['workers']} ({row['ready_workers']})",
-        )
-    w = Table(title="workers", title_justify="left", expand=True)
-    for col in ("worker", "host", "device / provider", "state", "models", "jobs", "failed", "last error"):
-        w.add_column(col, overflow="fold")
+        serving = f"{row['workers']} ({row['ready_workers']})"
+        if row.get("failed_workers"):
+            serving += f" [red]{row['failed_workers']} failed[/red]"
+        q.add_row(row["model"], str(row["backlog"]), _age(row["oldest_age_s"]), f"{row['jobs_per_s']:.1f}", serving)
+    w = table("workers")
+    w.add_column("worker", overflow="fold", ratio=3)
+    w.add_column("device", overflow="fold", ratio=1)
+    w.add_column("state", no_wrap=True)
+    w.add_column("models", overflow="fold", ratio=3)
+    w.add_column("jobs", justify="right", no_wrap=True)
+    w.add_column("errors", justify="right", no_wrap=True)
+    notes: list[Text] = []
+
+    def note(worker: str, what: str, text: str) -> None:
+        notes.append(Text("  " + shorten(f"{worker}: {what}", width - 2), style="red"))
+        notes.append(Text("    " + shorten(text, width - 4)))
+
     for row in doc["workers"]:
-        providers = sorted(set(row["providers"].values())) or ["-"]
-        where = f"{row['device']} / {', '.join(p.replace('ExecutionProvider', '') for p in providers)}"
-        if row["cpu_fallback"]:
-            where += f" [red](CPU fallback: {len(row['cpu_fallback'])} sessions)[/red]"
-        models = ", ".join(f"{m}:{','.join(map(str, vs))}" for m, vs in sorted(row["models"].items()))
+        providers = sorted({p.replace("ExecutionProvider", "") for p in row["providers"].values()}) or ["-"]
+        models = ", ".join(f"{m}:{','.join(map(str, vs))}" for m, vs in sorted(row["models"].items())) or "-"
         if row["failed_models"]:
-            models += f" [red](failed to load: {', '.join(sorted(row['failed_models']))})[/red]"
+            models += f" [red]({len(row['failed_models'])} failed)[/red]"
         w.add_row(
-            row["name"],
-            row["host"],
-            where,
+            Text(_text(row["name"])),
+            f"{row['device']} {','.join(providers)}",
             "[green]ready[/green]" if row["ready"] else "[yellow]starting[/yellow]",
             models,
             str(row["jobs"]),
             str(row["failures"]),
-            (row["last_error"] or "")[:80],
         )
-    f = Table(title="recent failures", title_justify="left", expand=True)
-    for col in ("when", "job", "model", "error", "message"):
-        f.add_column(col, overflow="fold")
+        if row["cpu_fallback"]:
+            note(row["name"], "CPU fallback", ", ".join(row["cpu_fallback"]))
+        for version, why in sorted(row["failed_models"].items()):
+            note(row["name"], f"failed to load: {version}", why)
+        if row["last_error"]:
+            note(row["name"], "last error", row["last_error"])
+    failures: list[Text] = [Text("recent failures", style="italic")]
     for rec in doc["recent_failures"]:
         when = _age(doc["time"] - rec["time"]) + " ago" if isinstance(rec.get("time"), float) else "-"
         model = f"{rec.get('model') or '?'}" + (f":{rec['version']}" if rec.get("version") else "")
-        f.add_row(when, _text(rec.get("id")), model, _text(rec.get("error")), _text(rec.get("message"))[:120])
+        line = f"{when}  {_text(rec.get('id'))}  {model}  {_text(rec.get('error'))}"
+        failures.append(Text("  " + shorten(line, width - 2)))
+        failures.append(Text("    " + shorten(rec.get("message") or "", width - 4), style="dim"))
+    if len(failures) == 1:
+        failures.append(Text("  none"))
+    workers = Group(w, *notes)
+    recent = Group(*failures)
     if not doc.get("shadow"):
-        return Group(q, w, f)
-    s = Table(title="shadow runs", title_justify="left", expand=True)
+        return Group(q, workers, recent)
+    s = table("shadow runs")
     for col in ("model", "primary -> shadow", "compared", "mismatch", "failed", "dropped", "max abs err"):
         s.add_column(col, justify="left" if col == "model" else "right")
     for col in ("max rel err", "argmax agree", "latency x"):
@@ -176,7 +214,7 @@ def render(doc: dict[str, Any]) -> Any:
             "-" if agree is None else f"{agree:.2%}",
             "-" if ratio is None else f"{ratio:.2f}",
         )
-    return Group(q, w, f, s)
+    return Group(q, workers, recent, s)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -195,12 +233,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         console = Console()
         if not args.watch:
-            console.print(render(fleet_status(r, failures=args.failures)))
+            console.print(render(fleet_status(r, failures=args.failures), console.width))
             return 0
-        with Live(render(fleet_status(r, failures=args.failures)), console=console, screen=False) as live:
+        with Live(render(fleet_status(r, failures=args.failures), console.width), console=console) as live:
             while True:
                 time.sleep(args.interval)
-                live.update(render(fleet_status(r, failures=args.failures)))
+                live.update(render(fleet_status(r, failures=args.failures), console.width))
     except redis.exceptions.RedisError as exc:
         raise BrokerUnavailable(f"cannot read the fleet's state from Redis: {exc}") from exc
     finally:
