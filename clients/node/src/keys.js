@@ -67,6 +67,8 @@ export const MODELS = `${PREFIX}models`;
 export const CANCELS = `${PREFIX}cancels`;
 export const wake = (queueName) => `${PREFIX}wake:${queueName}`;
 export const live = (model) => `${PREFIX}live:${model}`;
+/** Why versions of `model` are not served: field `<version>:<worker>` -> the reason. */
+export const failed = (model) => `${PREFIX}failed:${model}`;
 export const model = (name) => `${PREFIX}model:${name}`;
 export const result = (jobId) => `${RESULT_PREFIX}${jobId}`;
 export const resultChannel = (jobId) => `${RESULT_PREFIX}${jobId}`;
