@@ -6,7 +6,9 @@
     ├── InvalidInput (also ValueError)        bad input caught before anything reaches Redis
     │   └── PayloadTooLarge                   a tensor or job over the size caps
     ├── BrokerUnavailable (also ConnectionError)  Redis unreachable or the connection broke
-    │   └── BrokerFull                        Redis is out of memory and refuses writes
+    │   ├── BrokerFull                        Redis is out of memory and refuses writes
+    │   └── NotDurable                        queued on the primary, no replica acknowledged it
+    ├── PermissionDenied (also PermissionError)   the Redis ACL user may not do this (NOPERM)
     ├── StoreUnavailable (also ConnectionError)   the model store (S3 endpoint) unreachable or refusing
     ├── QueueFull                             the model's backlog is at its limit
     ├── JobTimeout (also TimeoutError)        no result within the caller's timeout
@@ -18,6 +20,9 @@
         ├── JobExpired                        the job's deadline passed before it ran
         ├── JobCancelled                      the job was cancelled before it ran
         └── InternalError                     an unexpected failure inside the worker
+    ClientClosed (also RuntimeError), under IcowError   a call on a client after its close()
+    NoResultYet (also RuntimeError), under IcowError    job.info() before the handle saw a result
+    JobIdConflict, under InvalidJob           a job id already used by a job with other inputs
 
 A ``RemoteError`` carries ``remote_type`` (the wire name of the failure, see
 docs/PROTOCOL.md) and ``message``. :func:`remote_error` maps a wire failure to its class
@@ -48,6 +53,37 @@ class BrokerUnavailable(IcowError, ConnectionError):
 class BrokerFull(BrokerUnavailable):
     """Redis is out of memory (``maxmemory`` with the ``noeviction`` policy) and refuses writes:
     nothing was queued. Retry once the fleet has drained results or Redis has more memory."""
+
+
+class NotDurable(BrokerUnavailable):
+    """A durable submit was queued on the primary, but no replica acknowledged it within the
+    ``WAIT`` (no replica, or replication lagging): it would be lost if the primary died now.
+
+    The jobs ARE queued and will normally run: re-attach to them, never resubmit them under new
+    ids (that runs them twice). ``jobs`` holds the handles of every job the call queued (in
+    input order; from ``submit``: one), ``job_ids`` their ids, ``acknowledged`` the replicas
+    that did acknowledge and ``replicas`` how many were asked for."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_ids: list[str] | None = None,
+        jobs: list[Any] | None = None,
+        acknowledged: int = 0,
+        replicas: int = 1,
+    ):
+        super().__init__(message)
+        self.jobs: list[Any] = [] if jobs is None else jobs
+        self.job_ids: list[str] = [] if job_ids is None else job_ids
+        self.acknowledged = acknowledged
+        self.replicas = replicas
+
+
+class PermissionDenied(IcowError, PermissionError):
+    """Redis refused the command or key for this ACL user (``NOPERM``): nothing was done, and
+    retrying will not help; the user needs the rules of ``icow admin acl`` (the client user
+    submits, waits and cancels; fleet state such as heartbeats is for the worker or an admin)."""
 
 
 class StoreUnavailable(IcowError, ConnectionError):
@@ -134,8 +170,24 @@ class InternalError(RemoteError):
     remote_type = "InternalError"
 
 
+class ClientClosed(IcowError, RuntimeError):
+    """A call on a ``Client`` (or ``AsyncClient``) after its ``close()``: make a new client."""
+
+
+class NoResultYet(IcowError, RuntimeError):
+    """``job.info()`` before the handle has seen the job's result: call ``result()`` first."""
+
+
+class JobIdConflict(InvalidJob):
+    """The job id was already used by a job with other inputs (model, version, outputs or
+    tensors): refused by ``submit`` (nothing was queued), or the failure a result reads as when
+    the fleet could only tell later. The same id with the same inputs is idempotent."""
+
+    remote_type = "JobIdConflict"
+
+
 REMOTE_ERRORS: dict[str, type[RemoteError]] = {
-    cls.remote_type: cls for cls in (InvalidJob, ModelNotFound, JobExpired, JobCancelled, InternalError)
+    cls.remote_type: cls for cls in (InvalidJob, ModelNotFound, JobExpired, JobCancelled, InternalError, JobIdConflict)
 }
 
 

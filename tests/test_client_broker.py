@@ -19,7 +19,7 @@ import redis
 from icow import functions, keys, protocol
 from icow.cli.fleet import LocalRedis
 from icow.client import _core
-from icow.errors import BrokerFull, BrokerUnavailable, JobCancelled, JobTimeout
+from icow.errors import BrokerFull, BrokerUnavailable, JobCancelled, JobTimeout, PermissionDenied
 
 from .clients import KINDS, make_client
 from .simfleet import SimWorker
@@ -117,13 +117,14 @@ def test_a_full_redis_is_broker_full_and_leaves_nothing_behind(kind: str, server
         admin.close()
 
 
-def test_an_acl_refusal_is_broker_unavailable_naming_the_acl(kind: str, server: LocalRedis) -> None:
+def test_an_acl_refusal_is_permission_denied_naming_the_acl(kind: str, server: LocalRedis) -> None:
     admin = redis.Redis.from_url(server.url)
     admin.execute_command("ACL", "SETUSER", "nofcall", "on", ">pw", "~*", "&*", "+@all", "-fcall")
     admin.close()
     with make_client(kind, f"redis://nofcall:pw@127.0.0.1:{server.port}/0") as c:
-        with pytest.raises(BrokerUnavailable, match="ACL user lacks a permission"):
+        with pytest.raises(PermissionDenied, match="ACL user lacks a permission") as info:
             c.submit("m", {"x": X})
+        assert not isinstance(info.value, BrokerUnavailable)  # retrying will not help
 
 
 def test_a_missing_function_library_is_installed_when_the_user_may(kind: str, server: LocalRedis) -> None:
