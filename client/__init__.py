@@ -7,6 +7,7 @@ Needs only redis, msgpack and numpy; never imports celery or onnxruntime. The as
 from typing import TYPE_CHECKING, Any
 
 from icow.client._core import JobStatus, ModelInfo, TensorSpec
+from icow.client._info import JobInfo
 from icow.client.bulk import Bulk
 from icow.client.sync import Client, Job
 from icow.errors import IcowError
@@ -23,6 +24,7 @@ __all__ = [
     "Client",
     "IcowError",
     "Job",
+    "JobInfo",
     "JobStatus",
     "ModelInfo",
     "TensorSpec",

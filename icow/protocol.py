@@ -144,15 +144,19 @@ def celery_message(
     queue: str,
     priority: int = 0,
     delivery_tag: str | None = None,
+    digest: str | None = None,
 ) -> bytes:
-    """The kombu Redis-transport envelope (JSON) that a stock Celery worker consumes."""
+    """The kombu Redis-transport envelope (JSON) that a stock Celery worker consumes.
+    ``digest``: the job digest (icow.digest) of a job whose id the caller chose, as the
+    ``icow_digest`` header right after ``id``."""
     job_id = job["id"]
     body = packb([[job], {}, _EMBED])
     # Headers first, the id first among them: a worker's take reads the id from the first bytes
     # (icow_take claims the job in the same atomic step) without reading the body.
+    first: dict[str, Any] = {"id": job_id} if digest is None else {"id": job_id, "icow_digest": digest}
     envelope = {
         "headers": {
-            "id": job_id,
+            **first,
             "task": TASK_NAME,
             "lang": "py",
             "root_id": job_id,

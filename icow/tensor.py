@@ -163,3 +163,26 @@ def decode(tensor: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_TENSOR_BYT
             f"tensor {name!r}: {len(data)} bytes of data but shape {shape} x {datatype} needs {expected}"
         )
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def as_str(array: Any) -> np.ndarray:
+    """A BYTES output (an object array of ``bytes``) as an object array of ``str``, same shape,
+    each element decoded as UTF-8 (what string models put out). ``str`` elements pass through;
+    InvalidInput for anything else, or for bytes that are not valid UTF-8 (naming the element)."""
+    if not isinstance(array, np.ndarray) or array.dtype != object:
+        raise InvalidInput("as_str takes a BYTES tensor: an object array of bytes (as results hold them)")
+    out = np.empty(array.shape, dtype=object)
+    flat, target = array.reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat):
+        if isinstance(item, str):
+            target[i] = item
+        elif isinstance(item, (bytes, bytearray)):
+            try:
+                target[i] = bytes(item).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"as_str: element {i} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                ) from exc
+        else:
+            raise InvalidInput(f"as_str: element {i} is {type(item).__name__}, not bytes or str")
+    return out

@@ -87,6 +87,7 @@ class SimWorker:
         job = protocol.parse_job(args[0], task_id=envelope["headers"]["id"])
         job["_queue_list"] = popped[0].decode()
         job["_priority"] = envelope["properties"]["priority"]
+        job["_headers"], job["_raw"] = envelope["headers"], bytes(popped[1])
         self.taken.append(job)
         return job
 
