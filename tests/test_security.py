@@ -122,6 +122,22 @@ def test_the_client_user_cancels_through_the_fleet(acl_fleet: tuple[LocalRedis, 
 
 
 @needs_acl
+def test_the_client_user_submits_custom_ids_and_is_refused_their_reuse_with_other_inputs(
+    acl_fleet: tuple[LocalRedis, str, str],
+) -> None:
+    from icow.errors import JobIdConflict
+
+    _, _, client_url = acl_fleet
+    x = np.ones((1, 2), np.float32)
+    job_id = f"acl-custom-{os.getpid()}-{time.monotonic_ns()}"
+    with Client(client_url) as c:
+        assert float(c.submit("scale", {"x": x}, job_id=job_id).result(timeout_s=30)["y"][0, 0]) == 2.0
+        assert float(c.submit("scale", {"x": x}, job_id=job_id).result(timeout_s=30)["y"][0, 0]) == 2.0
+        with pytest.raises(JobIdConflict):
+            c.submit("scale", {"x": x * 50}, job_id=job_id)
+
+
+@needs_acl
 @pytest.mark.parametrize(
     "command",
     [
