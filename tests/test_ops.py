@@ -79,6 +79,55 @@ def test_status_of_a_live_fleet(redis_url: str, client: Client, worker: WorkerPr
     assert view.returncode == 0 and worker.name[:10] in view.stdout and "recent failures" in view.stdout
 
 
+def test_status_fits_80_columns_and_cuts_messages_at_a_word() -> None:
+    from rich.console import Console
+
+    from icow.cli.status import render, shorten
+
+    assert shorten("input 'x' has shape [1, 7]", 20) == "input 'x' has…"
+    assert shorten("short", 20) == "short" and shorten("line\nbreaks\ttoo", 40) == "line breaks too"
+    now = time.time()
+    reason = "InvalidProtobuf: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from /tmp/x failed"
+    doc = {
+        "time": now,
+        "queues": [
+            {"model": "classifier", "backlog": 1200, "oldest_age_s": 75.0, "jobs_per_s": 1234.5}
+            | {"workers": 12, "ready_workers": 11, "failed_workers": 1}
+        ],
+        "workers": [
+            {
+                "name": f"icow-local{i}-1234567@build-host-{i}.example.com",
+                "host": "build-host.example.com",
+                "device": 0,
+                "ready": True,
+                "models": {"classifier": [1, 2], "mlp": [3]},
+                "providers": {"mlp:3": "CUDAExecutionProvider", "classifier:1": "CPUExecutionProvider"},
+                "cpu_fallback": ["classifier:1"],
+                "failed_models": {"broken:1": reason},
+                "jobs": 1234567,
+                "failures": 42,
+                "last_error": "InvalidJob: input 'x' has shape [1, 7]; the model expects [-1, 4] (-1: any) " * 2,
+            }
+            for i in range(3)
+        ],
+        "recent_failures": [
+            {"time": now - 3, "id": str(uuid.uuid4()), "model": "mlp", "version": 3, "error": "InvalidJob"}
+            | {"message": "input 'x' has shape [1, 7]; the model expects [-1, 4] (-1: any), and more words " * 3}
+        ],
+        "shadow": [],
+    }
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render(doc, 80))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    rows = [i for i, line in enumerate(lines) if line.startswith(" icow-local")]  # notes start with 2 spaces
+    assert len(rows) == 3 and rows[1] - rows[0] <= 3 and rows[2] - rows[1] <= 3  # a worker row: at most 3 lines
+    cut = [line for line in lines if line.endswith("…")]
+    assert cut and all(line[-2] != " " for line in cut)  # cut between words, ellipsis after the last
+    assert any("failed to load: broken:1" in line for line in lines)
+    assert any(line.strip().startswith("InvalidProtobuf: [ONNXRuntimeError]") for line in lines)
+
+
 def test_status_shows_waiting_jobs_and_a_killed_worker_disappears(redis_url: str, tmp_path: Path) -> None:
     model = f"only{uuid.uuid4().hex[:6]}"
     samples.scale(tmp_path / model / "1" / "model.onnx", 2.0)

@@ -155,7 +155,7 @@ def render(doc: dict[str, Any], width: int = 80) -> Any:
         q.add_row(row["model"], str(row["backlog"]), _age(row["oldest_age_s"]), f"{row['jobs_per_s']:.1f}", serving)
     w = table("workers")
     w.add_column("worker", overflow="fold", ratio=3)
-    w.add_column("device", overflow="fold", ratio=1)
+    w.add_column("device", no_wrap=True, overflow="ellipsis", max_width=12)
     w.add_column("state", no_wrap=True)
     w.add_column("models", overflow="fold", ratio=3)
     w.add_column("jobs", justify="right", no_wrap=True)
@@ -173,7 +173,7 @@ def render(doc: dict[str, Any], width: int = 80) -> Any:
             models += f" [red]({len(row['failed_models'])} failed)[/red]"
         w.add_row(
             Text(_text(row["name"])),
-            f"{row['device']} {','.join(providers)}",
+            f"{row['device']} {'+'.join(providers)}",
             "[green]ready[/green]" if row["ready"] else "[yellow]starting[/yellow]",
             models,
             str(row["jobs"]),
