@@ -154,3 +154,36 @@ def test_a_reply_list_keeps_its_newest_entries(r: redis.Redis, worker: WorkerPro
     assert 0 < r.ttl(reply) <= 60
     assert r.exists(keys.result(ids[0])) == 1  # trimmed from the list, still in its key
     r.delete(reply, *[keys.result(j) for j in ids], *[keys.state(j) for j in ids])
+
+
+def test_onnx_runtime_refusals_at_run_time_are_named() -> None:
+    """§14: what ONNX Runtime itself refuses at run time (an invalid argument) is InvalidJob with
+    a prefix saying so, then ORT's own text; any other ORT failure is InternalError."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from icow.workers import runner
+
+    def session(nodes: list[Any], inits: list[Any]) -> Any:
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    ident = session([helper.make_node("Identity", ["a"], ["y"])], [])
+    with pytest.raises(Exception) as refused:
+        ident.run(None, {"a": np.ones(3, np.float64)})  # ORT's own type check: InvalidArgument
+    error_type, message = runner._error_type(refused.value)
+    assert error_type == "InvalidJob" and message.startswith(runner.RUN_REFUSAL_PREFIX)
+    assert message.removeprefix(runner.RUN_REFUSAL_PREFIX) == str(refused.value)
+    shape = numpy_helper.from_array(np.array([2, -1], np.int64), "s")
+    reshape = session([helper.make_node("Reshape", ["a", "s"], ["y"])], [shape])
+    with pytest.raises(Exception) as failed:
+        reshape.run(None, {"a": np.ones(3, np.float32)})  # 3 values cannot be [2, -1]: ORT's Fail
+    assert runner._error_type(failed.value) == ("InternalError", f"{type(failed.value).__name__}: {failed.value}")

@@ -55,13 +55,17 @@ class _Job:
     claimed: tuple[bool, int] | None = None  # (answered, deliveries) from icow_take's claim
 
 
+# A job whose envelope passed every check but which ONNX Runtime refused to run on (docs/PROTOCOL.md §14).
+RUN_REFUSAL_PREFIX = "the model refused these inputs at run time (ONNX Runtime): "
+
+
 def _error_type(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, RemoteError):
         return exc.remote_type, exc.message
     if isinstance(exc, InvalidInput):
         return "InvalidJob", str(exc)
     if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):  # onnxruntime's input errors
-        return "InvalidJob", str(exc)
+        return "InvalidJob", f"{RUN_REFUSAL_PREFIX}{exc}"
     return "InternalError", f"{type(exc).__name__}: {exc}"
 
 
