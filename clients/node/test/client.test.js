@@ -83,6 +83,48 @@ test('a pinned version goes to icow:q:<m>@<v>, a priority to its kombu list', as
   assert.equal(job.version, 2);
 });
 
+test('ModelNotFound says why when workers reported a failed version (icow:failed:<m>), in the Python client\'s words', async () => {
+  const failed = { '1:w-b': 'InvalidProtobuf: not a model', '2:w-a': "InvalidInput: max_queue = 'x': must be an integer in 0..1000000" };
+  await server.conn.hset(keys.failed('broken'), failed);
+  try {
+    const messageOf = async (options) => {
+      try {
+        await client.submit('broken', x(1), options);
+      } catch (err) {
+        assert.ok(err instanceof ModelNotFound);
+        return err.message;
+      }
+      throw new Error('submit was not refused');
+    };
+    const unpinned = await messageOf({});
+    assert.equal(
+      unpinned,
+      "no live worker serves model 'broken': nothing was queued; model 'broken' version 1 failed to load on worker w-b: InvalidProtobuf: not a model; " +
+        "model 'broken' version 2 failed to load on worker w-a: InvalidInput: max_queue = 'x': must be an integer in 0..1000000",
+    );
+    const pinned = await messageOf({ version: 2 });
+    assert.match(pinned, /version 2 failed to load on worker w-a/);
+    assert.doesNotMatch(pinned, /version 1/);
+    const py = python(
+      [
+        'import json, sys',
+        'from icow.client import _core',
+        'failed = json.loads(sys.argv[1])',
+        'for v in (None, 2):',
+        '    t = _core.Target("broken", v, 0)',
+        '    try:',
+        '        _core.submit_outcome(t, [0, 0, -1, 0], failed)',
+        '    except Exception as exc:',
+        '        print(exc.message)',
+      ].join('\n'),
+      JSON.stringify(failed),
+    );
+    assert.deepEqual(py.trim().split('\n'), [unpinned, pinned]);
+  } finally {
+    await server.conn.del(keys.failed('broken'));
+  }
+});
+
 test('no live worker for the model (or version): ModelNotFound, nothing queued, input keys dropped', async () => {
   const big = { x: new Float32Array(70_000) }; // claim-checked
   await assert.rejects(client.submit('nobody', big), (err) => err instanceof ModelNotFound && /no live worker/.test(err.message));
