@@ -278,6 +278,18 @@ def test_a_result_whose_custom_id_reads_like_a_cancel_answer_goes_to_its_own_wai
     assert entry is not None and entry[0] == custom != _core.cancel_key(request["job_id"])
 
 
+def test_the_bulk_record_is_what_the_client_writes_and_reads() -> None:
+    from icow.client import bulk
+
+    (_, meaning), *_ = _load("bulk_record")
+    rec = meaning["record"]
+    raw = _file(meaning["files"]["record"])
+    plan = bulk.Plan(rec["id"], [], rec["samples"], meaning["ttl"])
+    assert plan.record(rec["model"], [type("J", (), {"id": j})() for j in rec["jobs"]]) == raw
+    assert bulk.parse_record(rec["id"], raw) == (rec["model"], rec["jobs"], rec["samples"])
+    assert keys.bulk(rec["id"]) == meaning["key"]
+
+
 @pytest.mark.parametrize("case", json.loads(_file("invalid_jobs.json"))["cases"], ids=lambda c: c["doc"][:40])
 def test_workers_refuse_the_invalid_jobs(case: dict[str, Any]) -> None:
     job = protocol.unpackb(bytes.fromhex(case["job_hex"]))

@@ -14,6 +14,7 @@ the bytes mean, and the bytes themselves sit beside it:
 * ``<name>.model.msgpack``: one model-metadata hash value;
 * ``<name>.entry.msgpack``: a reply-list entry that is not a result (the fleet's answer to a
   cancel request);
+* ``<name>.record.msgpack``: a bulk record (``icow:bulk:<id>``);
 * ``submit_*.json`` / ``cancel_request.json``: the exact KEYS and ARGV of ``FCALL icow_submit``
   and ``FCALL icow_cancel_request``;
 * ``invalid_jobs.json``: job envelopes a worker must refuse (``InvalidJob``), with why.
@@ -378,6 +379,21 @@ def cancel_vectors(n: int) -> dict[str, bytes]:
     }
 
 
+def bulk_record(name: str, doc: str) -> dict[str, bytes]:
+    """The record a bulk submission leaves under icow:bulk:<id> (SET ... EX <the jobs' TTL>)."""
+    bulk_id = "0b0b0b0b-0000-4000-8000-000000000001"  # a random UUID4 in a real client
+    record = {"id": bulk_id, "model": "mlp", "jobs": [job_id(21), job_id(22)], "samples": 300}
+    meaning = {
+        "kind": "bulk_record",
+        "doc": doc,
+        "key": keys.bulk(bulk_id),
+        "ttl": 60,
+        "record": record,
+        "files": {"record": f"{name}.record.msgpack"},
+    }
+    return {f"{name}.record.msgpack": protocol.packb(record), f"{name}.json": _json(meaning)}
+
+
 def invalid_jobs() -> dict[str, bytes]:
     """Job envelopes every worker refuses with InvalidJob, and the words its message contains."""
     jid = job_id(11)
@@ -561,6 +577,10 @@ def vectors() -> dict[str, bytes]:
     files |= submit_vector("submit_claim_check", "one job, latest version, one input key", "job_claim_check", files)
     files |= submit_vector("submit_pinned", "one job pinned to version 1, priority 5 (step 3)", "job_multi", files)
     files |= cancel_vectors(1)
+    files |= bulk_record(
+        "bulk_record",
+        "a bulk of 300 samples in 2 jobs (256 + 44), job ids in sample order; no cancel tokens",
+    )
     files |= invalid_jobs()
     return files
 

@@ -26,6 +26,7 @@ import {
   submitCall,
   submitReply,
 } from '../src/index.js';
+import { parseRecord, record as bulkRecord } from '../src/bulk.js';
 import { cancelWaitKey, replyRoute } from '../src/protocol.js';
 
 const GOLDEN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'tests', 'golden');
@@ -189,7 +190,8 @@ for (const name of ['submit_claim_check', 'submit_pinned']) {
     const want = vector.args.map((a) => (typeof a === 'object' ? file(a.file).toString('utf8') : a));
     assert.deepEqual(call.args, want);
     const { queued, depth, limit, served } = vector.reply;
-    assert.deepEqual(submitReply([queued, depth, limit, served]), { queued, depth, limit, served: true });
+    const reply = submitReply([queued, depth, limit, served]);
+    assert.deepEqual([reply.queued, reply.depth, reply.limit, reply.served], [queued, depth, limit, true]);
   });
 }
 
@@ -214,4 +216,13 @@ test('reply entries are routed by status: a custom id cancel:<id> never meets th
   const custom = parseReply(msgpackEncode({ ...result.meta, task_id: `cancel:${request.job_id}` }));
   assert.equal(replyRoute(custom), `cancel:${request.job_id}`);
   assert.notEqual(replyRoute(custom), replyRoute(answer));
+});
+
+test('bulk_record: the Node client writes and reads the same icow:bulk:<id> record', () => {
+  const [[, meaning]] = load('bulk_record');
+  const { id, model, jobs, samples } = meaning.record;
+  const raw = file(meaning.files.record);
+  assert.deepEqual(Buffer.from(bulkRecord(id, model, jobs, samples)), raw);
+  assert.deepEqual(parseRecord(id, raw), { model, jobIds: jobs, samples });
+  assert.equal(keys.bulk(id), meaning.key);
 });
