@@ -219,6 +219,15 @@ def test_model_metadata_value() -> None:
     assert protocol.unpackb(raw[b"1"]) == meaning["meta"]
 
 
+def test_model_metadata_lists_outputs_that_are_not_tensors_apart() -> None:
+    meaning = json.loads(_file("model_zipmap.json"))
+    raw = {meaning["field"].encode(): _file(meaning["files"]["model"])}
+    info = _core.model_info("classifier", raw, None)
+    assert [(t.name, t.datatype) for t in info.outputs] == [("label", "INT64")]
+    meta = protocol.unpackb(raw[b"1"])
+    assert meta == meaning["meta"] and meta["unsupported_outputs"][0]["name"] == "probabilities"
+
+
 # -- what a client sends to Redis's functions, and reads back besides results
 
 

@@ -266,7 +266,7 @@ def json_form(name: str, doc: str, n: int) -> dict[str, bytes]:
 
 
 def model_metadata(name: str, doc: str) -> dict[str, bytes]:
-    meta = {
+    meta: dict[str, Any] = {
         "name": "multi",
         "version": 1,
         "platform": "onnxruntime",
@@ -281,12 +281,32 @@ def model_metadata(name: str, doc: str) -> dict[str, bytes]:
             {"name": "flipped", "datatype": "BOOL", "shape": [-1]},
             {"name": "half", "datatype": "FP16", "shape": [-1, 3]},
         ],
+        "unsupported_outputs": [],
         "providers": ["CPUExecutionProvider"],
     }
+    return _model_vector(name, doc, meta)
+
+
+def model_zipmap(name: str, doc: str) -> dict[str, bytes]:
+    """A ZipMap classifier: its tensor output is listed in ``outputs`` (and returned by
+    default), its seq(map) output only in ``unsupported_outputs`` (never returned)."""
+    meta: dict[str, Any] = {
+        "name": "classifier",
+        "version": 1,
+        "platform": "onnxruntime",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        "unsupported_outputs": [{"name": "probabilities", "type": "seq(map(int64,tensor(float)))"}],
+        "providers": ["CPUExecutionProvider"],
+    }
+    return _model_vector(name, doc, meta)
+
+
+def _model_vector(name: str, doc: str, meta: dict[str, Any]) -> dict[str, bytes]:
     meaning = {
         "kind": "model",
         "doc": doc,
-        "key": keys.model("multi"),
+        "key": keys.model(meta["name"]),
         "field": "1",
         "meta": meta,
         "files": {"model": f"{name}.model.msgpack"},
@@ -574,6 +594,7 @@ def vectors() -> dict[str, bytes]:
         None,
     )
     files |= model_metadata("model_multi", "the icow:model:multi hash value of version 1")
+    files |= model_zipmap("model_zipmap", "the icow:model:classifier hash value of version 1 (a ZipMap output)")
     files |= submit_vector("submit_claim_check", "one job, latest version, one input key", "job_claim_check", files)
     files |= submit_vector("submit_pinned", "one job pinned to version 1, priority 5 (step 3)", "job_multi", files)
     files |= cancel_vectors(1)
