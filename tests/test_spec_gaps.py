@@ -6,7 +6,10 @@ like a cancel answer) and the bound of a reply list (§11.2)."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,9 @@ import pytest
 import redis
 
 from icow import functions, keys, protocol
+from icow.cli.fleet import LocalRedis
 from icow.client import _core, _wait
-from icow.errors import InvalidInput, JobCancelled
+from icow.errors import BrokerUnavailable, InvalidInput, JobCancelled
 
 from .clients import KINDS, make_client
 from .conftest import WorkerProcess
@@ -187,3 +191,36 @@ def test_onnx_runtime_refusals_at_run_time_are_named() -> None:
     with pytest.raises(Exception) as failed:
         reshape.run(None, {"a": np.ones(3, np.float32)})  # 3 values cannot be [2, -1]: ORT's Fail
     assert runner._error_type(failed.value) == ("InternalError", f"{type(failed.value).__name__}: {failed.value}")
+
+
+def test_a_re_attached_wait_against_a_redis_frozen_mid_wait_is_broker_unavailable(kind: str) -> None:
+    """§10/§14: after an empty slice a re-attached wait reads the keys again on its command
+    connection (once more at the timeout, too), so a Redis frozen after the subscription is
+    BrokerUnavailable within the timeout plus the margin, not a JobTimeout that blames the job."""
+    server = LocalRedis()
+    c = make_client(kind, server.url)
+    try:
+        job_id = str(uuid.uuid4())
+        frozen = []
+
+        def freeze_once_listening(inner: _wait.Steps) -> _wait.Steps:
+            reply: Any = None
+            while True:
+                try:
+                    op = inner.send(reply)
+                except StopIteration as stop:
+                    return stop.value
+                if isinstance(op, _wait.Listen) and not frozen:
+                    os.kill(server.proc.pid, signal.SIGSTOP)  # subscribed, keys read: now frozen
+                    frozen.append(time.monotonic())
+                reply = yield op
+
+        timeout_s = 3.0
+        deadline = _core.deadline_of(timeout_s)
+        with pytest.raises(BrokerUnavailable):
+            c._run(freeze_once_listening(_wait.wait_other(job_id, deadline, timeout_s)), "waiting", deadline)
+        assert frozen and time.monotonic() - frozen[0] < timeout_s + _core.MARGIN_S + 5.0  # 5 s: CI slack
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        c.close()
+        server.stop()
