@@ -3,6 +3,7 @@
 
     python3 dev.py demo    # make .venv, install icow[worker], run `icow demo` (embedded Valkey,
                            # a worker, a sample model, real inferences)
+    python3 dev.py demo --cpu  # the same with icow[worker-cpu] (plain onnxruntime) in .venv-cpu
     python3 dev.py test    # make .venv, install icow[dev], run ruff, mypy and the tests
     python3 dev.py mypy    # mypy alone, with client/ and workers/ checked as icow.client, icow.workers
     python3 dev.py bench   # the comparison benchmark (bench/compare.py)
@@ -23,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("ICOW_VENV", ROOT / ".venv"))
 BIN = VENV / "bin"
+CPU_VENV = Path(os.environ.get("ICOW_VENV", ROOT / ".venv-cpu"))  # `demo --cpu`: never beside onnxruntime-gpu
+# Each extra's ONNX Runtime build, and the other build's dist-info name: both own onnxruntime/.
+OTHER_RUNTIME = {"worker": "onnxruntime", "dev": "onnxruntime", "worker-cpu": "onnxruntime_gpu"}
 PY_PATHS = [
     "icow",
     "client",
@@ -38,9 +42,28 @@ def run(*cmd: str, **kw: object) -> int:
     return subprocess.call(list(cmd), cwd=ROOT, **kw)  # type: ignore[call-overload]
 
 
+def use_venv(path: Path) -> None:
+    global VENV, BIN
+    VENV, BIN = path, path / "bin"
+
+
+def runtime_clash(venv_dir: Path, extras: str) -> str | None:
+    """Why installing ``extras`` into ``venv_dir`` would put onnxruntime beside onnxruntime-gpu."""
+    other = OTHER_RUNTIME.get(extras)
+    if other is None or not list(venv_dir.glob(f"lib/python3*/site-packages/{other}-*.dist-info")):
+        return None
+    return (
+        f"{venv_dir} already holds {other.replace('_', '-')}; icow[{extras}] would install the other build "
+        "of onnxruntime beside it (both own onnxruntime/): use another venv (ICOW_VENV=...) or remove this one"
+    )
+
+
 def ensure_venv(extras: str) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 (run by any python3)
         sys.exit(f"ICOW needs Python 3.11+, this is {sys.version.split()[0]}")
+    clash = runtime_clash(VENV, extras)
+    if clash:
+        sys.exit(clash)
     if not (BIN / "python").exists():
         print(f"creating {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
@@ -55,9 +78,12 @@ def ensure_venv(extras: str) -> None:
     stamp.write_text(digest)
 
 
-def cmd_demo() -> int:
-    ensure_venv("worker")
-    return run(str(BIN / "icow"), "demo")
+def cmd_demo(args: list[str]) -> int:
+    cpu = "--cpu" in args
+    if cpu:
+        use_venv(CPU_VENV)
+    ensure_venv("worker-cpu" if cpu else "worker")
+    return run(str(BIN / "icow"), "demo", *[a for a in args if a != "--cpu"])
 
 
 def node_tests() -> int:
@@ -170,7 +196,7 @@ def main() -> int:
         return 2
     cmd, rest = sys.argv[1], sys.argv[2:]
     if cmd == "demo":
-        return cmd_demo()
+        return cmd_demo(rest)
     if cmd == "mypy":
         return cmd_mypy(rest)
     if cmd == "bench":

@@ -96,7 +96,8 @@ def test_dockerfile_builds_the_cli_image_with_a_healthcheck() -> None:
     assert 'ENTRYPOINT ["icow"]' in text and "USER icow" in text
     for src in ("pyproject.toml", "client", "workers", "icow"):
         assert (ROOT / src).exists() and f" {src}" in text
-    assert "pip install '.[worker]'" in text  # `pip install .` alone is the client, without workers
+    assert "ARG ICOW_EXTRA=worker\n" in text  # `pip install .` alone is the client, without workers
+    assert 'pip install ".[${ICOW_EXTRA}]"' in text  # --build-arg ICOW_EXTRA=worker-cpu: the CPU build
 
 
 def test_kubernetes_example_is_well_formed_and_scales_on_the_model_queue() -> None:

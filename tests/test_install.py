@@ -7,6 +7,7 @@ links) and installed into fresh virtual environments."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -173,3 +174,94 @@ def test_development_install_names_are_namespaced(tmp_path: Path) -> None:
     assert Path(client_file) == ROOT / "client" / "__init__.py"
     assert Path(workers_file) == ROOT / "workers" / "__init__.py"
     assert not any(p.is_symlink() for p in (ROOT / "icow").iterdir())
+
+
+# -- two builds of ONNX Runtime: icow[worker] (onnxruntime-gpu) or icow[worker-cpu] (onnxruntime)
+
+ORT_BUILDS = {"onnxruntime", "onnxruntime-gpu"}
+
+
+def extras() -> dict[str, list[Requirement]]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {name: [Requirement(r) for r in reqs] for name, reqs in project["optional-dependencies"].items()}
+
+
+def expanded(name: str, table: dict[str, list[Requirement]]) -> set[str]:
+    """The distributions an extra brings, its own ``icow[...]`` references followed."""
+    out: set[str] = set()
+    for req in table[name]:
+        if canonicalize_name(req.name) == "icow":
+            for extra in req.extras:
+                out |= expanded(extra, table)
+        else:
+            out.add(canonicalize_name(req.name))
+    return out
+
+
+def test_worker_and_worker_cpu_differ_only_in_the_onnxruntime_build() -> None:
+    table = extras()
+    gpu = {str(r) for r in table["worker"]}
+    cpu = {str(r) for r in table["worker-cpu"]}
+    assert {canonicalize_name(Requirement(r).name) for r in gpu - cpu} == {"onnxruntime-gpu"}
+    assert {canonicalize_name(Requirement(r).name) for r in cpu - gpu} == {"onnxruntime"}
+    for name in table:  # never both builds in one extra: they own the same onnxruntime/ folder
+        assert len(expanded(name, table) & ORT_BUILDS) <= 1, name
+    assert expanded("dev", table) & ORT_BUILDS == {"onnxruntime-gpu"}  # dev pulls exactly one: icow[worker]
+
+
+def test_the_wheel_offers_both_worker_extras(wheel: Path) -> None:
+    assert requirements(wheel, "worker") & ORT_BUILDS == {"onnxruntime-gpu"}
+    assert requirements(wheel, "worker-cpu") & ORT_BUILDS == {"onnxruntime"}
+    assert requirements(wheel, "worker") - ORT_BUILDS == requirements(wheel, "worker-cpu") - ORT_BUILDS
+
+
+def test_ort_build_names_the_build_and_a_conflict() -> None:
+    from icow import ort_build
+
+    assert "icow[worker-cpu]: the CPU only" in ort_build.describe({"onnxruntime": "1.20.0"})
+    assert "CUDA, TensorRT" in ort_build.describe({"onnxruntime-gpu": "1.20.0"})
+    assert ort_build.conflict({"onnxruntime-gpu": "1.20.0"}) is None
+    both = {"onnxruntime-gpu": "1.20.0", "onnxruntime": "1.20.0"}
+    why = ort_build.conflict(both)
+    assert why is not None and "uninstall both" in why and ort_build.describe(both) == why
+    assert "no onnxruntime installed" in ort_build.describe({})
+    assert set(ort_build.installed()) == {"onnxruntime-gpu"}  # this venv: .[dev] -> icow[worker]
+
+
+def test_pip_install_icow_worker_cpu_runs_real_inferences_on_the_cpu_build(wheel: Path, tmp_path: Path) -> None:
+    """A real install of the wheel's ``[worker-cpu]`` into a fresh venv (from the package index,
+    pip's cache on; about 20 s here), then `icow demo`: a worker on the CPU build of onnxruntime,
+    real jobs, the provider that ran reported."""
+    py = fresh_venv(tmp_path / "venv")
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--retries", "10", "--timeout", "60"]
+    done = run(*pip, f"{wheel}[worker-cpu]")
+    assert done.returncode == 0, done.stdout + done.stderr
+    dists = installed(py)
+    assert "onnxruntime" in dists and "onnxruntime-gpu" not in dists
+    assert WORKER_DEPS - {"onnxruntime-gpu"} <= set(dists)
+    builds = run(py, "-c", "from icow import ort_build; print(ort_build.installed())", cwd=tmp_path)
+    assert builds.returncode == 0 and "'onnxruntime':" in builds.stdout and "gpu" not in builds.stdout
+    demo = run(py.parent / "icow", "demo", cwd=tmp_path, timeout=300)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "demo OK" in demo.stdout and "matches numpy: True" in demo.stdout
+    assert "onnxruntime build: onnxruntime " in demo.stdout and "icow[worker-cpu]: the CPU only" in demo.stdout
+    assert "execution provider really running: CPUExecutionProvider" in demo.stdout
+
+
+def test_dev_py_never_installs_one_onnxruntime_build_beside_the_other(tmp_path: Path) -> None:
+    """`python3 dev.py demo --cpu` installs icow[worker-cpu] into .venv-cpu (not .venv, which
+    holds the GPU build); pointed at a venv that holds the other build, it refuses."""
+    fake = tmp_path / "venv"
+    (fake / "lib" / "python3.11" / "site-packages" / "onnxruntime_gpu-1.20.0.dist-info").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "dev.py"), "demo", "--cpu"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ICOW_VENV": str(fake)},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "already holds onnxruntime-gpu" in proc.stderr and "icow[worker-cpu]" in proc.stderr
+    assert not (fake / "bin").exists()  # nothing was installed

@@ -145,6 +145,10 @@ def _dims(shape: Any) -> tuple[int, ...]:
 def _import_ort() -> Any:
     import onnxruntime as ort
 
+    from icow import ort_build
+
+    ort_build.warn_if_conflict()  # onnxruntime and onnxruntime-gpu side by side: say so, once
+
     # onnxruntime-gpu logs an error line for every CUDA load attempt on a host without CUDA;
     # the worker checks and reports the provider that really runs instead.
     if not settings.from_env().ort_verbose:

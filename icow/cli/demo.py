@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icow import settings
+from icow import ort_build, settings
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -34,12 +34,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 import redis
 
                 r = redis.Redis.from_url(fleet.url)
+                builds = ort_build.installed()
+                print(f"onnxruntime build: {ort_build.describe(builds)}")
                 for w in live_workers(r):
                     running = sorted(set((w.get("providers") or {}).values()))
                     print(f"worker {w['name']}: execution provider really running: {', '.join(running)}")
                     if w.get("cpu_fallback"):
+                        why = (
+                            "this onnxruntime is the CPU-only build"
+                            if set(builds) == {ort_build.CPU_DIST}
+                            else "no usable GPU here"
+                        )
                         print(
-                            f"  (CUDA was requested for {', '.join(w['cpu_fallback'])}; no usable GPU here, "
+                            f"  (CUDA was requested for {', '.join(w['cpu_fallback'])}; {why}, "
                             "so onnxruntime fell back to the CPU)"
                         )
                 r.close()
