@@ -299,3 +299,56 @@ async def test_every_call_of_an_async_client_after_close_raises_client_closed(re
         with pytest.raises(ClientClosed, match="closed"):
             await call
     assert job.info().status == "succeeded"
+
+
+# -- the golden vectors of §8.4 (clients/node/test/ids.test.js checks the same files)
+
+GOLDEN = __import__("pathlib").Path(__file__).resolve().parent / "golden"
+
+
+def _golden(name: str) -> Any:
+    import json
+
+    return json.loads((GOLDEN / name).read_text())
+
+
+def test_the_digest_vectors_are_reproduced() -> None:
+    for case in _golden("digests.json")["cases"]:
+        tensors = [(t["name"], t["datatype"], t["shape"], bytes.fromhex(t["data_hex"])) for t in case["inputs"]]
+        assert digest.job_digest(case["model"], case["version"], case["outputs"], tensors) == case["digest"]
+        assert digest.job_digest(case["model"], case["version"], case["outputs"], tensors[::-1]) == case["digest"]
+
+
+def test_the_custom_id_job_vector_is_what_the_client_sends_and_icow_submit_answers(r: redis.Redis) -> None:
+    from icow import protocol
+    from icow.client import _core
+
+    v = _golden("job_custom_id.json")
+    message = (GOLDEN / v["files"]["message"]).read_bytes()
+    job = v["job"]
+    [t] = job["inputs"]
+    wire = {"name": t["name"], "datatype": t["datatype"], "shape": t["shape"], "data": bytes.fromhex(t["data_hex"])}
+    envelope = protocol.job_envelope(
+        job_id=job["id"], model=job["model"], version=None, inputs=[wire], result_ttl_s=job["ttl"],
+        reply_to=job["reply_to"], created=job["created"],
+    )  # fmt: skip
+    assert protocol.packb(envelope) == (GOLDEN / v["files"]["job"]).read_bytes()
+    assert message == protocol.celery_message(
+        envelope, queue=v["queue"], delivery_tag=v["delivery_tag"], digest=v["digest"]
+    )
+    prepared = _core.PreparedJob(job["id"], None, message, {}, job["ttl"], v["digest"])
+    fkeys, args = _core.submit_call(_core.Target(job["model"]), [prepared], True)
+    want = [message if isinstance(a, dict) else a for a in v["submit"]["args"]]
+    assert fkeys == v["submit"]["keys"] and args == want
+    functions.install(r)
+    r.delete(*fkeys)
+    seconds, _ = r.time()
+    r.zadd(keys.live("mlp"), {"1:golden@test": (seconds + 60) * 1000})
+    try:
+        replies = v["submit"]["replies"]
+        assert functions.call(r, functions.SUBMIT, fkeys, want) == replies["first"]
+        assert functions.call(r, functions.SUBMIT, fkeys, want) == replies["again_with_the_same_inputs"]
+        other = [*want[:-2], "0" * 64, want[-1]]
+        assert functions.call(r, functions.SUBMIT, fkeys, other) == replies["again_with_other_inputs"]
+    finally:
+        r.delete(*fkeys, keys.live("mlp"))

@@ -17,7 +17,9 @@ the bytes mean, and the bytes themselves sit beside it:
 * ``<name>.record.msgpack``: a bulk record (``icow:bulk:<id>``);
 * ``submit_*.json`` / ``cancel_request.json``: the exact KEYS and ARGV of ``FCALL icow_submit``
   and ``FCALL icow_cancel_request``;
-* ``invalid_jobs.json``: job envelopes a worker must refuse (``InvalidJob``), with why.
+* ``invalid_jobs.json``: job envelopes a worker must refuse (``InvalidJob``), with why;
+* ``digests.json`` / ``job_custom_id.*``: job digests, and a job under a caller-chosen id with
+  its digest header and ``icow_submit`` call (docs/PROTOCOL.md 8.4).
 
 Job ids are made from fixed cancel tokens (``job_id_for_token``), claim-check keys from fixed
 nonces; a real client draws both at random.
@@ -467,6 +469,118 @@ def invalid_jobs() -> dict[str, bytes]:
     return {"invalid_jobs.json": _json(meaning)}
 
 
+def custom_id_vectors() -> dict[str, bytes]:
+    """Job digests (docs/PROTOCOL.md 8.4): ``digests.json`` (the digest of several jobs) and
+    ``job_custom_id.*``: a job under a caller-chosen id, its message (``icow_digest`` header
+    after ``id``) and its ``icow_submit`` call with the digest part."""
+    from icow.digest import job_digest
+
+    def wire(name: str, array: np.ndarray) -> tuple[dict[str, Any], tuple[str, str, list[int], bytes]]:
+        t = tensor.encode(name, array)
+        data = bytes(t["data"])
+        return describe({**t, "data": data}, array), (name, t["datatype"], list(t["shape"]), data)
+
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    cases = []
+    for doc, model, version, outputs, inputs in [
+        ("one FP32 input, latest version, every output", "mlp", None, None, {"x": x}),
+        ("the same with another value: another digest", "mlp", None, None, {"x": x * 100}),
+        ("pinned to version 2", "mlp", 2, None, {"x": x}),
+        ("one output asked for", "mlp", None, ["y"], {"x": x}),
+        (
+            "two inputs, listed in any order (sorted by the UTF-8 bytes of their names), BYTES and INT64",
+            "multi",
+            None,
+            ["total", "half"],
+            {"s": np.array(["héllo", ""], dtype=object), "ids": np.array([[1, -2]], np.int64)},
+        ),
+        ("an empty tensor", "any", None, None, {"e": np.zeros((0, 3), np.float32)}),
+    ]:
+        described, hashed = zip(*(wire(n, a) for n, a in inputs.items()))
+        cases.append(
+            {
+                "doc": doc,
+                "model": model,
+                "version": version,
+                "outputs": outputs,
+                "inputs": list(described),
+                "digest": job_digest(model, version, outputs, hashed),
+            }
+        )
+    files = {
+        "digests.json": _json(
+            {
+                "kind": "digests",
+                "doc": "SHA-256 of msgpack(['icow-digest', 1, model, version, outputs, [[name, datatype, shape]...]]) "
+                "then each input's data bytes, inputs sorted by the UTF-8 bytes of their names",
+                "cases": cases,
+            }
+        )
+    }
+    jid, ttl = "order-2024-0001", 60
+    described, hashed = wire("x", x)
+    digest = job_digest("mlp", None, None, [hashed])
+    t = tensor.encode("x", x)
+    t["data"] = bytes(t["data"])
+    job = protocol.job_envelope(
+        job_id=jid, model="mlp", version=None, inputs=[t], result_ttl_s=ttl, reply_to=REPLY, created=CREATED
+    )
+    queue = keys.queue("mlp", None)
+    message = protocol.celery_message(job, queue=queue, delivery_tag="golden-tag-custom", digest=digest)
+    files["job_custom_id.job.msgpack"] = protocol.packb(job)
+    files["job_custom_id.message.json"] = message
+    files["job_custom_id.json"] = _json(
+        {
+            "kind": "custom_id_job",
+            "doc": "a job under a caller-chosen id: the message carries headers.icow_digest right after headers.id, "
+            "and icow_submit gets the digest part (one key, digest and TTL per job after the usual KEYS and ARGV)",
+            "job": {
+                "id": jid,
+                "model": "mlp",
+                "version": None,
+                "created": CREATED,
+                "inputs": [described],
+                "outputs": None,
+                "ttl": ttl,
+                "reply_to": REPLY,
+                "deadline": None,
+            },
+            "digest": digest,
+            "delivery_tag": "golden-tag-custom",
+            "queue": queue,
+            "files": {"job": "job_custom_id.job.msgpack", "message": "job_custom_id.message.json"},
+            "submit": {
+                "keys": [
+                    keys.LIMITS,
+                    keys.live("mlp"),
+                    keys.wake(queue),
+                    *keys.queue_lists(queue),
+                    keys.queue_list(queue, 0),
+                    keys.digest(jid),
+                ],
+                "args": [
+                    "mlp",
+                    "",
+                    "1",
+                    "1",
+                    {"file": "job_custom_id.message.json"},
+                    "0",
+                    digest,
+                    str(ttl + keys.DONE_EXTRA_TTL_S),
+                ],
+                "replies": {
+                    "first": [1, 1, -1, 1, 0],
+                    "again_with_the_same_inputs": [1, 1, -1, 1, 1],
+                    "again_with_other_inputs": [0, 0, -1, 1, 2],
+                },
+                "reply_doc": "{queued, depth, limit, served} then one code per job: 0 new, 1 the id already held "
+                "this digest (queued again: idempotent), 2 the id holds another digest (not queued: JobIdConflict)",
+            },
+        }
+    )
+    return files
+
+
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()
 
@@ -603,6 +717,7 @@ def vectors() -> dict[str, bytes]:
         "a bulk of 300 samples in 2 jobs (256 + 44), job ids in sample order; no cancel tokens",
     )
     files |= invalid_jobs()
+    files |= custom_id_vectors()
     return files
 
 
