@@ -5,6 +5,7 @@ served; a repository that cannot be read at all is logged once, not at every res
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,20 @@ def test_a_repository_that_cannot_be_read_is_logged_once_per_change(
     watcher.refresh()
     watcher.refresh()
     assert sum("rescan failed" in rec.getMessage() for rec in caplog.records) == 2  # once more, not twice
+
+
+def test_a_served_model_whose_config_breaks_is_taken_out_until_fixed(tmp_path: Path, r: redis.Redis) -> None:
+    m, other = f"m{uuid.uuid4().hex[:6]}", f"other{uuid.uuid4().hex[:6]}"
+    samples.scale(tmp_path / m / "1" / "model.onnx", 2.0)
+    samples.scale(tmp_path / other / "1" / "model.onnx", 2.0)
+    (tmp_path / m / "config.toml").write_text("providers = ['cpu']\n")
+    manager = ModelManager(Repository(tmp_path))
+    manager.start()
+    watcher = RepositoryWatcher(manager, r, interval_s=0)
+    (tmp_path / m / "config.toml").write_text("providers = ['cpu']\nthreads = 1e6\n")
+    assert watcher.refresh().removed == [(m, 1)]
+    assert manager.names == [other] and "threads = 1000000.0" in manager.failures()[f"{m}:1"]
+    (tmp_path / m / "config.toml").write_text("providers = ['cpu']\nthreads = 2\n")
+    assert watcher.refresh().added == [(m, 1)]
+    assert manager.names == [m, other] and manager.failures() == {}
+    assert manager.entries[m].config.threads == 2
