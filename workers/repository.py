@@ -21,6 +21,9 @@ Versions are positive integers; the highest is "latest". A model may have a
     keep_inputs = 0             # keep the last N jobs' inputs for `icow replay` (workers/kept.py)
     latest = 0                  # the version unpinned jobs run on (0: the highest served); a newer
                                 # version then serves only jobs pinned to it (replay, canaries)
+
+Types and bounds: workers/config_bounds.py. A config.toml that does not parse or validate
+refuses its own model alone: each of its versions is in ``failed`` with the reason.
 """
 
 from __future__ import annotations
