@@ -6,13 +6,18 @@ import * as bulk from './bulk.js';
 import { connect } from './connection.js';
 import {
   BrokerUnavailable,
+  ClientClosed,
   IcowError,
   InvalidInput,
+  JobIdConflict,
   JobNotFound,
   JobTimeout,
   ModelNotFound,
+  NoResultYet,
+  NotDurable,
   NotFound,
   PayloadTooLarge,
+  PermissionDenied,
   QueueFull,
   remoteError,
 } from './errors.js';
@@ -21,6 +26,7 @@ import { decode as msgpackDecode, encode as msgpackEncode } from './msgpack.js';
 import {
   CANCEL_REQUEST,
   DEFAULT_INLINE_MAX_BYTES,
+  DIGEST_CONFLICT,
   MAX_JOB_BYTES,
   READY_STATES,
   SUBMIT,
@@ -32,6 +38,7 @@ import {
   functionsMissing,
   isFunctionMissing,
   jobEnvelope,
+  jobDigest,
   jobIdForToken,
   newBulkId,
   newInputKey,
@@ -52,15 +59,22 @@ export const DEFAULT_TIMEOUT_S = 10;
 export const DURABLE_WAIT_MS = 1000;
 const MARGIN_MS = 500;
 
-/** BrokerUnavailable unless `acknowledged` (WAIT's count) reaches `replicas`, as icow.connection.require_replicas. */
-export function requireReplicas(acknowledged, replicas = 1) {
-  const got = Number(acknowledged);
-  if (!(got >= replicas)) {
-    throw new BrokerUnavailable(
-      `only ${got} of ${replicas} Redis replica(s) acknowledged the write in time: it is on the primary but not yet ` +
-        'durable (no replica, or replication lagging)',
-    );
+/** NotDurable (a BrokerUnavailable) for queued jobs only `acknowledged` (< `replicas`) replicas hold, as icow.connection.not_durable. */
+export function notDurable(acknowledged, replicas, jobIds = [], jobs = []) {
+  let text =
+    `only ${acknowledged} of ${replicas} Redis replica(s) acknowledged the write in time: it is on the primary but not yet ` +
+    'durable (no replica, or replication lagging)';
+  if (jobIds.length > 0) {
+    const shown = jobIds.slice(0, 3).join(', ') + (jobIds.length > 3 ? ` and ${jobIds.length - 3} more` : '');
+    text += `; the job(s) ARE queued and will run (${shown}): re-attach to them (.jobs), do not resubmit`;
   }
+  return new NotDurable(text, { jobIds, jobs, acknowledged, replicas });
+}
+
+/** NotDurable unless `acknowledged` (WAIT's count) reaches `replicas`, as icow.connection.require_replicas. */
+export function requireReplicas(acknowledged, replicas = 1, jobIds = []) {
+  const got = Number(acknowledged);
+  if (!(got >= replicas)) throw notDurable(Number.isFinite(got) ? got : 0, replicas, jobIds);
   return got;
 }
 
@@ -92,17 +106,37 @@ export function notServedReasons(model, version, failed) {
   return found.map(([v, w, why]) => `model '${model}' version ${v} failed to load on worker ${w}: ${why}`);
 }
 
+/** A Redis ACL refusal (inside a function Redis words it differently), as icow.client._core.is_acl_denial. */
+const isAclDenial = (err) => /^NOPERM|no permissions|can't access/.test(String(err?.message ?? ''));
+
 async function io(what, fn) {
   try {
     return await fn();
   } catch (err) {
     if (err instanceof IcowError) throw err;
     if (isFunctionMissing(err)) throw functionsMissing(err);
+    if (isAclDenial(err)) {
+      throw new PermissionDenied(
+        `Redis refused ${what}: the ACL user lacks a permission ICOW's client needs (see \`icow admin acl\`): ${err.message}`,
+        { cause: err },
+      );
+    }
     // An ICOW function refused an argument (icow_cancel_request): nothing was done.
     const text = String(err?.message ?? '');
     if (text.startsWith('ICOW_INVALID ')) throw new InvalidInput(`Redis refused ${what}: ${text.slice(13)}`, { cause: err });
     throw new BrokerUnavailable(`Redis is unavailable while ${what}: ${err.message}`, { cause: err });
   }
+}
+
+/** JobIdConflict when icow_submit refused a job whose custom id holds another job's digest (8.4). */
+function jobIdConflict(reply, prepared) {
+  const p = prepared.find((_, i) => reply.codes?.[i] === DIGEST_CONFLICT);
+  if (p === undefined) return null;
+  return new JobIdConflict(
+    `job id '${p.id}' was already used by a job with other inputs (model, version, outputs or tensors): not queued; ` +
+      'choose a new id (the same id with the same inputs is idempotent)',
+    { jobId: p.id, remoteType: 'JobIdConflict' },
+  );
 }
 
 /** Claim-check keys a SUCCESS meta's outputs point at (fetch them, then call decodeResult). */
@@ -150,6 +184,26 @@ export function statusOf(meta, state, jobId) {
   return 'queued';
 }
 
+const num = (v) => (typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : null);
+
+/** JobInfo of a result meta (docs/PROTOCOL.md 9), as icow.client.JobInfo. */
+export function jobInfo(jobId, meta) {
+  const res = meta.result !== null && typeof meta.result === 'object' ? meta.result : {};
+  const timing = res.timing !== null && typeof res.timing === 'object' ? res.timing : {};
+  return Object.freeze({
+    jobId,
+    status: meta.status === 'SUCCESS' ? 'succeeded' : 'failed',
+    model: typeof res.model === 'string' ? res.model : null,
+    version: num(res.version),
+    worker: typeof res.worker === 'string' && res.worker !== '' ? res.worker : null,
+    queuedS: num(timing.queued_s),
+    computeS: num(timing.compute_s),
+    batch: num(timing.batch),
+    batchSamples: num(timing.batch_samples),
+    finished: typeof meta.date_done === 'string' ? meta.date_done : null,
+  });
+}
+
 /**
  * A handle on one job. `client.job(id)` re-attaches from any process; `client.job(id, {cancelToken})`
  * (or a handle from submit) can also cancel it.
@@ -164,6 +218,19 @@ export class Job {
     this.cancelToken = cancelToken;
     this._viaReply = viaReply;
     this._meta = null;
+  }
+
+  /**
+   * How the finished job ran (no Redis call): {jobId, status, model, version (the one that ran),
+   * worker, queuedS, computeS, batch, batchSamples, finished}; null where the result does not
+   * say (a failure has no timings). Throws NoResultYet until the handle has seen the result
+   * (after `await job.result()`, a status() that read it finished, or asCompleted). Frozen.
+   */
+  info() {
+    if (this._meta === null) {
+      throw new NoResultYet(`job ${this.id}: no result seen yet; info() is there once result() has settled`);
+    }
+    return jobInfo(this.id, this._meta);
   }
 
   /** 'queued' | 'running' | 'succeeded' | 'failed'; JobNotFound once the result has expired. */
@@ -283,7 +350,17 @@ export class Client {
     this._r.disconnect();
   }
 
+  /** ClientClosed: every call that would reach Redis after close(). */
+  _closedError() {
+    return new ClientClosed(`the client ${this.clientId} was closed: make a new client`);
+  }
+
+  _checkOpen() {
+    if (this._closed) throw this._closedError();
+  }
+
   async ping() {
+    this._checkOpen();
     await io('pinging', () => this._r.ping());
   }
 
@@ -318,8 +395,10 @@ export class Client {
     const wire = [];
     const blobs = [];
     let total = 0;
+    const hashed = [];
     for (const [name, value] of Object.entries(inputs)) {
       const t = encodeTensor(name, value, { maxBytes: this.maxTensorBytes });
+      if (token === null) hashed.push({ ...t });
       total += t.data.length;
       if (t.data.length > this.inlineMaxBytes) {
         const ref = newInputKey();
@@ -343,8 +422,10 @@ export class Client {
       created,
     });
     const queue = keys.queue(model, version);
-    const message = celeryMessage(msgpackEncode(job), { jobId: id, model, queue, priority });
-    return { id, token, model, version, queueList: keys.queueList(queue, priority), message, blobs, ttl: resultTtlS };
+    // A caller-chosen id may be reused: its digest tells a resubmission (idempotent) from another job (JobIdConflict).
+    const digest = token === null ? jobDigest(model, version, outputs, hashed) : null;
+    const message = celeryMessage(msgpackEncode(job), { jobId: id, model, queue, priority, digest });
+    return { id, token, model, version, queueList: keys.queueList(queue, priority), message, blobs, ttl: resultTtlS, digest };
   }
 
   /**
@@ -352,11 +433,19 @@ export class Client {
    * `durable`, then WAIT 1 on the same connection (BrokerUnavailable if no replica acknowledged).
    */
   async _queue(model, version, prepared, durable = this.durable) {
+    this._checkOpen();
     const call = submitCall({
       model,
       version,
       requireLive: this.requirePublished,
-      jobs: prepared.map((p) => ({ queueList: p.queueList, message: p.message, inputKeys: p.blobs.map(([k]) => k) })),
+      jobs: prepared.map((p) => ({
+        id: p.id,
+        queueList: p.queueList,
+        message: p.message,
+        inputKeys: p.blobs.map(([k]) => k),
+        digest: p.digest,
+        ttl: p.ttl,
+      })),
     });
     const replies = await io('submitting jobs', async () => {
       const pipe = this._r.pipeline();
@@ -369,7 +458,8 @@ export class Client {
       return out;
     });
     const reply = submitReply(replies.at(durable ? -2 : -1)[1]);
-    if (durable && reply.queued > 0) requireReplicas(replies.at(-1)[1], 1);
+    // Queued on the primary, not yet on a replica: NotDurable names the queued jobs.
+    if (durable && reply.queued > 0) requireReplicas(replies.at(-1)[1], 1, prepared.slice(0, reply.queued).map((p) => p.id));
     return reply;
   }
 
@@ -406,15 +496,27 @@ export class Client {
   /**
    * Queue one job and return its handle at once. Options: version, outputs (names), priority
    * (0..9, 0 first), deadlineS (fail with JobExpired if not started within), resultTtlS, durable
-   * (the client's by default: resolve only once a replica holds the job, else BrokerUnavailable).
+   * (the client's by default: resolve only once a replica holds the job, else NotDurable naming it).
    * Rejects with ModelNotFound (no live worker serves it) or QueueFull; then nothing was queued.
    */
   async submit(model, inputs, options = {}) {
     const job = this._prepare(model, inputs, options);
-    const reply = await this._queue(model, job.version, [job], options.durable ?? this.durable);
+    // A caller-chosen id is waited for as re-attached (pub/sub, then its keys): a resubmission the
+    // fleet drops at its claim (answered already) is answered at once.
+    const handle = new Job(this, job.id, { model, cancelToken: job.token, viaReply: job.digest === null, ttlS: job.ttl });
+    let reply;
+    try {
+      reply = await this._queue(model, job.version, [job], options.durable ?? this.durable);
+    } catch (err) {
+      // Queued, not yet on a replica: the caller re-attaches to the handle.
+      if (err instanceof NotDurable) throw notDurable(err.acknowledged, err.replicas, [job.id], [handle]);
+      throw err;
+    }
+    const conflict = jobIdConflict(reply, [job]);
+    if (conflict) throw conflict;
     const refused = await this._refused(model, job.version, reply, 1, []);
     if (refused) throw refused;
-    return new Job(this, job.id, { model, cancelToken: job.token, viaReply: true, ttlS: job.ttl });
+    return handle;
   }
 
   /**
@@ -429,7 +531,17 @@ export class Client {
     const handles = [];
     let pending = [];
     const flush = async () => {
-      const reply = await this._queue(model, version, pending, durable);
+      let reply;
+      try {
+        reply = await this._queue(model, version, pending, durable);
+      } catch (err) {
+        if (!(err instanceof NotDurable)) throw err;
+        // Every job queued so far (this chunk's included) is the caller's to re-attach.
+        for (const p of pending.filter((q) => err.jobIds.includes(q.id))) {
+          handles.push(new Job(this, p.id, { model, cancelToken: p.token, viaReply: true, ttlS: p.ttl }));
+        }
+        throw notDurable(err.acknowledged, err.replicas, handles.map((h) => h.id), handles);
+      }
       for (const p of pending.slice(0, reply.queued)) handles.push(new Job(this, p.id, { model, cancelToken: p.token, viaReply: true, ttlS: p.ttl }));
       const refused = await this._refused(model, version, reply, pending.length, handles);
       if (refused) throw refused;
@@ -469,6 +581,7 @@ export class Client {
 
   /** Re-attach to a bulk submission by id (from any process). */
   async bulk(bulkId) {
+    this._checkOpen();
     keys.checkJobId(bulkId);
     const raw = await io('reading a bulk', () => this._r.getBuffer(keys.bulk(bulkId)));
     const { model, jobIds, samples } = bulk.parseRecord(bulkId, raw);
@@ -482,6 +595,7 @@ export class Client {
   }
 
   async _countFinished(jobIds) {
+    this._checkOpen();
     let done = 0;
     for (let i = 0; i < jobIds.length; i += MGET_CHUNK) {
       const part = jobIds.slice(i, i + MGET_CHUNK).map(keys.result);
@@ -515,6 +629,7 @@ export class Client {
    * `ttlS`: the job's result TTL, kept by its JobCancelled result (null: one day).
    */
   async cancel(token, { timeoutS = 10, ttlS = null } = {}) {
+    this._checkOpen();
     checkTimeout(timeoutS);
     const jobId = jobIdForToken(token);
     const call = cancelRequestCall(token, this.replyList, ttlS);
@@ -527,7 +642,7 @@ export class Client {
     }
     const got = await answer;
     if (got === null) {
-      if (this._closed) throw new BrokerUnavailable('the client was closed');
+      if (this._closed) throw this._closedError();
       throw new JobTimeout(`no ICOW worker answered the cancel request for job ${jobId} within ${timeoutS} s`);
     }
     return cancelOutcome(got) === 'cancelled';
@@ -609,7 +724,7 @@ export class Client {
         }
         const left = deadline - Date.now();
         if (left <= 0) throw new JobTimeout(`${waiting.size} jobs not finished within ${timeoutS} s`);
-        if (this._closed) throw new BrokerUnavailable('the client was closed');
+        if (this._closed) throw this._closedError();
         await new Promise((resolve) => {
           const timer = setTimeout(
             () => {
@@ -633,12 +748,14 @@ export class Client {
   }
 
   async _readState(jobId) {
+    this._checkOpen();
     const [data, state] = await io("reading a job's state", () => this._r.mgetBuffer(keys.result(jobId), keys.state(jobId)));
     return [readMeta(jobId, data), state];
   }
 
   /** [[id, meta or null, state or null]] for many jobs, one MGET per 5,000 jobs. */
   async _readStates(ids) {
+    this._checkOpen();
     const out = [];
     for (let i = 0; i < ids.length; i += MGET_CHUNK / 2) {
       const part = ids.slice(i, i + MGET_CHUNK / 2);
@@ -660,12 +777,13 @@ export class Client {
   }
 
   async _waitMeta(jobId, timeoutS, viaReply) {
+    this._checkOpen();
     const deadline = deadlineOf(timeoutS);
     if (!viaReply) return this._waitPubsub(jobId, deadline, timeoutS);
     for (;;) {
       const meta = await this._replies.wait(jobId, Math.min(deadline, Date.now() + SLICE_S * 1000));
       if (meta !== null && READY_STATES.includes(meta.status)) return meta;
-      if (this._closed) throw new BrokerUnavailable('the client was closed');
+      if (this._closed) throw this._closedError();
       const stored = await this._checkKey(jobId); // the key is the source of truth
       if (stored !== null) return stored;
       if (Date.now() >= deadline) throw new JobTimeout(`job ${jobId} not finished within ${timeoutS} s`);
@@ -697,7 +815,7 @@ export class Client {
         if (early) return early;
         const left = deadline - Date.now();
         if (left <= 0) throw new JobTimeout(`job ${jobId} not finished within ${timeoutS} s`);
-        if (this._closed) throw new BrokerUnavailable('the client was closed');
+        if (this._closed) throw this._closedError();
         await new Promise((resolve) => {
           const done = () => {
             clearTimeout(timer);
@@ -717,6 +835,7 @@ export class Client {
   }
 
   async _decode(meta) {
+    this._checkOpen();
     const refs = meta.status === 'SUCCESS' ? outputRefs(meta) : [];
     const blobs = new Map();
     if (refs.length > 0) {
@@ -730,6 +849,7 @@ export class Client {
 
   /** Every published model and its versions: {mlp: [1], scale: [1, 2]}. */
   async models() {
+    this._checkOpen();
     return io('listing models', async () => {
       const names = (await this._r.smembers(keys.MODELS)).sort();
       const pipe = this._r.pipeline();
@@ -747,6 +867,7 @@ export class Client {
 
   /** A model's signature: {name, version, inputs: [{name, datatype, shape}], outputs, versions, providers}. */
   async model(name, version = null) {
+    this._checkOpen();
     keys.checkModelName(name);
     const raw = await io('reading model metadata', () => this._r.hgetallBuffer(keys.model(name)));
     const metas = new Map(Object.entries(raw).map(([v, data]) => [Number(v), msgpackDecode(data)]));

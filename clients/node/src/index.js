@@ -2,19 +2,24 @@
 // The wire format is specified in docs/PROTOCOL.md (protocol version 1).
 
 export { Bulk, PRIORITY_BATCH, split as splitBulk } from './bulk.js';
-export { Client, DEFAULT_TIMEOUT_S, DURABLE_WAIT_MS, Job, decodeResult, outputRefs, statusOf } from './client.js';
+export { Client, DEFAULT_TIMEOUT_S, DURABLE_WAIT_MS, Job, decodeResult, jobInfo, outputRefs, statusOf } from './client.js';
 export { isSentinel, parseSentinel, redact } from './connection.js';
 export {
   BrokerUnavailable,
+  NotDurable,
+  PermissionDenied,
+  ClientClosed,
   IcowError,
   InternalError,
   InvalidInput,
   InvalidJob,
   JobCancelled,
   JobExpired,
+  JobIdConflict,
   JobNotFound,
   JobTimeout,
   ModelNotFound,
+  NoResultYet,
   NotFound,
   PayloadTooLarge,
   QueueFull,
@@ -30,6 +35,7 @@ export {
   cancelRequestCall,
   celeryMessage,
   failureOf,
+  jobDigest,
   jobEnvelope,
   jobIdForToken,
   keys,
@@ -38,4 +44,4 @@ export {
   submitCall,
   submitReply,
 } from './protocol.js';
-export { ALL_DATATYPES, BYTES, DATATYPES, decode as decodeTensor, encode as encodeTensor, halfToNumbers } from './tensor.js';
+export { ALL_DATATYPES, BYTES, DATATYPES, asStrings, decode as decodeTensor, encode as encodeTensor, halfToNumbers } from './tensor.js';

@@ -8,6 +8,8 @@ export const QUEUE_PREFIX = `${PREFIX}q:`;
 export const RESULT_PREFIX = 'celery-task-meta-';
 export const DEFAULT_RESULT_TTL_S = 24 * 3600;
 export const MAX_RESULT_TTL_S = 30 * 24 * 3600;
+/** How much longer than a result a job's `done` state (and a custom id's digest) is kept. */
+export const DONE_EXTRA_TTL_S = 7 * 24 * 3600;
 export const PRIORITY_STEPS = Object.freeze([0, 3, 6, 9]);
 const PRIORITY_SEP = '\x06\x16'; // kombu's Redis transport: <queue>\x06\x16<step>
 
@@ -78,3 +80,4 @@ export const outputBlob = (jobId, index) => `${PREFIX}out:${jobId}:${index}`;
 export const reply = (clientId) => `${PREFIX}reply:${clientId}`;
 export const bell = (jobId) => `${PREFIX}bell:${jobId}`;
 export const bulk = (bulkId) => `${PREFIX}bulk:${bulkId}`;
+export const digest = (jobId) => `${PREFIX}digest:${jobId}`;

@@ -95,15 +95,17 @@ export function jobEnvelope({
  */
 export function celeryMessage(
   jobBytes,
-  { jobId, model, queue = keys.queue(model), priority = 0, deliveryTag = randomUUID(), lang = 'js' },
+  { jobId, model, queue = keys.queue(model), priority = 0, deliveryTag = randomUUID(), lang = 'js', digest = null },
 ) {
   // body = msgpack([[job], {}, embed]), with the job's own bytes spliced in as they are
   const body = Buffer.concat([Buffer.from([0x93, 0x91]), jobBytes, encode({}), encode(EMBED)]);
   // Headers first, the id first among them: a worker's take reads the id from the first bytes
   // and claims the job in the same atomic step, without reading the body.
+  // A caller-chosen id carries its job digest right after the id (docs/PROTOCOL.md 8.4).
+  const first = digest === null ? { id: jobId } : { id: jobId, icow_digest: digest };
   const envelope = {
     headers: {
-      id: jobId,
+      ...first,
       task: TASK_NAME,
       lang,
       root_id: jobId,
@@ -170,13 +172,39 @@ export function submitCall({ model, version = null, requireLive = true, jobs }) 
     callKeys.push(job.queueList, ...job.inputKeys);
     args.push(job.message, String(job.inputKeys.length));
   }
+  // Job digests (8.4): when any job has one, per job its digest key, digest ('' for none) and TTL.
+  if (jobs.some((job) => job.digest)) {
+    for (const job of jobs) {
+      callKeys.push(keys.digest(job.id));
+      args.push(job.digest ?? '', String(job.ttl + keys.DONE_EXTRA_TTL_S));
+    }
+  }
   return { keys: callKeys, args };
 }
 
-/** {queued, depth, limit (-1: none), served} from icow_submit's reply. */
+/** icow_submit's per-job code for a job refused because its id holds another job's digest. */
+export const DIGEST_CONFLICT = 2;
+
+/**
+ * {queued, depth, limit (-1: none), served, codes} from icow_submit's reply; `codes`: one per
+ * job when digests were sent (0 new, 1 a resubmission, 2 refused: JobIdConflict), else [].
+ */
 export function submitReply(reply) {
-  const [queued, depth, limit, served] = reply.map(Number);
-  return { queued, depth, limit, served: served === 1 };
+  const [queued, depth, limit, served, ...codes] = reply.map(Number);
+  return { queued, depth, limit, served: served === 1, codes };
+}
+
+/**
+ * The job digest (docs/PROTOCOL.md 8.4): lowercase hex SHA-256 of msgpack(["icow-digest", 1,
+ * model, version, outputs, [[name, datatype, shape], ...]]) then each input's data bytes, the
+ * inputs sorted by the UTF-8 bytes of their names. `tensors`: wire tensors with their `data`.
+ */
+export function jobDigest(model, version, outputs, tensors) {
+  const ordered = [...tensors].sort((a, b) => Buffer.compare(Buffer.from(a.name, 'utf8'), Buffer.from(b.name, 'utf8')));
+  const head = ['icow-digest', 1, model, version, outputs === null ? null : [...outputs], ordered.map((t) => [t.name, t.datatype, [...t.shape]])];
+  const h = createHash('sha256').update(encode(head));
+  for (const t of ordered) h.update(t.data);
+  return h.digest('hex');
 }
 
 /** KEYS and ARGV of `FCALL icow_cancel_request`: the fleet answers on `replyList`. */

@@ -202,3 +202,23 @@ export function halfToNumbers(bits) {
     return sign * 2 ** (exp - 15) * (1 + frac / 1024);
   });
 }
+
+/**
+ * A BYTES tensor's elements (Buffers, as results hold them) as strings, each decoded as UTF-8
+ * (what string models put out); strings pass through. InvalidInput for anything else, or for
+ * bytes that are not valid UTF-8 (naming the element). Python: icow.tensor.as_str.
+ */
+export function asStrings(value) {
+  const items = value !== null && typeof value === 'object' && !Array.isArray(value) ? value.data : value;
+  if (!Array.isArray(items)) throw new InvalidInput('asStrings takes a BYTES tensor ({datatype, shape, data: [Buffer]}) or its data');
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  return items.map((item, i) => {
+    if (typeof item === 'string') return item;
+    if (!(item instanceof Uint8Array)) throw new InvalidInput(`asStrings: element ${i} is not bytes or a string`);
+    try {
+      return decoder.decode(item);
+    } catch {
+      throw new InvalidInput(`asStrings: element ${i} is not valid UTF-8`);
+    }
+  });
+}
