@@ -48,7 +48,7 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from icow.errors import InvalidInput, NotDurable
+from icow.errors import BrokerUnavailable, IcowError, InvalidInput, NotDurable, PermissionDenied
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
@@ -282,6 +282,19 @@ def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     if target.min_other_sentinels:
         options["min_other_sentinels"] = target.min_other_sentinels
     return broker, options
+
+
+# -- failures of one-off commands (the CLI)
+
+
+def redis_failure(exc: BaseException, what: str, needs: str = "") -> IcowError:
+    """The ICOW error for a Redis failure while ``what`` (``"cannot read the fleet's state"``):
+    :class:`~icow.errors.PermissionDenied` for an ACL refusal (``NOPERM``; ``needs`` says which
+    user the command takes), else BrokerUnavailable."""
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.NoPermissionError) or text.startswith("NOPERM") or "no permissions" in text:
+        return PermissionDenied(f"{what}: the Redis ACL user may not do this ({text}){'; ' + needs if needs else ''}")
+    return BrokerUnavailable(f"{what}: {text}")
 
 
 # -- durable writes

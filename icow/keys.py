@@ -271,7 +271,8 @@ CLIENT_ACL_RULES = (
     "-@all",
     # Root selector: FCALL needs every key it declares here; the commands run inside are then
     # checked one by one against all selectors.
-    *("+ping", "+hello", "+client|setname", "+client|setinfo", "+fcall", "+fcall_ro"),
+    # Nothing newer than Redis 7.0 (which knows no CLIENT SETINFO: see CLIENT_INFO_RULES).
+    *("+ping", "+hello", "+client|setname", "+fcall", "+fcall_ro"),
     "+wait",  # durable submits: WAIT for a replica to hold the jobs
     "+time",  # icow_submit (live check) and icow_cancel_request read the server clock
     *("+subscribe", "+unsubscribe", f"&{RESULT_PREFIX}*"),  # stock Celery AsyncResult waits
@@ -293,5 +294,10 @@ CLIENT_ACL_RULES = (
     f"(~{PREFIX}wake:* ~{CANCELS} +zadd)",
     f"(~{PREFIX}digest:* +get +set)",  # icow_submit: a custom id's first digest, compared and kept
 )
+# For servers that know CLIENT SETINFO (Redis >= 7.2, Valkey): redis-py and ioredis name
+# themselves with it on connect. Without it the drivers carry on (they ignore the refusal), but
+# each connection leaves a line in ACL LOG; Redis 7.0 refuses the whole ACL SETUSER if given it.
+# `icow admin acl --redis URL` adds it when the server knows the command.
+CLIENT_INFO_RULES = ("+client|setinfo",)
 # Workers touch every ICOW key and channel (and Celery's own); no admin commands.
 WORKER_ACL_RULES = ("resetkeys", "resetchannels", "~*", "&*", "+@all", "-@dangerous", "+function")

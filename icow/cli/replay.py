@@ -275,7 +275,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import redis
 
     from icow.client import Client
-    from icow.errors import BrokerUnavailable
     from icow.workers import tls
 
     url = args.redis or settings.from_env().redis_url
@@ -286,7 +285,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with Client(url) as client:
             report = replay(r, client, args)
     except redis.exceptions.RedisError as exc:
-        raise BrokerUnavailable(f"cannot replay through Redis: {exc}") from exc
+        raise connection.redis_failure(
+            exc,
+            "cannot replay through Redis",
+            "`icow replay` reads the inputs workers kept: run it as the worker user or an admin",
+        ) from exc
     finally:
         r.close()
     doc = report.document()

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from icow import connection, keys, protocol, settings
-from icow.errors import BrokerUnavailable, IcowError
+from icow.errors import IcowError
 from icow.workers import tls
 
 
@@ -240,7 +240,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 time.sleep(args.interval)
                 live.update(render(fleet_status(r, failures=args.failures), console.width))
     except redis.exceptions.RedisError as exc:
-        raise BrokerUnavailable(f"cannot read the fleet's state from Redis: {exc}") from exc
+        raise connection.redis_failure(
+            exc,
+            "cannot read the fleet's state from Redis",
+            "`icow status` reads heartbeats, queues and failures: run it as the worker user or an admin "
+            "(the client user may not read fleet state)",
+        ) from exc
     finally:
         r.close()
 
