@@ -11,6 +11,7 @@ import {
   JobNotFound,
   JobTimeout,
   ModelNotFound,
+  NotDurable,
   NotFound,
   QueueFull,
   JobCancelled,
@@ -156,6 +157,42 @@ test('cancel a queued job by its token from another client: the waiter gets JobC
   }
 });
 
+test('a cancelled result keeps the job\'s TTL; a malformed cancel request is refused at FCALL as InvalidInput', async () => {
+  const lax = new Client(fleet.url, { requirePublished: false });
+  try {
+    const job = await lax.submit('nobody-serves-this', { x: new Float32Array(1) }, { resultTtlS: 120 });
+    assert.equal(await job.cancel({ timeoutS: 30 }), true); // the request carries the TTL: "<token> <list> 120"
+    const ttl = await lax._r.ttl(keys.result(job.id));
+    assert.ok(ttl > 0 && ttl <= 120, `ttl ${ttl}`);
+    await assert.rejects(lax.cancel('A'.repeat(32)), InvalidInput); // checked before sending
+    const bad = new Client(fleet.url);
+    bad._replies.key = 'icow:reply:not-hex'; // a reply list no worker would answer on
+    try {
+      await assert.rejects(bad.cancel('0'.repeat(32), { timeoutS: 30 }), (err) => err instanceof InvalidInput && /reply list/.test(err.message));
+    } finally {
+      await bad.close();
+    }
+  } finally {
+    await lax.close();
+  }
+});
+
+test('a custom job id cancel:<id> and the cancel answer for job <id> each reach their own waiter', async () => {
+  const lax = new Client(fleet.url, { requirePublished: false });
+  const other = new Client(fleet.url);
+  try {
+    const queued = await lax.submit('nobody-serves-this', { x: new Float32Array(1) });
+    const twin = await lax.submit('mlp', { x: { shape: [1, 4], data: new Float32Array(4) } }, { jobId: `cancel:${queued.id}` });
+    await other.job(twin.id).result({ timeoutS: 30 }); // re-attached elsewhere: its entry still waits on lax's list
+    assert.equal(await queued.cancel({ timeoutS: 30 }), true); // not the twin's SUCCESS entry
+    assert.deepEqual((await twin.result({ timeoutS: 30 })).y.shape, [1, 3]); // not the CANCEL entry
+    await assert.rejects(queued.result({ timeoutS: 5 }), JobCancelled);
+  } finally {
+    await other.close();
+    await lax.close();
+  }
+});
+
 test('bulk: split along the first axis, results joined in sample order, re-attached from another client', async () => {
   const data = Float32Array.from({ length: 20 }, (_, i) => i); // 10 samples x 2
   const bulk = await client.submitBulk('scale', { x: { shape: [10, 2], data } }, { samplesPerJob: 3, version: 1 });
@@ -269,5 +306,31 @@ test('a model at its backlog limit refuses jobs with QueueFull', async () => {
   } finally {
     await fleet.conn.hdel(keys.LIMITS, 'full-model');
     await lax.close();
+  }
+});
+
+test('a refused durable submit (a primary with no replica) names the queued jobs; they run and their results can be awaited', async () => {
+  const durable = new Client(fleet.url, { durable: true, timeoutS: 3 });
+  try {
+    const x = { shape: [1, 2], data: Float32Array.from([4, 4]) };
+    const one = await durable.submit('scale', { x }, { version: 1, jobId: `nd-${process.pid}` }).then(
+      () => assert.fail('a durable submit with no replica resolved'),
+      (err) => err,
+    );
+    assert.ok(one instanceof NotDurable && /ARE queued/.test(one.message), String(one));
+    assert.deepEqual(one.jobIds, [`nd-${process.pid}`]);
+    assert.equal(one.jobs.length, 1);
+    assert.deepEqual(Array.from((await one.jobs[0].result({ timeoutS: 30 })).y.data), [8, 8]);
+    const many = await durable.submitMany('scale', [{ x }, { x }], { version: 1 }).then(
+      () => assert.fail('resolved'),
+      (err) => err,
+    );
+    assert.ok(many instanceof NotDurable);
+    assert.deepEqual(many.jobIds, many.jobs.map((j) => j.id));
+    assert.equal(many.jobs.length, 2);
+    for (const j of many.jobs) assert.deepEqual(Array.from((await j.result({ timeoutS: 30 })).y.data), [8, 8]);
+    assert.equal(await client.job(one.jobIds[0]).status(), 'succeeded'); // by id, from another client
+  } finally {
+    await durable.close();
   }
 });
