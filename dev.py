@@ -7,6 +7,8 @@
     python3 dev.py test    # make .venv, install icow[dev], run ruff, mypy and the tests
     python3 dev.py mypy    # mypy alone, with client/ and workers/ checked as icow.client, icow.workers
     python3 dev.py bench   # the comparison benchmark (bench/compare.py)
+    python3 dev.py gpu     # the one-shot GPU check (bench/gpu.py): which providers really run, the
+                           # demo and the bench on each, figures to bench/results/; exit 3: no GPU
 
 CI (.ci/run) runs `python3 dev.py test` on a clean clone.
 """
@@ -190,8 +192,13 @@ def cmd_bench(args: list[str]) -> int:
     return run(str(BIN / "python"), "bench/compare.py", *args)
 
 
+def cmd_gpu(args: list[str]) -> int:
+    ensure_venv("dev")
+    return run(str(BIN / "python"), "bench/gpu.py", *args)
+
+
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "mypy", "bench"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "mypy", "bench", "gpu"):
         print(__doc__)
         return 2
     cmd, rest = sys.argv[1], sys.argv[2:]
@@ -201,6 +208,8 @@ def main() -> int:
         return cmd_mypy(rest)
     if cmd == "bench":
         return cmd_bench(rest)
+    if cmd == "gpu":
+        return cmd_gpu(rest)
     return cmd_test(rest)
 
 

@@ -4,6 +4,7 @@
     python3 dev.py bench                 # 3 interleaved rounds, medians (about 10 minutes)
     python3 dev.py bench --rounds 1      # one round
     python3 dev.py bench --json out.json # also write every figure as JSON
+    python3 dev.py bench --provider cuda # every onnxruntime session (direct, naive, ICOW) on CUDA
 
 Compared, on the same models, built here with onnx.helper:
   * direct onnxruntime, in process (the floor);
@@ -43,6 +44,9 @@ from icow.workers import samples  # noqa: E402
 
 MLP_SIZES = (256, 1024, 1024, 10)
 MB64 = 64 * 1024 * 1024
+# --provider: the providers of every session (ICOW's config.toml names, then onnxruntime's names)
+PROVIDERS = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}
+ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 def p50(xs: list[float]) -> float:
@@ -79,13 +83,14 @@ def window(submit: Callable[[], Any], wait: Callable[[Any], Any], n: int, depth:
 # ---------------------------------------------------------------------------- set-up
 
 
-def build_repo(root: Path) -> Path:
+def build_repo(root: Path, provider: str = "cuda") -> Path:
+    names = PROVIDERS[provider]
     samples.mlp(root / "mlp" / "1" / "model.onnx", MLP_SIZES)
-    (root / "mlp" / "config.toml").write_text("max_batch = 32\nproviders = ['cuda', 'cpu']\n")
+    (root / "mlp" / "config.toml").write_text(f"max_batch = 32\nproviders = {names}\n")
     samples.mlp(root / "mlp2" / "1" / "model.onnx", MLP_SIZES, seed=1)  # another model's backlog
-    (root / "mlp2" / "config.toml").write_text("max_batch = 32\nproviders = ['cuda', 'cpu']\n")
+    (root / "mlp2" / "config.toml").write_text(f"max_batch = 32\nproviders = {names}\n")
     samples.resnet18(root / "cnn" / "1" / "model.onnx")
-    (root / "cnn" / "config.toml").write_text("max_batch = 8\nproviders = ['cuda', 'cpu']\n")
+    (root / "cnn" / "config.toml").write_text(f"max_batch = 8\nproviders = {names}\n")
     samples.identity(root / "ident" / "1" / "model.onnx", rank=1)
     (root / "ident" / "config.toml").write_text("max_batch = 1\nproviders = ['cpu']\n")
     return root
@@ -111,9 +116,10 @@ while True:
 
 
 class Bench:
-    def __init__(self, workdir: Path, rounds: int):
+    def __init__(self, workdir: Path, rounds: int, provider: str = "cuda"):
         self.rounds = rounds
-        self.repo = build_repo(workdir / "repo")
+        self.repo = build_repo(workdir / "repo", provider)
+        ort_names = [ORT_NAMES[p] for p in PROVIDERS[provider]]
         self.redis = LocalRedis()
         self.url = self.redis.url
         self.r = redis.Redis.from_url(self.url)
@@ -124,6 +130,7 @@ class Bench:
             "NAIVE_REDIS_URL": self.url,
             "NAIVE_MODELS": str(self.repo),
             "PYTHONPATH": str(ROOT / "bench"),
+            "NAIVE_PROVIDERS": ",".join(ort_names),
         }
         self.naive = subprocess.Popen(
             [
@@ -159,7 +166,7 @@ class Bench:
 
         ort.set_default_logger_severity(4)
         self.direct = {
-            m: ort.InferenceSession(str(self.repo / m / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+            m: ort.InferenceSession(str(self.repo / m / "1" / "model.onnx"), providers=ort_names)
             for m in ("mlp", "cnn")
         }
         from icow.client import Client
@@ -381,9 +388,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (for a smoke run)")
     ap.add_argument("--json", help="write all figures to this file")
+    ap.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="cuda",
+        help="where every session runs: cuda (default: ICOW on CUDA where there is one, direct and naive on "
+        "CUDA too), tensorrt, cpu",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="icow-bench-") as tmp:
-        bench = Bench(Path(tmp), args.rounds)
+        bench = Bench(Path(tmp), args.rounds, args.provider)
         try:
             rounds = []
             for i in range(args.rounds):
@@ -440,7 +454,9 @@ def main() -> int:
         met_all &= met
         print(f"| {name} | {measured} | {ref} | {'yes' if met else 'NO'} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "rounds": args.rounds, "figures": m}, indent=2))
+        doc = {"machine": machine, "rounds": args.rounds, "provider": args.provider, "providers": providers}
+        doc["figures"] = m
+        Path(args.json).write_text(json.dumps(doc, indent=2))
     return 0
 
 

@@ -33,7 +33,8 @@ def _session(model: str) -> Any:
 
         ort.set_default_logger_severity(4)
         _sessions[model] = ort.InferenceSession(
-            os.path.join(os.environ["NAIVE_MODELS"], model, "1", "model.onnx"), providers=["CPUExecutionProvider"]
+            os.path.join(os.environ["NAIVE_MODELS"], model, "1", "model.onnx"),
+            providers=os.environ.get("NAIVE_PROVIDERS", "CPUExecutionProvider").split(","),  # compare.py --provider
         )
     return _sessions[model]
 

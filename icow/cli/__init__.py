@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="start a local fleet, run sample jobs, shut down")
     d.add_argument("--redis", help="use this Redis instead of an embedded one")
+    d.add_argument(
+        "--providers",
+        help="the sample models' providers, in order (e.g. tensorrt,cuda,cpu; default cuda,cpu: "
+        "the CPU where there is no GPU)",
+    )
     d.set_defaults(func=demo.cmd_demo)
 
     u = sub.add_parser("up", help="run a local fleet until Ctrl-C")

@@ -16,7 +16,7 @@ from icow import ort_build, settings
 def cmd_demo(args: argparse.Namespace) -> int:
     from icow.cli.fleet import LocalFleet
     from icow.client import Client
-    from icow.errors import InvalidJob
+    from icow.errors import InvalidInput, InvalidJob
     from icow.workers import samples
     from icow.workers.heartbeat import live_workers
 
@@ -25,6 +25,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="icow-demo-") as tmp:
         repo = samples.sample_repository(Path(tmp) / "repo")
         print(f"sample model repository: {repo} (mlp v1, scale v1 and v2)")
+        if getattr(args, "providers", None):
+            names = [p.strip() for p in args.providers.split(",") if p.strip()]
+            if not names or set(names) - {"cuda", "tensorrt", "cpu"}:
+                raise InvalidInput(f"--providers: a list of cuda, tensorrt, cpu; got {args.providers!r}")
+            for model in ("mlp", "scale"):
+                (repo / model / "config.toml").write_text(f"providers = {names}\n")
+            print(f"providers requested: {', '.join(names)}")
         t0 = time.perf_counter()
         # a throwaway folder, but with the append-only file on, as `icow up` runs it
         with LocalFleet(repo, url, workers=1, persist=True) as fleet:
