@@ -413,9 +413,7 @@ def not_served_reasons(target: Target, failed: Mapping[Any, Any]) -> list[str]:
         version, _, worker = _str(field_).partition(":")
         if version.isdigit() and worker and (target.version is None or int(version) == target.version):
             found.append((int(version), worker, _str(why)))
-    return [
-        f"model {target.model!r} version {v} failed to load on worker {w}: {why}" for v, w, why in sorted(found)
-    ]
+    return [f"model {target.model!r} version {v} failed to load on worker {w}: {why}" for v, w, why in sorted(found)]
 
 
 def submit_outcome(target: Target, reply: Any, failed: Mapping[Any, Any] | None = None) -> tuple[int, int, int]:
