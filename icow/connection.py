@@ -29,7 +29,9 @@ option                      meaning                                             
 
 After a failover every connection finds the new primary by itself: redis-py's
 ``SentinelConnectionPool`` asks the sentinels again on each new connection, and a connection to
-a primary that was demoted is dropped on its first ``READONLY`` reply. While the sentinels have
+a primary that was demoted is dropped on its first ``READONLY`` reply. ICOW's pool also asks
+again at most every :data:`SENTINEL_RECHECK_S` before handing out a connection, so a connection
+to an old primary that came back still a primary (frozen, then resumed) is not used. While the sentinels have
 no primary to give (between the primary's death and the promotion), commands fail with
 ``redis.exceptions.ConnectionError`` (``MasterNotFoundError``), which callers map to
 ``BrokerUnavailable`` as for any outage.
@@ -39,6 +41,7 @@ Durable writes: :func:`wait_replicas` (Redis ``WAIT``) and :func:`require_replic
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -219,6 +222,49 @@ class _AsyncSentinelRedis(redis.asyncio.Redis):
                 await self.sentinel_manager.aclose()
 
 
+SENTINEL_RECHECK_S = 1.0  # a Sentinel pool asks the sentinels again at most this often
+
+
+class _RecheckingPool(redis.sentinel.SentinelConnectionPool):
+    """redis-py's Sentinel pool, asking the sentinels which node is the primary again (at most
+    every :data:`SENTINEL_RECHECK_S`) before handing out a connection. When the answer changed,
+    redis-py drops the idle connections to the old node and does not take back the busy ones;
+    the next command connects to the new primary.
+
+    Without it a connection opened before a failover stays on the old primary as long as that
+    node answers: one that was frozen (a hung host, a partition) and comes back still says
+    ``role:master`` until the sentinels convert it, and whatever was written to it meanwhile is
+    lost then (its data is replaced by the new primary's). tests/test_stale_primary.py."""
+
+    _rechecked = 0.0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._rechecked >= SENTINEL_RECHECK_S:
+            self._rechecked = now
+            try:
+                self.get_master_address()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                pass  # no answer now: the connection's own connect (or command) reports it
+        return super().get_connection(*args, **kwargs)
+
+
+class _AsyncRecheckingPool(redis.asyncio.sentinel.SentinelConnectionPool):
+    """The asyncio twin of :class:`_RecheckingPool`."""
+
+    _rechecked = 0.0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._rechecked >= SENTINEL_RECHECK_S:
+            self._rechecked = now
+            try:
+                await self.get_master_address()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                pass
+        return await super().get_connection(*args, **kwargs)
+
+
 def connect(url: str, **redis_options: Any) -> redis.Redis:
     """A redis-py client for any URL form above. ``redis_options`` are redis-py's
     (``socket_connect_timeout=2``, ``ssl_ca_certs=...``, ``health_check_interval=30``); options
@@ -231,7 +277,12 @@ def connect(url: str, **redis_options: Any) -> redis.Redis:
         min_other_sentinels=target.min_other_sentinels,
         sentinel_kwargs=target.sentinel_options(redis_options),
     )
-    r = manager.master_for(target.service, redis_class=_SentinelRedis, **{**redis_options, **target.redis_options()})
+    r = manager.master_for(
+        target.service,
+        redis_class=_SentinelRedis,
+        connection_pool_class=_RecheckingPool,
+        **{**redis_options, **target.redis_options()},
+    )
     assert isinstance(r, _SentinelRedis)
     r.sentinel_manager = manager
     return r
@@ -248,7 +299,10 @@ def connect_async(url: str, **redis_options: Any) -> redis.asyncio.Redis:
         sentinel_kwargs=target.sentinel_options(redis_options),
     )
     r = manager.master_for(
-        target.service, redis_class=_AsyncSentinelRedis, **{**redis_options, **target.redis_options()}
+        target.service,
+        redis_class=_AsyncSentinelRedis,
+        connection_pool_class=_AsyncRecheckingPool,
+        **{**redis_options, **target.redis_options()},
     )
     assert isinstance(r, _AsyncSentinelRedis)
     r.sentinel_manager = manager

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from icow import connection
 from icow.cli.fleet import LocalRedis, start_worker, stop_process
 from icow.workers import samples
 from icow.workers.heartbeat import live_workers
@@ -61,7 +62,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wait_ready(url: str, name: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    conn = redis.Redis.from_url(url)
+    conn = connection.connect(url)  # redis+sentinel:// too
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
