@@ -270,13 +270,13 @@ def test_icow_admin_acl_lines_feed_redis_cli_on_every_named_server(
 def test_icow_admin_acl_aclfile_form_loads_on_every_named_server(
     server_name: str, sec_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`icow admin acl --format aclfile`: user lines a server loads from the file redis.conf names
-    with `aclfile` (selectors with spaces and all)."""
+    """`icow admin acl --format aclfile`: user lines a server loads (ACL LOAD) from the file
+    redis.conf names with `aclfile` (selectors with spaces and all)."""
     exe = ACL_SERVERS[server_name]
     users = tmp_path / "users.acl"
     lines = _acl_lines(capsys, "--format", "aclfile")
     assert [ln.split()[:2] for ln in lines] == [["user", "icow-client"], ["user", "icow-worker"]]
-    users.write_text("\n".join([f"user default on >{ADMIN_PW} ~* &* +@all", *lines]) + "\n")
+    users.write_text(f"user default on >{ADMIN_PW} ~* &* +@all\n")
     from icow.cli.fleet import free_port
 
     port = free_port()
@@ -291,6 +291,13 @@ def test_icow_admin_acl_aclfile_form_loads_on_every_named_server(
             except redis.exceptions.ConnectionError:
                 assert proc.poll() is None, "the server refused the ACL file"
                 time.sleep(0.05)
+        with users.open("a") as f:  # the operator appends the lines, then ACL LOAD
+            f.write("\n".join(lines) + "\n")
+        admin = redis.Redis.from_url(url)
+        try:
+            assert admin.execute_command("ACL", "LOAD") in (b"OK", True, "OK")
+        finally:
+            admin.close()
         _as_each_user_submit_and_wait(url, sec_repo, exe)
     finally:
         stop_process(proc)

@@ -13,7 +13,8 @@
 // sentinel_ssl (rediss+sentinel: TLS to the sentinels too, default true).
 //
 // After a failover ioredis asks the sentinels again on each reconnect; a connection to a primary
-// that was demoted is dropped on its first READONLY reply. Until the sentinels name a new primary
+// that was demoted is dropped on its first READONLY reply. With failoverDetector, every connection
+// also drops itself when a sentinel announces a new primary. Until the sentinels name a new primary
 // commands fail, and the client turns that into BrokerUnavailable.
 
 import { readFileSync } from 'node:fs';
@@ -193,6 +194,10 @@ export function sentinelOptions(target, { connectTimeoutMs = 2000, commandTimeou
     sentinelRetryStrategy: (times) => Math.min(times * 100, 1000),
     // A primary demoted by a failover answers writes with READONLY: reconnect, ask the sentinels.
     reconnectOnError: (err) => (/^READONLY/.test(err.message) ? 1 : false),
+    // Drop the connection when a sentinel announces a new primary (+switch-master): one to an
+    // old primary that came back still a primary (frozen, then resumed) is not used; writes
+    // there would be lost at its conversion (test/sentinel.test.js, as icow/connection.py).
+    failoverDetector: true,
   };
   if (commandTimeout !== undefined) out.commandTimeout = commandTimeout;
   if (target.username !== null) out.username = target.username;

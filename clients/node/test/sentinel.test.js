@@ -188,6 +188,41 @@ test('a graceful failover (SENTINEL FAILOVER, the old primary demoted alive): th
   });
 });
 
+test('a frozen primary that returns still a primary (SIGSTOP, failover, SIGCONT): the client does not write to it', async () => {
+  await withSet(async (set) => {
+    const client = new Client(set.url, { requirePublished: false, timeoutS: 3 });
+    try {
+      await client.submit('m', X); // the client's connection: to the primary
+      const [old, next] = [set.primary, set.replica];
+      // The test keeps it a primary: the sentinels (default user) may not convert it.
+      await old.with((c) => c.call('ACL', 'SETUSER', 'default', '-replicaof', '-slaveof'));
+      old.proc.kill('SIGSTOP');
+      try {
+        await set.waitPromoted(next);
+      } finally {
+        old.proc.kill('SIGCONT');
+      }
+      [set.primary, set.replica] = [next, old];
+      assert.equal((await old.with((c) => c.call('ROLE')))[0], 'master');
+      for (let i = 0; i < 5; i += 1) {
+        for (let attempt = 0; ; attempt += 1) {
+          try {
+            await client.submit('m', X);
+            break;
+          } catch (err) {
+            if (!(err instanceof BrokerUnavailable) || attempt === 2) throw err;
+          }
+        }
+      }
+      const queue = keys.queueList(keys.queue('m', null), 0);
+      assert.equal(await old.with((c) => c.llen(queue)), 1, 'jobs written to the stale primary');
+      assert.equal(await next.with((c) => c.llen(queue)), 6);
+    } finally {
+      await client.close();
+    }
+  });
+});
+
 // -- failover under load, with real workers
 
 /**
