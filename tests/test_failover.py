@@ -33,29 +33,32 @@ CLIENTS = int(os.environ.get("ICOW_FAILOVER_CLIENTS", "3"))
 JOBS_PER_CLIENT = int(os.environ.get("ICOW_FAILOVER_JOBS", "150"))
 
 # One client process: submits JOBS jobs (input: its number), prints "started" once a third
-# are acknowledged, writes {acked: [[id, n]], refused} to OUT. A refused submit is retried as
-# a new job after a short pause (what a caller does with BrokerUnavailable).
+# are acknowledged, writes {acked: [[id, n]], refused, not_durable: [[id, n]]} to OUT. A refused
+# submit is retried as a new job after a short pause (what a caller does with BrokerUnavailable);
+# a NotDurable one was queued: its job is kept to re-attach to, and the next number goes on.
 CLIENT = r"""
 import json, sys, time
 import numpy as np
 from icow.client import Client
-from icow.errors import BrokerUnavailable, ModelNotFound
+from icow.errors import BrokerUnavailable, ModelNotFound, NotDurable
 
 url, first, jobs, durable, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
-acked, refused = [], []
+acked, refused, not_durable = [], [], []
 with Client(url, connect_timeout_s=1.0, timeout_s=3.0, **({"durable": True} if durable else {})) as c:
     for n in range(first, first + jobs):
         try:
             job = c.submit("scale", {"x": np.full((1, 2), n, np.float32)})
         except (BrokerUnavailable, ModelNotFound) as exc:
             refused.append([n, type(exc).__name__, str(exc)[:200]])
+            if isinstance(exc, NotDurable):
+                not_durable += [[j.id, n] for j in exc.jobs]
             time.sleep(0.05)
             continue
         acked.append([job.id, n])
         if len(acked) == jobs // 3:
             print("started", flush=True)
         time.sleep(0.005)
-json.dump({"acked": acked, "refused": refused}, open(out, "w"))
+json.dump({"acked": acked, "refused": refused, "not_durable": not_durable}, open(out, "w"))
 print("done", flush=True)
 """
 
@@ -120,11 +123,15 @@ def run_failover(s: SentinelSet, repo: Path, tmp: Path, *, durable: bool) -> dic
             c.stdout.close()
         acked: dict[str, int] = {}
         refused: list[Any] = []
+        not_durable: dict[str, int] = {}
         for i in range(CLIENTS):
             report = json.loads((tmp / f"client{i}.json").read_text())
             acked.update({job_id: n for job_id, n in report["acked"]})
             refused += report["refused"]
+            not_durable.update({job_id: n for job_id, n in report["not_durable"]})
         answered, wrong, lost = _collect(s.url, acked, timeout_s=30)
+        # Jobs a NotDurable named: queued, so re-attached (they may also be lost with the primary).
+        nd_answered, nd_wrong, _ = _collect(s.url, not_durable, timeout_s=10)
         where = _whereabouts(s.url, lost)
         alive = [w.poll() is None for w in workers]
     finally:
@@ -144,7 +151,9 @@ def run_failover(s: SentinelSet, repo: Path, tmp: Path, *, durable: bool) -> dic
         "refused": len(refused),
         "refused_why": dict(Counter(f"{kind}: {message[:70]}" for _, kind, message in refused).most_common(4)),
         "answered": answered,
-        "wrong": wrong,
+        "wrong": wrong + nd_wrong,
+        "not_durable": len(not_durable),
+        "not_durable_answered": nd_answered,
         "lost": lost,
         "lost_where": where,
         "promotion_s": round(promoted_s, 2),
