@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     failures.add_command(sub)
     replay.add_command(sub)
     admin.add_command(sub)
+    from icow.gateway import command as gateway_command  # argparse only: aiohttp/grpc load at run time
+
+    gateway_command.add_command(sub)
     return p
 
 
