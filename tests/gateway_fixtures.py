@@ -26,6 +26,7 @@ class GatewayProcess:
         self.grpc_port = free_port()
         self.http = f"127.0.0.1:{self.http_port}"
         self.grpc = f"127.0.0.1:{self.grpc_port}"
+        self.signalled = False
         args = ["--redis", redis_url, "--host", "127.0.0.1"]
         args += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), *extra]
         self.proc = subprocess.Popen(
@@ -41,9 +42,15 @@ class GatewayProcess:
             self.proc.kill()
             raise RuntimeError(f"gateway did not start: {line!r}, exit {self.proc.wait()}")
 
+    def terminate(self) -> None:
+        """SIGTERM once: the gateway finishes what is in flight, then exits 0."""
+        if not self.signalled:
+            self.signalled = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float = 60) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
