@@ -19,6 +19,7 @@ from icow.client._base import ClientBase, JobBase
 from icow.client._core import JobStatus, ModelInfo, Outputs
 from icow.client._wait import Finished, ReplyBox
 from icow.errors import BrokerUnavailable, NotDurable, QueueFull
+from icow.result import Result
 
 
 class AsyncJob(JobBase):
@@ -62,7 +63,7 @@ class _AsyncRouter:
         self._waiters: list[tuple[Collection[str], asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def wait(self, wanted: Collection[str], bells: Sequence[str], slice_s: float) -> dict[str, dict[str, Any]]:
+    async def wait(self, wanted: Collection[str], bells: Sequence[str], slice_s: float) -> dict[str, Result]:
         """The replies of ``wanted`` that arrive within ``slice_s`` ({} if none)."""
         hits = self._box.take(wanted)
         if hits or slice_s <= 0:
@@ -381,10 +382,10 @@ class AsyncClient(ClientBase):
             job._settle(_core.read_meta(job.id, raw))
         return status
 
-    async def _wait_for(self, job: AsyncJob, timeout_s: float | None) -> dict[str, Any]:
+    async def _wait_for(self, job: AsyncJob, timeout_s: float | None) -> Result:
         deadline = _core.deadline_of(timeout_s)
         steps = (_wait.wait_own if job._own else _wait.wait_other)(job.id, deadline, timeout_s)
-        meta: dict[str, Any] = await self._run(steps, "waiting for a result", deadline)
+        meta: Result = await self._run(steps, "waiting for a result", deadline)
         job._settle(meta)
         return meta
 
@@ -393,7 +394,7 @@ class AsyncClient(ClientBase):
         steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s, job._ttl_s)
         return bool(await self._run(steps, "cancelling a job", deadline))
 
-    async def _decode(self, meta: Mapping[str, Any]) -> Outputs:
+    async def _decode(self, meta: Result) -> Outputs:
         refs = _core.output_refs(meta)
         blobs: dict[str, Any] = {}
         if refs:
@@ -465,13 +466,13 @@ class AsyncClient(ClientBase):
                 replies = await pipe.execute(raise_on_error=False)
                 if wait_ms:
                     acked = replies.pop()
-                for reply in replies:
-                    if isinstance(reply, Exception) and not functions.is_missing(reply):
+                for reply in replies[:-1]:  # the input SETs
+                    if isinstance(reply, Exception):
                         raise reply
                 reply = replies[-1]
-                if isinstance(reply, Exception):  # the library is missing (a Redis that lost its data)
+                if isinstance(reply, Exception):  # an error, or the library is missing (a Redis that lost its data)
                     async with self._r.client() as one:  # one connection: WAIT counts the submit's writes
-                        reply = await functions.call_async(one, functions.SUBMIT, fkeys, args)
+                        reply = await functions.reply_of_async(one, reply, functions.SUBMIT, fkeys, args)
                         if wait_ms:
                             acked = await connection.wait_replicas(one, 1, wait_ms)
             except Exception:

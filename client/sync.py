@@ -22,6 +22,7 @@ from icow.client._bounded import LIMIT, bound_pool
 from icow.client._core import JobStatus, ModelInfo, Outputs
 from icow.client._wait import Finished, ReplyBox
 from icow.errors import BrokerUnavailable, NotDurable
+from icow.result import Result
 
 
 class Job(JobBase):
@@ -78,7 +79,7 @@ class _Router:
 
     def wait(
         self, wanted: Collection[str], bells: Sequence[str], slice_s: float, deadline: float | None
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, Result]:
         """The replies of ``wanted`` that arrive within ``slice_s`` ({} if none)."""
         end = time.monotonic() + slice_s
         with self._cond:
@@ -364,10 +365,10 @@ class Client(ClientBase):
             job._settle(_core.read_meta(job.id, raw))
         return status
 
-    def _wait_for(self, job: Job, timeout_s: float | None) -> dict[str, Any]:
+    def _wait_for(self, job: Job, timeout_s: float | None) -> Result:
         deadline = _core.deadline_of(timeout_s)
         steps = (_wait.wait_own if job._own else _wait.wait_other)(job.id, deadline, timeout_s)
-        meta: dict[str, Any] = self._run(steps, "waiting for a result", deadline)
+        meta: Result = self._run(steps, "waiting for a result", deadline)
         job._settle(meta)
         return meta
 
@@ -376,7 +377,7 @@ class Client(ClientBase):
         steps = _wait.cancel(job.id, job.cancel_token, self.reply_key, deadline, timeout_s, job._ttl_s)
         return bool(self._run(steps, "cancelling a job", deadline))
 
-    def _decode(self, meta: Mapping[str, Any]) -> Outputs:
+    def _decode(self, meta: Result) -> Outputs:
         refs = _core.output_refs(meta)
         blobs: dict[str, Any] = {}
         if refs:
@@ -451,13 +452,13 @@ class Client(ClientBase):
                 replies = pipe.execute(raise_on_error=False)
                 if wait_ms:
                     acked = replies.pop()
-                for reply in replies:
-                    if isinstance(reply, Exception) and not functions.is_missing(reply):
+                for reply in replies[:-1]:  # the input SETs
+                    if isinstance(reply, Exception):
                         raise reply
                 reply = replies[-1]
-                if isinstance(reply, Exception):  # the library is missing (a Redis that lost its data)
+                if isinstance(reply, Exception):  # an error, or the library is missing (a Redis that lost its data)
                     with self._r.client() as one:  # one connection: WAIT counts the submit's writes
-                        reply = functions.call(one, functions.SUBMIT, fkeys, args)
+                        reply = functions.reply_of(one, reply, functions.SUBMIT, fkeys, args)
                         if wait_ms:
                             acked = connection.wait_replicas(one, 1, wait_ms)
             except Exception:

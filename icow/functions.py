@@ -2,8 +2,15 @@
 way to call it. Clients and workers call them with FCALL; workers install the library
 (FUNCTION LOAD REPLACE) at start and whenever it is missing (a Redis that lost its data).
 
+Every key a function touches is passed in as a key (``KEYS``, named by icow.keys): the Lua
+builds no key name, so a function's keys are all declared (ACL checks, Redis Cluster slots).
+The library's version is the SHA-1 of its source: any edit of icow.lua is a new version, which
+the workers load over the old one.
+
 A client user of the ACL (icow.keys.CLIENT_ACL_RULES) can call the functions but never load
-code; when the library is missing it gets BrokerUnavailable saying so.
+code; when the library is missing it gets BrokerUnavailable saying so. The fallback (library
+missing: install it and retry once) is written once, in :func:`call` and, for an FCALL that
+rode in a pipeline, :func:`reply_of` (and their ``_async`` twins).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ EXPIRED = "icow_expired"
 REQUEUE = "icow_requeue"
 FORGET = "icow_forget"
 VERSION = "icow_version"
+PEEK = "icow_peek"
 
 
 def is_missing(exc: BaseException) -> bool:
@@ -65,19 +73,36 @@ def _install_steps() -> Generator[_Step, Any, bool]:
     return True
 
 
-def _call_steps(name: str, keys: Sequence[Any], args: Sequence[Any]) -> Generator[_Step, Any, Any]:
-    fcall: _Step = ("fcall", (name, len(keys), *keys, *args), {})
-    try:
-        return (yield fcall)
-    except redis.exceptions.ResponseError as exc:
-        if not is_missing(exc):
-            raise
-        missing = exc
+def _fcall(name: str, keys: Sequence[Any], args: Sequence[Any]) -> _Step:
+    return ("fcall", (name, len(keys), *keys, *args), {})
+
+
+def _retry_steps(
+    name: str, keys: Sequence[Any], args: Sequence[Any], missing: BaseException
+) -> Generator[_Step, Any, Any]:
+    """The one "library missing: install it and retry" fallback."""
     try:
         yield from _install_steps()
     except redis.exceptions.ResponseError as denied:  # NOPERM: this user may not load code
         raise missing_error(denied) from missing
-    return (yield fcall)
+    return (yield _fcall(name, keys, args))
+
+
+def _call_steps(name: str, keys: Sequence[Any], args: Sequence[Any]) -> Generator[_Step, Any, Any]:
+    try:
+        return (yield _fcall(name, keys, args))
+    except redis.exceptions.ResponseError as exc:
+        if not is_missing(exc):
+            raise
+        return (yield from _retry_steps(name, keys, args, exc))
+
+
+def _reply_steps(reply: Any, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Generator[_Step, Any, Any]:
+    if not isinstance(reply, BaseException):
+        return reply
+    if not is_missing(reply):
+        raise reply
+    return (yield from _retry_steps(name, keys, args, reply))
 
 
 def _run(r: Any, steps: Generator[_Step, Any, Any]) -> Any:
@@ -119,6 +144,14 @@ def call(r: redis.Redis | Any, name: str, keys: Sequence[Any], args: Sequence[An
     return _run(r, _call_steps(name, keys, args))
 
 
+def reply_of(r: redis.Redis | Any, reply: Any, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """The reply of ``FCALL name`` sent in a pipeline run with ``execute(raise_on_error=False)``
+    (to share a round trip with other commands): the reply itself; an error raised; when the
+    library is missing it is installed if this user may and the call made again on ``r``, as
+    :func:`call` does."""
+    return _run(r, _reply_steps(reply, name, keys, args))
+
+
 async def install_async(r: Any) -> bool:
     """:func:`install` for a ``redis.asyncio`` client."""
     return bool(await _run_async(r, _install_steps()))
@@ -127,6 +160,11 @@ async def install_async(r: Any) -> bool:
 async def call_async(r: Any, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
     """:func:`call` for a ``redis.asyncio`` client."""
     return await _run_async(r, _call_steps(name, keys, args))
+
+
+async def reply_of_async(r: Any, reply: Any, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """:func:`reply_of` for a ``redis.asyncio`` client."""
+    return await _run_async(r, _reply_steps(reply, name, keys, args))
 
 
 def _text(value: Any) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,10 @@ from typing import Any
 import redis
 import redis.exceptions
 
-from icow import functions, keys, protocol
+from icow import functions, keys, records, result
+from icow.celery_message import DEFAULT_MAX_MESSAGE_BYTES
+from icow.codec import packb
+from icow.envelope import job_id_for_token, new_job_id
 
 log = logging.getLogger("icow.broker")
 
@@ -51,14 +53,10 @@ class Take:
     source: str
     messages: list[bytes | Oversize]
     more_runs: list[str] = field(default_factory=list)  # later takes from the same list, merged
-    # Per message: (job id, answered already, deliveries) when icow_take claimed it (its id was
-    # in its first bytes), else None: claim it with Broker.claim before it runs.
-    claims: list[tuple[str, bool, int] | None] = field(default_factory=list)
 
     def merge(self, other: Take) -> None:
         """Add a later take from the same list (a batch that waited ``max_wait_ms`` to fill)."""
         self.messages += other.messages
-        self.claims += other.claims
         self.more_runs += [other.run, *other.more_runs]
 
     @property
@@ -101,7 +99,7 @@ class Broker:
         worker: str,
         *,
         lease_s: float = keys.DEFAULT_LEASE_S,
-        max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ):
         self.r = r
         self.worker = worker
@@ -150,8 +148,6 @@ class Broker:
             self.lease_ms,
             len(lists),
             self.max_message_bytes,
-            keys.DEFAULT_RESULT_TTL_S,  # the 'running' state's TTL (the answer sets the job's own)
-            keys.TRIES_TTL_S,
             *[n for _, _, n in lists],
         ]
         pipe = self.r.pipeline(transaction=False)
@@ -159,11 +155,7 @@ class Broker:
             pipe.bzpopmin(wakes, timeout=block_s)
         pipe.fcall(functions.TAKE, len(fkeys), *fkeys, *args)
         *waited, reply = pipe.execute(raise_on_error=False)
-        if isinstance(reply, Exception):
-            if not functions.is_missing(reply):
-                raise reply
-            self.install()  # Redis lost its functions (restart without persistence): reload
-            reply = self._call(functions.TAKE, fkeys, args)
+        reply = functions.reply_of(self.r, reply, functions.TAKE, fkeys, args)  # reloads lost functions
         for w in waited:
             if isinstance(w, Exception):
                 raise w
@@ -172,16 +164,8 @@ class Broker:
         if index == 0:
             self._drop_hand([run])
             return None, cancels
-        messages: list[bytes | Oversize] = []
-        claims: list[tuple[str, bool, int] | None] = []
-        for m in reply[1:]:
-            if isinstance(m, list) and len(m) == 4:  # [message, answered, deliveries, id]: claimed
-                messages.append(bytes(m[0]))
-                claims.append((_text(m[3]), bool(m[1]), int(m[2])))
-            else:
-                messages.append(Oversize(int(m[0]), bytes(m[1])) if isinstance(m, list) else bytes(m))
-                claims.append(None)
-        return Take(run, lists[index - 1][0], messages, claims=claims), cancels
+        messages = [Oversize(int(m[0]), bytes(m[1])) if isinstance(m, list) else bytes(m) for m in reply[1:]]
+        return Take(run, lists[index - 1][0], messages), cancels
 
     def wait_cancels(self, block_s: float) -> list[CancelRequest]:
         """Cancel requests, waiting up to ``block_s`` for the first (the worker's cancel listener
@@ -215,11 +199,7 @@ class Broker:
         for ref in refs:
             pipe.get(ref)
         claimed, *blobs = pipe.execute(raise_on_error=False)
-        if isinstance(claimed, Exception):
-            if not functions.is_missing(claimed):
-                raise claimed
-            self.install()
-            claimed = self._call(functions.CLAIM, fkeys, args)
+        claimed = functions.reply_of(self.r, claimed, functions.CLAIM, fkeys, args)
         for b in blobs:
             if isinstance(b, Exception):
                 raise b
@@ -246,15 +226,15 @@ class Broker:
         args: list[Any] = [len(acks), len(answers), keys.DONE_EXTRA_TTL_S]
         for a in answers:
             fkeys += [keys.result(a.job_id), keys.state(a.job_id), a.reply_to or ""]
-            args += [protocol.packb(a.meta), a.ttl_s]
+            args += [packb(a.meta), a.ttl_s]
         at = len(pipe)
         pipe.fcall(functions.ANSWER, len(fkeys), *fkeys, *args)
-        failures = [_failure_record(a.meta) for a in answers if a.meta.get("status") == "FAILURE"]
+        failures = [f for f in (records.recent_failure(a.meta) for a in answers) if f is not None]
         if failures:  # "recent failures" for `icow status` (a capped list, not the dead letters)
             pipe.lpush(keys.RECENT_FAILURES, *failures)
             pipe.ltrim(keys.RECENT_FAILURES, 0, keys.RECENT_FAILURES_MAX - 1)
-        dead = [(a.job_id, _dead_record(a.job_id, a.meta, a.dead)) for a in answers if a.dead]
-        dead += [(_dead_id(d), _letter(d)) for d in dead_letters]
+        dead = [(a.job_id, records.dead_letter(a.job_id, a.meta, a.dead)) for a in answers if a.dead]
+        dead += [(_dead_id(d), records.bad_message(d.raw_id, d.reason, d.sample)) for d in dead_letters]
         for job_id, record in dead:
             pipe.set(keys.dead(job_id), record, ex=keys.DEAD_TTL_S)
             pipe.lpush(keys.DEAD, job_id)
@@ -263,9 +243,7 @@ class Broker:
         if delete:
             pipe.delete(*delete)
         out = pipe.execute(raise_on_error=False)
-        if isinstance(out[at], Exception) and functions.is_missing(out[at]):
-            self.install()
-            out[at] = self._call(functions.ANSWER, fkeys, args)
+        out[at] = functions.reply_of(self.r, out[at], functions.ANSWER, fkeys, args)
         for x in out:
             if isinstance(x, Exception):
                 raise x
@@ -282,19 +260,19 @@ class Broker:
         """Answer a cancel request: 1 cancelled, 0 finished already, -1 running; None when the
         token is not a valid cancel token (ignored)."""
         try:
-            job_id = protocol.job_id_for_token(request.token)
+            job_id = job_id_for_token(request.token)
         except Exception:
             log.warning("ignored a cancel request with a malformed token")
             return None
-        meta = protocol.failure_meta(
+        meta = result.failure_meta(
             job_id, error_type="JobCancelled", message="the job was cancelled before it ran", worker=self.worker
         )
         fkeys = [keys.result(job_id), keys.state(job_id), keys.bell(job_id)]
-        args = [protocol.packb(meta), request.ttl_s, keys.DONE_EXTRA_TTL_S, keys.BELL_TTL_S]
+        args = [packb(meta), request.ttl_s, keys.DONE_EXTRA_TTL_S, keys.BELL_TTL_S]
         code = int(self._call(functions.CANCEL, fkeys, args))
         if request.reply_to:
             pipe = self.r.pipeline(transaction=False)
-            pipe.rpush(request.reply_to, protocol.cancel_outcome(job_id, code))
+            pipe.rpush(request.reply_to, result.cancel_outcome(job_id, code))
             pipe.ltrim(request.reply_to, -keys.REPLY_MAX, -1)
             pipe.expire(request.reply_to, keys.DEFAULT_RESULT_TTL_S, nx=True)
             pipe.execute()
@@ -411,55 +389,4 @@ def _dead_id(d: DeadLetter) -> str:
             return "bad:" + keys.check_job_id(d.raw_id[:120])
         except Exception:
             pass
-    return f"bad:{protocol.new_job_id()}"
-
-
-def _letter(d: DeadLetter) -> bytes:
-    return protocol.packb(
-        {
-            "id": d.raw_id,
-            "error": "InvalidJob",
-            "message": d.reason[:2000],
-            "model": None,
-            "version": None,
-            "sample": d.sample[:256],
-            "deliveries": 1,
-            "time": time.time(),
-        }
-    )
-
-
-def _dead_record(job_id: str, meta: Mapping[str, Any], tries: int) -> bytes:
-    """A dead letter: why the job was given up on, inspectable with `icow failures show`."""
-    error_type, message = protocol.failure_of(meta)
-    res = meta.get("result") if isinstance(meta.get("result"), Mapping) else {}
-    assert isinstance(res, Mapping)
-    return protocol.packb(
-        {
-            "id": job_id,
-            "error": error_type,
-            "message": message[:2000],
-            "model": res.get("model"),
-            "version": res.get("version"),
-            "worker": res.get("worker"),
-            "deliveries": tries,
-            "time": time.time(),
-        }
-    )
-
-
-def _failure_record(meta: Mapping[str, Any]) -> bytes:
-    res = meta.get("result") if isinstance(meta.get("result"), Mapping) else {}
-    assert isinstance(res, Mapping)
-    msg = res.get("exc_message")
-    return protocol.packb(
-        {
-            "id": meta.get("task_id"),
-            "model": res.get("model"),
-            "version": res.get("version"),
-            "worker": res.get("worker"),
-            "error": res.get("exc_type"),
-            "message": (" ".join(map(str, msg)) if isinstance(msg, list) else str(msg or ""))[:500],
-            "time": time.time(),
-        }
-    )
+    return f"bad:{new_job_id()}"

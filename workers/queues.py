@@ -3,8 +3,8 @@
 A model's jobs wait in its latest queue ``icow:q:<m>`` and one pinned queue per published
 version ``icow:q:<m>@<v>``, each in four priority lists (icow/keys.py). Clients ``LPUSH`` and
 workers take from the right end, so the oldest message of a list is ``LINDEX -1``; its
-creation time is read by icow.protocol from the first bytes only (a Lua script returns a
-prefix; nothing scans whole messages).
+creation time is read by icow.celery_message from the first bytes only (the library's ``icow_peek``
+returns a prefix; nothing scans whole messages).
 """
 
 from __future__ import annotations
@@ -16,22 +16,10 @@ from typing import Any
 
 import redis
 
-from icow import keys
-from icow.protocol import created_from_message
+from icow import functions, keys
+from icow.celery_message import created_from_message
 
 PREFIX_BYTES = 2048
-
-# KEYS: queue lists. ARGV[1]: how many leading bytes of each oldest message to return.
-# Returns, per key, its length and the prefix of its right-most (oldest) message ('' if empty).
-_PEEK = """
-local out = {}
-for i, k in ipairs(KEYS) do
-  out[#out + 1] = redis.call('LLEN', k)
-  local m = redis.call('LINDEX', k, -1)
-  if m then out[#out + 1] = string.sub(m, 1, tonumber(ARGV[1])) else out[#out + 1] = '' end
-end
-return out
-"""
 
 
 @dataclass(frozen=True)
@@ -61,7 +49,7 @@ def queue_states(r: redis.Redis, models: Iterable[str], *, now: float | None = N
         for q in [keys.queue(m), *[keys.queue(m, int(v)) for v in vs]]
         for lst in keys.queue_lists(q)
     ]
-    raw = r.eval(_PEEK, len(lists), *[lst for _, lst in lists], PREFIX_BYTES)
+    raw = functions.call(r, functions.PEEK, [lst for _, lst in lists], [PREFIX_BYTES])
     now = time.time() if now is None else now
     backlog: dict[str, int] = dict.fromkeys(models, 0)
     oldest: dict[str, float] = {}

@@ -1,15 +1,15 @@
 """Runs jobs: the intake loop (take, decode, validate, claim, run, answer), one job at a time
 failing alone.
 
-The loop (:meth:`JobRunner.run_forever`, in the worker's intake thread) asks the broker for
-the next take: the messages waiting on the first non-empty list in priority order across every
+The loop (:meth:`JobRunner.run_forever`, in the worker's intake thread) asks the broker for the
+next take: the messages waiting on the first non-empty list in priority order across every
 queue this worker serves (all its models and versions), at most one batch. Each message is
-decoded by icow.protocol (the only reader of the envelope), validated (the worker never trusts
-the queue), claimed before it runs, run in batches of one model version, and answered. Every
-step is per job: a message that cannot be decoded, a job that fails validation, a model that
-raises, an output that cannot be encoded fails that job alone, with a structured failure (and
-a dead-letter record when the message itself was bad). Nothing a message contains can crash
-the worker.
+decoded by icow.celery_message (the only reader of the task message) and icow.envelope (the
+only reader of the job envelope), validated (the worker never trusts the queue), claimed before
+it runs, run in batches of one model version, and answered. Every step is per job: a message
+that cannot be decoded, a job that fails validation, a model that raises, an output that cannot
+be encoded fails that job alone, with a structured failure (and a dead-letter record when the
+message itself was bad). Nothing a message contains can crash the worker.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import redis
 
-from icow import keys, protocol, tensor
+from icow import envelope, keys, result, tensor
+from icow.celery_message import Message, decode_message, oversize_message
 from icow.errors import IcowError, InternalError, InvalidInput, JobExpired, RemoteError
 from icow.workers import batching
 from icow.workers.broker import Answer, Broker, CancelRequest, DeadLetter, Oversize, Take
@@ -43,16 +44,16 @@ BULK_STEP = 6  # priority steps from here on are bulk: taken one job at a time
 class _Job:
     job_id: str
     received: float
-    message: protocol.Message
+    message: Message
     ttl_s: int = keys.DEFAULT_RESULT_TTL_S
     reply_to: str | None = None
-    job: protocol.Job | None = None
-    meta: protocol.ResultMeta | None = None
+    job: envelope.Job | None = None
+    meta: result.ResultMeta | None = None
     blobs: dict[str, bytes] = field(default_factory=dict)
     skip: bool = False  # answered already (cancelled, or a redelivered duplicate)
     tries: int = 1
     dead: bool = False  # the failure also goes to the dead letters
-    claimed: tuple[bool, int] | None = None  # (answered, deliveries) from icow_take's claim
+    claimed: tuple[bool, int] | None = None  # (answered, deliveries) from icow_claim
 
 
 # A job whose envelope passed every check but which ONNX Runtime refused to run on (docs/PROTOCOL.md §14).
@@ -69,19 +70,6 @@ def _error_type(exc: BaseException) -> tuple[str, str]:
     return "InternalError", f"{type(exc).__name__}: {exc}"
 
 
-def _salvage(raw: Any) -> tuple[int, str | None]:
-    """TTL and reply list of a job that may fail validation, if they themselves are valid."""
-    ttl, reply = keys.DEFAULT_RESULT_TTL_S, None
-    if isinstance(raw, Mapping):
-        t = raw.get("ttl")
-        if isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= keys.MAX_RESULT_TTL_S:
-            ttl = t
-        r = raw.get("reply_to")
-        if keys.is_reply(r):
-            reply = r
-    return ttl, reply
-
-
 class JobRunner:
     def __init__(
         self,
@@ -90,7 +78,7 @@ class JobRunner:
         *,
         worker: str,
         max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES,
-        inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
+        inline_max_bytes: int = envelope.DEFAULT_INLINE_MAX_BYTES,
         observer: JobObserver | None = None,
         idle_block_s: float = 1.0,
         after_answer: FollowUp | None = None,
@@ -219,12 +207,12 @@ class JobRunner:
         source = keys.parse_queue(take.source)
         jobs: list[_Job] = []
         letters: list[DeadLetter] = []
-        for i, raw in enumerate(take.messages):
+        for raw in take.messages:
             if isinstance(raw, Oversize):
-                msg = protocol.oversize_message(raw.length, raw.prefix, self.broker.max_message_bytes)
+                msg = oversize_message(raw.length, raw.prefix, self.broker.max_message_bytes)
                 sample = raw.prefix
             else:
-                msg = protocol.decode_message(raw, now=now, max_bytes=self.broker.max_message_bytes)
+                msg = decode_message(raw, now=now, max_bytes=self.broker.max_message_bytes)
                 sample = raw[:256]
             if msg.job_id is None:
                 reason = msg.error or "the message has no usable job id"
@@ -232,10 +220,7 @@ class JobRunner:
                 letters.append(DeadLetter(msg.raw_id, reason, sample))
                 continue
             j = _Job(msg.job_id, now, msg)
-            claim = take.claims[i] if i < len(take.claims) else None
-            if claim is not None and claim[0] == msg.job_id:  # claimed by the take itself
-                j.claimed = (claim[1], claim[2])
-            j.ttl_s, j.reply_to = _salvage(msg.job)
+            j.ttl_s, j.reply_to = envelope.salvage(msg.job)
             if msg.error is not None:
                 self._fail(j, InvalidInput(msg.error), dead=True)
             jobs.append(j)
@@ -265,7 +250,7 @@ class JobRunner:
 
     def _fail(self, j: _Job, exc: BaseException, *, dead: bool = False) -> None:
         error_type, message = _error_type(exc)
-        j.meta = protocol.failure_meta(
+        j.meta = result.failure_meta(
             j.job_id,
             error_type=error_type,
             message=message,
@@ -284,7 +269,7 @@ class JobRunner:
             if j.meta is not None:
                 continue
             try:
-                job = protocol.parse_job(
+                job = envelope.parse_job(
                     j.message.job,
                     task_id=j.job_id,
                     max_tensor_bytes=self.max_tensor_bytes,
@@ -305,31 +290,26 @@ class JobRunner:
 
     def _claim(self, jobs: list[_Job]) -> None:
         """Claim before running, always: answered already? deliveries so far; mark running.
-        Most jobs were claimed by the take itself; the others are claimed here, and
-        claim-checked inputs are read, in one round trip."""
+        The jobs are claimed, and their claim-checked inputs read, in one round trip."""
         live = [j for j in jobs if j.meta is None and j.job is not None]
         if not live:
             return
         unclaimed = [j for j in live if j.claimed is None]
-        refs = [t["ref"] for j in live if j.job for t in j.job["inputs"] if "ref" in t]
+        refs = [ref for j in live if j.job for ref in envelope.refs(j.job["inputs"])]
         if unclaimed or refs:
             claimed, blobs = self.broker.claim([(j.job_id, j.ttl_s) for j in unclaimed], refs)
             for j, got in zip(unclaimed, claimed):
                 j.claimed = got
         else:
             blobs = []
-        fetched = iter(blobs)
+        fetched = dict(zip(refs, blobs))
         for j in live:
             assert j.job is not None and j.claimed is not None
             answered, tries = j.claimed
             j.skip, j.tries = answered, tries
-            for i, t in enumerate(j.job["inputs"]):
-                if "ref" in t:
-                    data = next(fetched)
-                    if data is None and not j.skip and j.meta is None:
-                        self._fail(j, InvalidInput(f"input {t['name']!r}: its claim-checked data has expired"))
-                    elif data is not None:
-                        j.job["inputs"][i] = {**t, "data": data}
+            j.job["inputs"], missing = envelope.join(j.job["inputs"], fetched)
+            if missing and not j.skip and j.meta is None:
+                self._fail(j, InvalidInput(f"input {missing[-1]!r}: its claim-checked data has expired"))
             if not j.skip and j.meta is None and tries > MAX_TRIES:
                 self._fail(j, InternalError(f"given up after {tries - 1} deliveries that never finished (poison job)"))
 
@@ -465,17 +445,12 @@ class JobRunner:
     ) -> None:
         job = j.job
         assert job is not None
-        wire = []
-        blobs: dict[str, bytes] = {}
-        for i, (name, arr) in enumerate(outputs.items()):
-            t = model.encode_output(name, arr) if hasattr(model, "encode_output") else _encode(name, arr)
-            if len(t["data"]) > self.inline_max_bytes:
-                ref = keys.output_blob(j.job_id, i)
-                blobs[ref] = t.pop("data")
-                t["ref"] = ref
-            wire.append(t)
-        j.blobs = blobs
-        j.meta = protocol.success_meta(
+        wire = [
+            model.encode_output(name, arr) if hasattr(model, "encode_output") else _encode(name, arr)
+            for name, arr in outputs.items()
+        ]
+        j.blobs = envelope.split_outputs(j.job_id, wire, self.inline_max_bytes)
+        j.meta = result.success_meta(
             j.job_id,
             model=model.name,
             version=model.version,
@@ -495,13 +470,7 @@ class JobRunner:
             for j in jobs
             if j.meta is not None and not j.skip
         ]
-        refs = [
-            t["ref"]
-            for j in jobs
-            if isinstance(j.message.job, Mapping) and isinstance(j.message.job.get("inputs"), list)
-            for t in j.message.job["inputs"]
-            if isinstance(t, Mapping) and keys.is_input_blob(t.get("ref"))
-        ]
+        refs = [ref for j in jobs for ref in envelope.input_refs(j.message.job)]
         written = self.broker.answer(answers, acks=take.runs, delete=refs, dead_letters=letters)
         self.jobs += len(answers)
         for a, ok in zip(answers, written):
@@ -510,7 +479,7 @@ class JobRunner:
 
     def fail_now(self, job_id: str, error_type: str, message: str) -> None:
         """Answer a job outside a take (e.g. a task Celery handed over by mistake)."""
-        meta = protocol.failure_meta(job_id, error_type=error_type, message=message, worker=self.worker)
+        meta = result.failure_meta(job_id, error_type=error_type, message=message, worker=self.worker)
         self.broker.answer([Answer(job_id, meta, keys.DEFAULT_RESULT_TTL_S)])
 
     # -- observer hook (workers/observer.py): metrics and heartbeat stats, never fails a job

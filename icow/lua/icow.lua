@@ -134,45 +134,26 @@ local function cancel_request(keys, args)
   return 1
 end
 
--- icow_take (worker): move waiting messages into a new in-flight list, atomically, and claim
--- the ones whose id is in their first bytes.
+-- icow_take (worker): move waiting messages into a new in-flight list, atomically.
 -- KEYS: [1] icow:runs:<w>, [2] icow:leases, [3] the new run list, then the candidate lists
 --       (in the order to serve them), then one wake key per candidate list.
 -- ARGV: [1] worker, [2] lease ms, [3] number of lists, [4] largest message returned whole,
---       [5] state TTL, [6] tries TTL, then per list the most messages to take from it.
+--       then per list the most messages to take from it.
 -- Takes from the first non-empty list only (one take = one queue, one priority). Returns
--- {list index or 0, then per message: {message, answered, deliveries, id} when its envelope
--- starts with its headers and id (ICOW's clients write it so; the match reads at most 256
--- bytes), claimed exactly as icow_claim does; else the message alone (claimed later with
--- icow_claim); or {length, first 512 bytes} if larger than ARGV[4]}. Re-arms the wake marker
--- of every queue that still has messages.
-local function claim_one(id, state_ttl, tries_ttl)
-  local answered = redis.call('EXISTS', 'celery-task-meta-' .. id)
-  local tries = redis.call('INCR', 'icow:tries:' .. id)
-  redis.call('EXPIRE', 'icow:tries:' .. id, tries_ttl)
-  if answered == 0 then
-    redis.call('SET', 'icow:state:' .. id, 'running', 'EX', state_ttl)
-  end
-  return answered, tries
-end
-
+-- {list index or 0, then per message: the message, or {length, first 512 bytes} if larger
+-- than ARGV[4]}. Re-arms the wake marker of every queue that still has messages. The jobs are
+-- claimed with icow_claim before they run (their keys are only known once they are read).
 local function take(keys, args)
   local n = tonumber(args[3])
   local cap = tonumber(args[4])
-  local state_ttl, tries_ttl = args[5], args[6]
   local out = {0}
   local function entry(m)
     if #m > cap then return {#m, string.sub(m, 1, 512)} end
-    local id = string.match(string.sub(m, 1, 256), '^{"headers":{"id":"([%w][%w_.:%-]*)"')
-    if id and #id <= 128 then
-      local answered, tries = claim_one(id, state_ttl, tries_ttl)
-      return {m, answered, tries, id}
-    end
     return m
   end
   for i = 1, n do
     local list = keys[3 + i]
-    local want = tonumber(args[6 + i])
+    local want = tonumber(args[4 + i])
     local m = want > 0 and redis.call('LMOVE', list, keys[3], 'RIGHT', 'LEFT') or false
     if m then
       out[1] = i
@@ -323,6 +304,20 @@ local function forget(keys, args)
   return 0
 end
 
+-- icow_peek (read only: `icow status`, the exporter): queue lists without consuming them.
+-- KEYS: the queue lists. ARGV: [1] how many leading bytes of each oldest message to return.
+-- Returns per key its length and the prefix of its right-most (oldest) message ('' if empty).
+local function peek(keys, args)
+  local out = {}
+  local cut = tonumber(args[1])
+  for _, k in ipairs(keys) do
+    out[#out + 1] = redis.call('LLEN', k)
+    local m = redis.call('LINDEX', k, -1)
+    if m then out[#out + 1] = string.sub(m, 1, cut) else out[#out + 1] = '' end
+  end
+  return out
+end
+
 local function version(keys, args)
   return LIBRARY_VERSION
 end
@@ -337,4 +332,5 @@ redis.register_function('icow_renew', renew)
 redis.register_function('icow_expired', expired)
 redis.register_function('icow_requeue', requeue)
 redis.register_function('icow_forget', forget)
+redis.register_function{function_name = 'icow_peek', callback = peek, flags = {'no-writes'}}
 redis.register_function{function_name = 'icow_version', callback = version, flags = {'no-writes'}}
