@@ -29,7 +29,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from icow import connection, functions, keys, protocol, tensor
+from icow import connection, functions, keys, tensor
+from icow.celery_message import celery_message
+from icow.codec import packb, unpackb
+from icow.envelope import job_envelope, new_job
+from icow.result import success_meta
 
 MODEL = "bench"
 LEASE_MS = 15_000
@@ -52,9 +56,9 @@ def client_loop(url: str, burst: int, durable: bool, stop: Any, counts: Any, slo
     while not stop.is_set():
         messages = []
         for _ in range(burst):
-            job_id, _token = protocol.new_job()
-            job = protocol.job_envelope(job_id=job_id, model=MODEL, version=None, inputs=[x], reply_to=reply)
-            messages.append(protocol.celery_message(job, queue=q))
+            job_id, _token = new_job()
+            job = job_envelope(job_id=job_id, model=MODEL, version=None, inputs=[x], reply_to=reply)
+            messages.append(celery_message(job, queue=q))
         args: list[Any] = [MODEL, "", "0", burst]
         for m in messages:
             args += [m, 0]
@@ -82,7 +86,7 @@ def client_loop(url: str, burst: int, durable: bool, stop: Any, counts: Any, slo
 def _job_of(message: bytes) -> dict[str, Any]:
     """The job inside a queue message (this bench's own messages: no validation needed)."""
     envelope = json.loads(message)
-    args = protocol.unpackb(base64.b64decode(envelope["body"]))[0]
+    args = unpackb(base64.b64decode(envelope["body"]))[0]
     return dict(args[0])
 
 
@@ -114,11 +118,11 @@ def worker_loop(url: str, burst: int, stop: Any, counts: Any, slot: int) -> None
         answer_keys: list[str] = [keys.runs(name), run]
         answer_args: list[Any] = [1, len(ids), keys.DONE_EXTRA_TTL_S]
         for job in jobs:
-            meta = protocol.success_meta(
+            meta = success_meta(
                 job["id"], model=MODEL, version=1, outputs=outputs, worker=name, timing={"compute_s": 0.0}
             )
             answer_keys += [keys.result(job["id"]), keys.state(job["id"]), job["reply_to"] or ""]
-            answer_args += [protocol.packb(meta), 600]
+            answer_args += [packb(meta), 600]
         functions.call(r, functions.ANSWER, answer_keys, answer_args)
         answered += len(ids)
     counts[slot] = answered

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from icow import keys, protocol
+from icow import keys
 from icow.cli.fleet import LocalRedis
 from icow.client import Client
+from icow.result import failure_of, parse_meta
 from icow.workers import samples
 from icow.workers.heartbeat import live_workers
 
@@ -167,7 +168,7 @@ def collect(url: str, sent: list[tuple[str, int, float]], report: Report, timeou
             part = missing[i : i + 1000]
             for job_id, data in zip(part, r.mget([keys.result(j) for j in part])):
                 if data is not None:
-                    metas[job_id] = protocol.parse_meta(data)
+                    metas[job_id] = parse_meta(data)
         if len(metas) < len(sent):
             time.sleep(0.25)
     ids = [job_id for job_id, _, _ in sent]
@@ -189,7 +190,7 @@ def collect(url: str, sent: list[tuple[str, int, float]], report: Report, timeou
             report.max_latency_s = max(report.max_latency_s, done - submitted_at)
             if meta["status"] != "SUCCESS":
                 report.failed += 1
-                report.examples.append(f"failed {job_id}: {protocol.failure_of(meta)}")
+                report.examples.append(f"failed {job_id}: {failure_of(meta)}")
                 continue
             y = c._decode(meta)["y"]
             if y.shape == (1, 2) and float(y[0, 0]) == float(y[0, 1]) == 2.0 * x:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from icow import keys, protocol, tensor
+from icow import envelope, keys, tensor
 from icow.errors import InvalidInput
 
 
@@ -42,7 +42,7 @@ class Settings:
     repo: str | None = None
     cache_dir: str = ""  # from_env() fills it: ICOW_CACHE_DIR, else the user's cache folder
     result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S
-    inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES
+    inline_max_bytes: int = envelope.DEFAULT_INLINE_MAX_BYTES
     max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES
     threads: int = 0
     device: int = 0
@@ -73,7 +73,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         cache_dir=env.get("ICOW_CACHE_DIR")
         or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "icow"),
         result_ttl_s=_int(env, "ICOW_RESULT_TTL_S", keys.DEFAULT_RESULT_TTL_S),
-        inline_max_bytes=_int(env, "ICOW_INLINE_MAX_BYTES", protocol.DEFAULT_INLINE_MAX_BYTES),
+        inline_max_bytes=_int(env, "ICOW_INLINE_MAX_BYTES", envelope.DEFAULT_INLINE_MAX_BYTES),
         max_tensor_bytes=_int(env, "ICOW_MAX_TENSOR_BYTES", tensor.DEFAULT_MAX_TENSOR_BYTES),
         threads=_int(env, "ICOW_THREADS", 0),
         device=_int(env, "ICOW_DEVICE", 0),

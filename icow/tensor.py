@@ -7,7 +7,7 @@ A wire tensor is a msgpack map::
 ``data`` is the C-order, little-endian bytes of the array. ``BYTES`` tensors (strings) are
 encoded as in the Open Inference Protocol's binary extension: each element as a 4-byte
 little-endian length followed by its bytes. A large tensor may instead carry
-``"ref": <redis key>`` and ``"nbytes": int`` (the claim check, see icow.protocol); this module
+``"ref": <redis key>`` and ``"nbytes": int`` (the claim check, see icow.envelope); this module
 only deals with inline bytes.
 
 Nothing here does I/O; both the client and the workers validate through these functions.

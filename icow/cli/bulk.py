@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from icow import protocol
+from icow.envelope import new_job_id
 from icow.errors import IcowError, InvalidInput, JobNotFound, JobTimeout, QueueFull, RemoteError
 
 MANIFEST_VERSION = 1
@@ -125,7 +125,7 @@ def plan(model: str, version: int | None, source: Path, out: Path, *, many: bool
         files = sorted(p.name for p in source.iterdir() if p.suffix == ".npz" and p.is_file())
         if not files:
             raise InvalidInput(f"no .npz files in {source}")
-        jobs = [{"id": protocol.new_job_id(), "file": f} for f in files]
+        jobs = [{"id": new_job_id(), "file": f} for f in files]
         return Manifest(model, version, "files", str(source.resolve()), str(out.resolve()), 1, jobs=jobs)
     if not many or source.suffix != ".npz":
         raise InvalidInput("give a folder of .npz files, or one .npz with --many (--batch-axis)")
@@ -135,7 +135,7 @@ def plan(model: str, version: int | None, source: Path, out: Path, *, many: bool
         raise InvalidInput(f"every array in {source} needs the same leading sample axis; got {lengths}")
     n = next(iter(lengths.values()))
     spans: list[dict[str, Any]] = [
-        {"id": protocol.new_job_id(), "start": i, "stop": min(n, i + chunk)} for i in range(0, n, chunk)
+        {"id": new_job_id(), "start": i, "stop": min(n, i + chunk)} for i in range(0, n, chunk)
     ]
     return Manifest(model, version, "split", str(source.resolve()), str(out.resolve()), chunk, jobs=spans)
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import redis
 
-from icow import connection, keys, protocol, settings
+from icow import connection, keys, settings
 from icow.errors import IcowError, JobNotFound
+from icow.records import parse_record
+from icow.result import read as read_result
 from icow.workers import tls
 
 
@@ -34,7 +36,7 @@ def dead_letters(r: redis.Redis, limit: int) -> list[dict[str, Any]]:
     if not ids:
         return []
     raws = r.mget([keys.dead(i) for i in ids])
-    return [protocol.unpackb(raw) for raw in raws if raw is not None]
+    return [rec for rec in map(parse_record, raws) if rec is not None]
 
 
 def utc(epoch_s: Any) -> str:
@@ -97,11 +99,11 @@ def cmd_failures(args: argparse.Namespace) -> int:
             if not args.job_id:
                 raise IcowError("icow failures show JOB_ID")
             keys.check_job_id(args.job_id)
-            raw, result = r.mget([keys.dead(args.job_id), keys.result(args.job_id)])
-            if raw is None:
+            raw, raw_result = r.mget([keys.dead(args.job_id), keys.result(args.job_id)])
+            record = parse_record(raw)
+            if record is None:
                 raise JobNotFound(f"no dead-letter record for job {args.job_id} (unknown, succeeded, or expired)")
-            record = protocol.unpackb(raw)
-            failure = protocol.failure_of(protocol.parse_meta(result)) if result is not None else None
+            failure = read_result(raw_result).error if raw_result is not None else None
             if args.json:
                 if failure is not None:
                     record["result"] = {"error": failure[0], "message": failure[1]}

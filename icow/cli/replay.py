@@ -36,8 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from icow import connection, keys, protocol, settings, tensor
+from icow import connection, keys, settings, tensor
 from icow.errors import IcowError
+from icow.records import parse_kept
+from icow.result import Result
+from icow.result import read as read_result
 
 
 @dataclass
@@ -131,7 +134,7 @@ def kept_records(r: Any, model: str, last: int | None, now: float) -> tuple[list
     out, skipped = [], 0
     for item in raw:
         try:
-            rec = protocol.parse_kept(item)
+            rec = parse_kept(item)
         except IcowError:
             skipped += 1
             continue
@@ -142,14 +145,12 @@ def kept_records(r: Any, model: str, last: int | None, now: float) -> tuple[list
     return out[::-1], skipped
 
 
-def _compute_share(meta: Any, samples: int) -> float | None:
-    res = meta.get("result") if isinstance(meta, Mapping) else None
-    timing = res.get("timing") if isinstance(res, Mapping) else None
-    if not isinstance(timing, Mapping) or not isinstance(timing.get("compute_s"), (int, float)):
+def _compute_share(meta: Result | None, samples: int) -> float | None:
+    if meta is None or meta.timing.compute_s is None:
         return None
-    batch = timing.get("batch_samples")
-    share = samples / batch if isinstance(batch, int) and batch >= samples > 0 else 1.0
-    return float(timing["compute_s"]) * share
+    batch = meta.timing.batch_samples
+    share = samples / batch if batch is not None and batch >= samples > 0 else 1.0
+    return meta.timing.compute_s * share
 
 
 def replay(r: Any, client: Any, args: argparse.Namespace) -> Report:
@@ -233,7 +234,7 @@ def measure_latency(
                 report.latency_skipped += 1
                 continue
             raw = r.get(keys.result(job.id))
-            meta = protocol.unpackb(raw) if raw is not None else None
+            meta = read_result(raw) if raw is not None else None
             share = _compute_share(meta, samples) if _alone(meta) else None
             if share is None:
                 report.latency_skipped += 1
@@ -241,11 +242,9 @@ def measure_latency(
                 report.compute_s[v].append(share)
 
 
-def _alone(meta: Any) -> bool:
+def _alone(meta: Result | None) -> bool:
     """Whether the job ran alone in its session call (no other job batched with it)."""
-    res = meta.get("result") if isinstance(meta, Mapping) else None
-    timing = res.get("timing") if isinstance(res, Mapping) else None
-    return isinstance(timing, Mapping) and timing.get("batch") == 1
+    return meta is not None and meta.timing.batch == 1
 
 
 def render(doc: Mapping[str, Any], why: list[str]) -> str:

@@ -13,8 +13,9 @@ import re
 import time
 from typing import Any
 
-from icow import connection, keys, protocol, settings
+from icow import connection, keys, settings
 from icow.errors import IcowError
+from icow.records import parse_record
 from icow.workers import tls
 
 
@@ -68,14 +69,8 @@ def fleet_status(r: Any, *, failures: int = 10, now: float | None = None) -> dic
         }
         for w in workers
     ]
-    recent = []
-    for raw in r.lrange(keys.RECENT_FAILURES, 0, max(0, failures - 1)) if failures > 0 else []:
-        try:
-            rec = protocol.unpackb(raw)
-        except Exception:
-            continue
-        if isinstance(rec, dict):
-            recent.append(rec)
+    raws = r.lrange(keys.RECENT_FAILURES, 0, max(0, failures - 1)) if failures > 0 else []
+    recent = [rec for rec in map(parse_record, raws) if rec is not None]
     return {
         "time": now,
         "queues": queues,
