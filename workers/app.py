@@ -18,7 +18,8 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from icow import connection, keys, protocol, settings
+from icow import connection, keys, settings
+from icow.celery_message import TASK_NAME
 
 log = logging.getLogger("icow.worker")
 
@@ -81,7 +82,7 @@ def configure(runner: Any) -> None:
     IntakeStep.runner = runner
 
 
-@app.task(name=protocol.TASK_NAME, bind=True, ignore_result=True, typing=False)
+@app.task(name=TASK_NAME, bind=True, ignore_result=True, typing=False)
 def infer(self: Any, *args: Any, **kwargs: Any) -> None:
     """Registered for stock tooling. ICOW jobs go to ``icow:q:<model>``; a task sent to the
     control queue by mistake is answered with a failure naming the right queue."""

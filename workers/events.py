@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from icow import protocol
+from icow.celery_message import TASK_NAME
 from icow.workers.observer import JobOutcome
 
 log = logging.getLogger("icow.events")
@@ -45,7 +45,7 @@ class TaskEvents:
                 common = {"uuid": o.job_id}
                 d.send(
                     "task-received",
-                    name=protocol.TASK_NAME,
+                    name=TASK_NAME,
                     args=f"<icow job {o.model}>",
                     kwargs="{}",
                     retries=0,

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from icow import result
+
 log = logging.getLogger("icow.followup")
 
 
@@ -28,7 +30,7 @@ class Answered:
 
     @property
     def ok(self) -> bool:
-        return self.meta.get("status") == "SUCCESS"
+        return result.of(self.meta).ok
 
     @property
     def model(self) -> str:
@@ -36,7 +38,7 @@ class Answered:
 
     @property
     def version(self) -> int | None:
-        v = self.job.get("version")
+        v = self.job["version"]
         return v if isinstance(v, int) else None
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from icow import keys, protocol
+from icow import keys
+from icow.codec import packb, unpackb
 
 log = logging.getLogger("icow.heartbeat")
 
@@ -58,7 +59,7 @@ class Heartbeat:
             self.info.update(self._stats())
         pipe = self._r.pipeline(transaction=False)
         pipe.sadd(keys.WORKERS, self.name)
-        pipe.set(keys.worker(self.name), protocol.packb(self.info), ex=self.ttl_s)
+        pipe.set(keys.worker(self.name), packb(self.info), ex=self.ttl_s)
         pipe.execute()
 
     def mark_ready(self) -> None:
@@ -102,7 +103,7 @@ def live_workers(r: redis.Redis) -> list[dict[str, Any]]:
     dead = [n for n, b in zip(names, beats) if b is None]
     if dead:
         r.srem(keys.WORKERS, *dead)
-    return [protocol.unpackb(b) for b in beats if b is not None]
+    return [unpackb(b) for b in beats if b is not None]
 
 
 def failed_models(beat: dict[str, Any]) -> set[str]:

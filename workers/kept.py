@@ -5,7 +5,7 @@ two versions and compare.
 
 Each record is the job's input tensors inline (claim-checked data included, read before the
 job ran), its id, the version that answered, the time and the job's result TTL
-(icow.protocol.kept_entry). The list expires with the longest result TTL of what it holds;
+(icow.records.kept_entry). The list expires with the longest result TTL of what it holds;
 `icow replay` skips records older than their own TTL. Jobs sent by `icow replay` itself are
 never kept. One pipelined round trip per take, after the answers are written.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import redis
 
-from icow import keys, protocol
+from icow import keys, records
 from icow.workers.followup import Answered
 from icow.workers.models import ModelManager
 
@@ -43,8 +43,8 @@ class InputKeeper:
             n = self.keep_for(a.model) if a.ok and not keys.is_replay_job(a.job_id) else 0
             if n <= 0:
                 continue
-            key, ttl = keys.kept(a.model), int(a.job.get("ttl") or keys.DEFAULT_RESULT_TTL_S)
-            pipe.lpush(key, protocol.kept_entry(a.job, time_s=now))
+            key, ttl = keys.kept(a.model), int(a.job["ttl"] or keys.DEFAULT_RESULT_TTL_S)
+            pipe.lpush(key, records.kept_entry(a.job, time_s=now))
             pipe.ltrim(key, 0, n - 1)
             pipe.expire(key, ttl, nx=True)  # a new list; then only ever lengthened:
             pipe.expire(key, ttl, gt=True)  # a short-TTL job never cuts older records short

@@ -10,7 +10,8 @@ from typing import Any
 
 import redis
 
-from icow import keys, protocol, settings
+from icow import keys, settings
+from icow.codec import packb
 from icow.errors import ModelNotFound
 from icow.workers.repository import ModelEntry, Repository
 from icow.workers.runtime import OnnxModel
@@ -181,7 +182,7 @@ class ModelManager:
         pipe = r.pipeline(transaction=False)
         for meta in metas:
             pipe.sadd(keys.MODELS, meta["name"])
-            pipe.hset(keys.model(meta["name"]), str(meta["version"]), protocol.packb(meta))
+            pipe.hset(keys.model(meta["name"]), str(meta["version"]), packb(meta))
         for name in self.entries:
             limit = self.max_queue(name, default_max_queue)
             if limit > 0:

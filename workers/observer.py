@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from icow import result
+
 SUCCEEDED = "succeeded"
 
 
@@ -42,30 +44,15 @@ def outcome_of(
     job_id: str, meta: Mapping[str, Any], job: Mapping[str, Any] | None, received: float, done: float
 ) -> JobOutcome:
     """Build the outcome of one job from its result meta and (if it parsed) its envelope."""
-    res = meta.get("result") if isinstance(meta.get("result"), Mapping) else {}
-    assert isinstance(res, Mapping)
-    created = job.get("created") if job else None
+    r = result.of(meta)
+    created = job["created"] if job else None
     wait = max(0.0, received - created) if isinstance(created, float) else None
     latency = max(0.0, done - created) if isinstance(created, float) else None
-    model = res.get("model") if isinstance(res.get("model"), str) else None
-    version = res.get("version") if isinstance(res.get("version"), int) else None
-    if meta.get("status") == "SUCCESS":
-        timing = res.get("timing") if isinstance(res.get("timing"), Mapping) else {}
-        assert isinstance(timing, Mapping)
-        compute = timing.get("compute_s")
-        batch, samples = timing.get("batch"), timing.get("batch_samples")
-        return JobOutcome(
-            job_id,
-            model,
-            version,
-            SUCCEEDED,
-            wait,
-            float(compute) if compute is not None else None,
-            latency,
-            batch if isinstance(batch, int) else None,
-            samples if isinstance(samples, int) else None,
-        )
-    return JobOutcome(job_id, model, version, str(res.get("exc_type") or "InternalError"), wait, None, latency)
+    if r.ok:
+        t = r.timing
+        return JobOutcome(job_id, r.model, r.version, SUCCEEDED, wait, t.compute_s, latency, t.batch, t.batch_samples)
+    error_type = r.error[0] if r.error else "InternalError"
+    return JobOutcome(job_id, r.model, r.version, error_type, wait, None, latency)
 
 
 class FanOut:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from icow import keys, tensor
+from icow import envelope, keys, result, tensor
 from icow.errors import InvalidInput
 from icow.workers.followup import Answered
 
@@ -148,12 +148,10 @@ def beyond(diffs: Mapping[str, OutputDiff], max_abs_err: float) -> str | None:
 
 def _outputs_of(a: Answered) -> dict[str, np.ndarray]:
     """The primary's outputs as written (claim-checked ones from the blobs written with them)."""
-    res = a.meta["result"]
-    arrays = {}
-    for t in res["outputs"]:
-        wire = {**t, "data": a.blobs[t["ref"]]} if "ref" in t else t
-        arrays[t["name"]] = tensor.decode(wire, max_bytes=1 << 62)
-    return arrays
+    wire, missing = envelope.join(result.of(a.meta).outputs, a.blobs)
+    if missing:
+        raise KeyError(f"output {missing[0]!r} was not written with the answer")
+    return {t["name"]: tensor.decode(t, max_bytes=1 << 62) for t in wire}
 
 
 @dataclass
@@ -299,9 +297,9 @@ def from_replay(a: Answered) -> bool:
 def _ratio(shadow_s: float, a: Answered, inputs: Mapping[str, np.ndarray]) -> float | None:
     """Shadow compute time over the primary's: its session call's time, shared out by samples
     when the job was batched with others."""
-    timing = a.meta["result"].get("timing") or {}
-    compute, samples = timing.get("compute_s"), timing.get("batch_samples")
-    if not isinstance(compute, (int, float)) or compute <= 0:
+    timing = result.of(a.meta).timing
+    compute, samples = timing.compute_s, timing.batch_samples
+    if compute is None or compute <= 0:
         return None
     first = next(iter(inputs.values()))
     mine = int(first.shape[0]) if first.ndim else 1
