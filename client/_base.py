@@ -13,6 +13,7 @@ from icow.client._core import JobStatus
 from icow.client._info import JobInfo, info_of
 from icow.client._wait import ReplyBox
 from icow.errors import ClientClosed, IcowError
+from icow.result import Result
 
 
 class ClientBase:
@@ -110,13 +111,13 @@ class JobBase:
         self.cancel_token = cancel_token
         self._own = own
         self._ttl_s = ttl_s  # the result TTL it was submitted with (a cancel passes it on), if known
-        self._meta: dict[str, Any] | None = None
+        self._meta: Result | None = None
         self._error: IcowError | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, model={self.model!r})"
 
-    def _settle(self, meta: dict[str, Any] | None = None, error: IcowError | None = None) -> None:
+    def _settle(self, meta: Result | None = None, error: IcowError | None = None) -> None:
         self._meta, self._error = meta, error
 
     def _known_status(self) -> JobStatus | None:
@@ -133,7 +134,7 @@ class JobBase:
             raise self._error
         return info_of(self.id, self._meta)
 
-    def _known_meta(self) -> dict[str, Any] | None:
+    def _known_meta(self) -> Result | None:
         if self._error is not None:
             raise self._error
         return self._meta

@@ -18,7 +18,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import redis.exceptions
 
-from icow import connection, functions, keys, protocol, settings, tensor
+from icow import connection, envelope, functions, keys, result, settings, tensor
+from icow.celery_message import celery_message
+from icow.codec import unpackb
 from icow.digest import job_digest
 from icow.errors import (
     BrokerFull,
@@ -35,6 +37,7 @@ from icow.errors import (
     QueueFull,
     remote_error,
 )
+from icow.result import Result
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 T = TypeVar("T")
@@ -48,7 +51,6 @@ BELLS_MAX = 64  # bell keys watched in one read, besides the reply list
 STASH_MAX = 10_000  # replies kept for waiters that have not asked yet (the keys keep them all)
 DRAIN_MAX = 1000  # replies taken in one round trip once one has arrived
 SUBMIT_CHUNK = 500  # jobs per FCALL in submit_many
-CANCEL_PREFIX = "cancel:"  # the task_id of a cancel outcome on a reply list: cancel:<job id>
 DIGEST_CONFLICT = 2  # icow_submit's per-job code: the id's first job had other inputs (§8.4)
 INVALID_PREFIX = "ICOW_INVALID "  # how icow_cancel_request refuses a malformed argument
 
@@ -66,7 +68,7 @@ class Options:
     result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S
     timeout_s: float = DEFAULT_TIMEOUT_S
     connect_timeout_s: float = 2.0
-    inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES
+    inline_max_bytes: int = envelope.DEFAULT_INLINE_MAX_BYTES
     max_tensor_bytes: int = tensor.DEFAULT_MAX_TENSOR_BYTES
     require_published: bool = True
     redis_options: Mapping[str, Any] = field(default_factory=dict)
@@ -239,7 +241,7 @@ class ModelInfo:
 def model_info(name: str, raw: Mapping[Any, Any], version: int | None) -> ModelInfo:
     if not raw:
         raise NotFound(f"model {name!r} is not published by any worker")
-    metas = {int(k): protocol.unpackb(v) for k, v in raw.items()}
+    metas = {int(k): unpackb(v) for k, v in raw.items()}
     chosen = max(metas) if version is None else version
     if chosen not in metas:
         raise NotFound(f"model {name!r} has no version {version}; published: {sorted(metas)}")
@@ -317,7 +319,7 @@ def prepare(
 ) -> PreparedJob:
     """Validate and encode one job. Raises InvalidInput before anything reaches Redis.
 
-    A job gets a fresh id and its cancel token (:func:`icow.protocol.new_job`); a ``job_id``
+    A job gets a fresh id and its cancel token (:func:`icow.envelope.new_job`); a ``job_id``
     of the caller's has no token, so it cannot be cancelled."""
     if not isinstance(inputs, Mapping) or not inputs:
         raise InvalidInput("inputs must be a non-empty mapping of input name -> numpy array")
@@ -333,12 +335,11 @@ def prepare(
     token: str | None = None
     custom = job_id is not None
     if job_id is None:
-        job_id, token = protocol.new_job()
+        job_id, token = envelope.new_job()
     else:
         keys.check_job_id(job_id)
     inline_max = options.inline_max_bytes if inline_max_bytes is None else inline_max_bytes
     wire: list[dict[str, Any]] = []
-    blobs: dict[str, Any] = {}
     hashed: list[tuple[str, str, Sequence[int], Any]] = []
     total = 0
     for name, array in inputs.items():
@@ -347,17 +348,13 @@ def prepare(
         t = tensor.encode(name, array, max_bytes=options.max_tensor_bytes)
         if custom:
             hashed.append((name, t["datatype"], t["shape"], t["data"]))
-        size = len(t["data"])
-        total += size
-        if size > inline_max:
-            ref = protocol.new_input_key()
-            blobs[ref] = t.pop("data")
-            t["ref"] = ref
+        total += len(t["data"])
         wire.append(t)
-    if total > protocol.DEFAULT_MAX_JOB_BYTES:
-        raise PayloadTooLarge(f"the job's inputs total {total} bytes; the limit is {protocol.DEFAULT_MAX_JOB_BYTES}")
+    if total > envelope.DEFAULT_MAX_JOB_BYTES:
+        raise PayloadTooLarge(f"the job's inputs total {total} bytes; the limit is {envelope.DEFAULT_MAX_JOB_BYTES}")
+    blobs = envelope.split_inputs(wire, inline_max)
     now = time.time()
-    job = protocol.job_envelope(
+    job = envelope.job_envelope(
         job_id=job_id,
         model=target.model,
         version=target.version,
@@ -371,7 +368,7 @@ def prepare(
     # A caller-chosen id may be reused: its digest lets icow_submit tell a resubmission of the
     # same job (idempotent) from another job under that id (JobIdConflict).
     digest = job_digest(target.model, target.version, outputs, hashed) if custom else None
-    message = protocol.celery_message(job, queue=target.queue, priority=target.priority, digest=digest)
+    message = celery_message(job, queue=target.queue, priority=target.priority, digest=digest)
     return PreparedJob(job_id, token, message, blobs, ttl_s, digest)
 
 
@@ -480,38 +477,25 @@ def queue_full(target: Target, depth: int, limit: int, queued: list[Any]) -> Que
 # ---------------------------------------------------------------------------- results
 
 
-def parse_entry(raw: Any) -> tuple[str, dict[str, Any]] | None:
-    """(who waits for it, meta) of a reply-list or bell entry: a result meta goes to its task
-    id; a cancel outcome (status ``CANCEL``, task id ``cancel:<job id>``) to
-    :func:`cancel_key` of the job. Told apart by the status, never by the task id alone: a
-    custom job id may itself read ``cancel:abc`` (docs/PROTOCOL.md §12). None for anything else."""
-    try:
-        meta = protocol.unpackb(raw)
-    except (ValueError, TypeError):
+def parse_entry(raw: Any) -> tuple[str, Result] | None:
+    """(who waits for it, result) of a reply-list or bell entry (icow.result.reply_entry): a
+    job's answer goes to its job id; a cancel outcome to :func:`cancel_key` of the job. None
+    for anything else."""
+    r = result.reply_entry(raw)
+    if r is None or r.job_id is None:
         return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("task_id"), str):
-        return None
-    task_id, status = meta["task_id"], meta.get("status")
-    if status == "CANCEL":
-        if not task_id.startswith(CANCEL_PREFIX):
-            return None
-        return cancel_key(task_id[len(CANCEL_PREFIX) :]), meta
-    if status not in protocol.READY_STATES:
-        return None
-    return task_id, meta
+    return (cancel_key(r.job_id) if r.status == result.CANCEL else r.job_id), r
 
 
-def read_meta(job_id: str, raw: Any) -> dict[str, Any] | None:
-    """The result meta stored under ``celery-task-meta-<id>``, if it is this job's answer."""
+def read_meta(job_id: str, raw: Any) -> Result | None:
+    """The result stored under ``celery-task-meta-<id>``, if it is this job's answer."""
     if raw is None:
         return None
-    meta = protocol.parse_meta(raw)
-    if meta.get("task_id") != job_id or meta.get("status") not in protocol.READY_STATES:
-        return None
-    return meta
+    r = result.read(raw)
+    return r if r.job_id == job_id and r.ready else None
 
 
-def settled(job_id: str, raw_result: Any, raw_state: Any) -> dict[str, Any] | None:
+def settled(job_id: str, raw_result: Any, raw_state: Any) -> Result | None:
     """The job's result from its two keys; None while it is queued or running; JobNotFound
     once it was answered but the result has expired."""
     meta = read_meta(job_id, raw_result)
@@ -526,36 +510,28 @@ def status_of(job_id: str, raw_result: Any, raw_state: Any) -> JobStatus:
     tell an unknown id from a job that waits in a queue)."""
     meta = settled(job_id, raw_result, raw_state)
     if meta is not None:
-        return "succeeded" if meta.get("status") == "SUCCESS" else "failed"
+        return status_of_meta(meta)
     return "running" if raw_state == b"running" else "queued"
 
 
-def status_of_meta(meta: Mapping[str, Any]) -> JobStatus:
-    return "succeeded" if meta.get("status") == "SUCCESS" else "failed"
+def status_of_meta(meta: Result) -> JobStatus:
+    return "succeeded" if meta.ok else "failed"
 
 
-def output_refs(meta: Mapping[str, Any]) -> list[str]:
+def output_refs(meta: Result) -> list[str]:
     """Claim-check keys the result's outputs point at (fetch them, then call decode_result)."""
-    if meta.get("status") != "SUCCESS":
-        return []
-    return [t["ref"] for t in meta["result"].get("outputs", ()) if "ref" in t]
+    return envelope.refs(meta.outputs) if meta.ok else []
 
 
-def decode_result(meta: Mapping[str, Any], blobs: Mapping[str, Any] | None = None) -> Outputs:
-    """Outputs by name from a finished job's meta, or raise the remote error it carries."""
-    job_id = meta.get("task_id")
-    if meta.get("status") != "SUCCESS":
-        error_type, message = protocol.failure_of(meta)
-        raise remote_error(error_type, message, job_id=job_id)
-    out: Outputs = {}
-    for t in meta["result"].get("outputs", ()):
-        if "ref" in t:
-            data = (blobs or {}).get(t["ref"])
-            if data is None:
-                raise JobNotFound(f"job {job_id}: output {t['name']!r} has expired")
-            t = {**t, "data": data}
-        out[t["name"]] = tensor.decode(t, max_bytes=1 << 62)
-    return out
+def decode_result(meta: Result, blobs: Mapping[str, Any] | None = None) -> Outputs:
+    """Outputs by name from a finished job's result, or raise the remote error it carries."""
+    if not meta.ok:
+        error_type, message = meta.error or ("RemoteError", "")
+        raise remote_error(error_type, message, job_id=meta.job_id)
+    wire, missing = envelope.join(meta.outputs, blobs or {})
+    if missing:
+        raise JobNotFound(f"job {meta.job_id}: output {missing[0]!r} has expired")
+    return {t["name"]: tensor.decode(t, max_bytes=1 << 62) for t in wire}
 
 
 # ---------------------------------------------------------------------------- cancelling
@@ -570,7 +546,7 @@ def cancel_key(job_id: str) -> str:
 
 def check_token(job_id: str, token: str | None) -> str | None:
     """A re-attached job's cancel token must be the one its id was made from."""
-    if token is not None and protocol.job_id_for_token(token) != job_id:
+    if token is not None and envelope.job_id_for_token(token) != job_id:
         raise InvalidInput(f"this cancel token does not belong to job {job_id}")
     return token
 
@@ -587,11 +563,11 @@ def cancel_request(
             "ICOW's making (or whoever it gave job.cancel_token to: client.job(id, cancel_token=...)) "
             "can cancel it; jobs submitted with job_id=... cannot be cancelled"
         )
-    if protocol.job_id_for_token(token) != job_id:
+    if envelope.job_id_for_token(token) != job_id:
         raise InvalidInput(f"this cancel token does not belong to job {job_id}")
     return [keys.CANCELS], [token, reply_key] + ([] if ttl_s is None else [str(check_ttl(ttl_s))])
 
 
-def cancel_outcome(meta: Mapping[str, Any]) -> bool:
+def cancel_outcome(meta: Result) -> bool:
     """The fleet's answer: True cancelled; False already finished (0) or already running (-1)."""
-    return meta.get("result") == 1
+    return meta.code == 1

@@ -1,16 +1,15 @@
 """What a finished job's result says about its run, besides the outputs: ``job.info()``.
 
-I/O-free: read from the result meta the handle already holds (docs/PROTOCOL.md §9), the same
+I/O-free: read from the result (icow.result.Result) the handle already holds (docs/PROTOCOL.md §9), the same
 for ``Job`` and ``AsyncJob``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from icow.errors import NoResultYet
+from icow.result import Result
 
 
 @dataclass(frozen=True)
@@ -34,33 +33,22 @@ class JobInfo:
     finished: str | None
 
 
-def _num(value: Any, kind: type) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return kind(value)
-
-
-def info_of(job_id: str, meta: Mapping[str, Any] | None) -> JobInfo:
-    """The :class:`JobInfo` of a result meta; NoResultYet while the handle has seen none."""
+def info_of(job_id: str, meta: Result | None) -> JobInfo:
+    """The :class:`JobInfo` of a result; NoResultYet while the handle has seen none."""
     if meta is None:
         raise NoResultYet(
             f"job {job_id}: no result seen yet; info() is there once result() has returned or raised "
             "the job's error (or status() read it finished, or as_completed yielded it)"
         )
-    res = meta.get("result")
-    res = res if isinstance(res, Mapping) else {}
-    timing = res.get("timing")
-    timing = timing if isinstance(timing, Mapping) else {}
-    model, worker, date = res.get("model"), res.get("worker"), meta.get("date_done")
     return JobInfo(
         job_id=job_id,
-        status="succeeded" if meta.get("status") == "SUCCESS" else "failed",
-        model=model if isinstance(model, str) else None,
-        version=_num(res.get("version"), int),
-        worker=worker if isinstance(worker, str) and worker else None,
-        queued_s=_num(timing.get("queued_s"), float),
-        compute_s=_num(timing.get("compute_s"), float),
-        batch=_num(timing.get("batch"), int),
-        batch_samples=_num(timing.get("batch_samples"), int),
-        finished=date if isinstance(date, str) else None,
+        status="succeeded" if meta.ok else "failed",
+        model=meta.model,
+        version=meta.version,
+        worker=meta.worker or None,
+        queued_s=meta.timing.queued_s,
+        compute_s=meta.timing.compute_s,
+        batch=meta.timing.batch,
+        batch_samples=meta.timing.batch_samples,
+        finished=meta.finished,
     )

@@ -25,6 +25,7 @@ from typing import Any, TypeAlias
 from icow import keys
 from icow.client import _core
 from icow.errors import IcowError, JobNotFound, JobTimeout
+from icow.result import Result
 
 # -- operations: what the driver is asked to do next, and what it sends back
 
@@ -82,7 +83,7 @@ class Finished:
     error its ``result()`` raises (JobNotFound when its result has expired)."""
 
     job_id: str
-    meta: dict[str, Any] | None = None
+    meta: Result | None = None
     error: IcowError | None = None
 
 
@@ -240,7 +241,7 @@ class ReplyBox:
 
     def __init__(self, reply_key: str, *, stash_max: int = _core.STASH_MAX, bells_max: int = _core.BELLS_MAX):
         self.reply_key = reply_key
-        self._stash: dict[str, dict[str, Any]] = {}
+        self._stash: dict[str, Result] = {}
         self._bells: dict[str, int] = {}
         self._stash_max = stash_max
         self._bells_max = bells_max
@@ -276,7 +277,7 @@ class ReplyBox:
             self._stash.pop(next(iter(self._stash)))
         return got
 
-    def take(self, wanted: Collection[str]) -> dict[str, dict[str, Any]]:
+    def take(self, wanted: Collection[str]) -> dict[str, Result]:
         """Remove and return the entries of ``wanted`` that have arrived."""
         if len(self._stash) <= len(wanted):
             hits = [k for k in self._stash if k in wanted]

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from icow import protocol
+from icow import records
+from icow.envelope import new_job_id
 from icow.errors import InvalidInput, JobNotFound
 
 if TYPE_CHECKING:
@@ -56,19 +57,16 @@ class Plan:
     def of(inputs: Mapping[str, Any], samples_per_job: int, ttl_s: int) -> Plan:
         chunks = split(inputs, samples_per_job)
         samples = sum(next(iter(c.values())).shape[0] for c in chunks)
-        return Plan(protocol.new_job_id(), chunks, samples, ttl_s)
+        return Plan(new_job_id(), chunks, samples, ttl_s)
 
     def record(self, model: str, jobs: Sequence[Any]) -> bytes:
-        return protocol.packb(
-            {"id": self.bulk_id, "model": model, "jobs": [j.id for j in jobs], "samples": self.samples}
-        )
+        return records.bulk(self.bulk_id, model, [j.id for j in jobs], self.samples)
 
 
 def parse_record(bulk_id: str, raw: Any) -> tuple[str, list[str], int]:
     if raw is None:
         raise JobNotFound(f"bulk {bulk_id} is unknown or has expired")
-    rec = protocol.unpackb(raw)
-    return str(rec["model"]), [str(i) for i in rec["jobs"]], int(rec["samples"])
+    return records.parse_bulk(raw)
 
 
 def concatenate(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

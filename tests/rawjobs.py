@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from icow import functions, keys, protocol, tensor
+from icow import functions, keys, tensor
+from icow.celery_message import celery_message
+from icow.envelope import job_envelope, new_job
+from icow.result import failure_of, parse_meta
 
 
 def job_message(
@@ -29,8 +32,8 @@ def job_message(
     deadline: float | None = None,
 ) -> tuple[str, bytes]:
     """(job id, message) of a valid job with one input ``x``."""
-    job_id = job_id or protocol.new_job()[0]
-    job = protocol.job_envelope(
+    job_id = job_id or new_job()[0]
+    job = job_envelope(
         job_id=job_id,
         model=model,
         version=version,
@@ -39,7 +42,7 @@ def job_message(
         result_ttl_s=3600,
         deadline=deadline,
     )
-    return job_id, protocol.celery_message(job, queue=keys.queue(model, version), priority=priority)
+    return job_id, celery_message(job, queue=keys.queue(model, version), priority=priority)
 
 
 def submit(r: redis.Redis, model: str, messages: Sequence[bytes], version: int | None = None) -> int:
@@ -71,13 +74,13 @@ def results(r: redis.Redis, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]
         chunk = job_ids[start : start + 1000]
         for job_id, data in zip(chunk, r.mget([keys.result(i) for i in chunk])):
             if data is not None:
-                found[job_id] = protocol.parse_meta(data)
+                found[job_id] = parse_meta(data)
     return found
 
 
 def output(r: redis.Redis, meta: Mapping[str, Any], name: str = "y") -> np.ndarray:
     """One output tensor of a SUCCESS meta (inline or claim-checked)."""
-    assert meta["status"] == "SUCCESS", protocol.failure_of(meta)
+    assert meta["status"] == "SUCCESS", failure_of(meta)
     for t in meta["result"]["outputs"]:
         if t["name"] == name:
             if "ref" in t:

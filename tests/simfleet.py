@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from icow import functions, keys, protocol, tensor
+from icow import functions, keys, tensor
+from icow.codec import packb, unpackb
+from icow.envelope import DEFAULT_INLINE_MAX_BYTES, job_id_for_token, parse_job
+from icow.result import failure_meta, success_meta
 
 Handler = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -36,7 +39,7 @@ class SimWorker:
         *,
         version: int = 1,
         handler: Handler = doubled,
-        inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
+        inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
         name: str = "sim@test",
     ):
         self.r = redis.Redis.from_url(url)
@@ -66,7 +69,7 @@ class SimWorker:
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
             "providers": ["CPUExecutionProvider"],
         }
-        self.r.hset(keys.model(self.model), str(self.version), protocol.packb(meta))
+        self.r.hset(keys.model(self.model), str(self.version), packb(meta))
 
     def withdraw(self) -> None:
         self.r.delete(keys.live(self.model), keys.model(self.model))
@@ -83,8 +86,8 @@ class SimWorker:
         if popped is None:
             return None
         envelope = json.loads(popped[1])
-        args, _kwargs, _embed = protocol.unpackb(base64.b64decode(envelope["body"]))
-        job = protocol.parse_job(args[0], task_id=envelope["headers"]["id"])
+        args, _kwargs, _embed = unpackb(base64.b64decode(envelope["body"]))
+        job = parse_job(args[0], task_id=envelope["headers"]["id"])
         job["_queue_list"] = popped[0].decode()
         job["_priority"] = envelope["properties"]["priority"]
         job["_headers"], job["_raw"] = envelope["headers"], bytes(popped[1])
@@ -117,7 +120,7 @@ class SimWorker:
             self.r,
             functions.ANSWER,
             [keys.runs(self.name), keys.result(j), keys.state(j), job["reply_to"] or ""],
-            [0, 1, keys.DONE_EXTRA_TTL_S, protocol.packb(meta), job["ttl"]],
+            [0, 1, keys.DONE_EXTRA_TTL_S, packb(meta), job["ttl"]],
         )
         return bool(written)
 
@@ -131,7 +134,7 @@ class SimWorker:
                 self.r.set(ref, t.pop("data"), ex=job["ttl"])
                 t["ref"] = ref
             wire.append(t)
-        meta = protocol.success_meta(
+        meta = success_meta(
             job["id"],
             model=job["model"],
             version=self.version,
@@ -142,9 +145,7 @@ class SimWorker:
         return self.answer(job, meta)
 
     def failure(self, job: dict[str, Any], error_type: str, message: str) -> bool:
-        meta = protocol.failure_meta(
-            job["id"], error_type=error_type, message=message, model=job["model"], worker=self.name
-        )
+        meta = failure_meta(job["id"], error_type=error_type, message=message, model=job["model"], worker=self.name)
         return self.answer(job, meta)
 
     def run(self, job: dict[str, Any]) -> None:
@@ -159,8 +160,8 @@ class SimWorker:
             if not popped:
                 return n
             token, reply_to, *ttl = popped[0][0].decode().split(" ")  # <token> <reply list> [<ttl>]
-            job_id = protocol.job_id_for_token(token)
-            meta = protocol.failure_meta(
+            job_id = job_id_for_token(token)
+            meta = failure_meta(
                 job_id, error_type="JobCancelled", message="the job was cancelled before it ran", worker=self.name
             )
             code = functions.call(
@@ -168,16 +169,14 @@ class SimWorker:
                 functions.CANCEL,
                 [keys.result(job_id), keys.state(job_id), keys.bell(job_id)],
                 [
-                    protocol.packb(meta),
+                    packb(meta),
                     int(ttl[0]) if ttl else keys.DEFAULT_RESULT_TTL_S,
                     keys.DONE_EXTRA_TTL_S,
                     keys.BELL_TTL_S,
                 ],
             )
             if keys.is_reply(reply_to):
-                self.r.rpush(
-                    reply_to, protocol.packb({"status": "CANCEL", "task_id": f"cancel:{job_id}", "result": code})
-                )
+                self.r.rpush(reply_to, packb({"status": "CANCEL", "task_id": f"cancel:{job_id}", "result": code}))
                 self.r.expire(reply_to, keys.DEFAULT_RESULT_TTL_S)
             n += 1
 

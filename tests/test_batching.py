@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import redis
 
-from icow import functions, keys, protocol
+from icow import functions, keys
 from icow.client import Client
 from icow.client import bulk as bulk_module
 from icow.errors import InvalidJob
+from icow.result import parse_meta
 from icow.workers import batching, samples
 
 from .conftest import WorkerProcess
@@ -96,9 +97,9 @@ def test_batched_results_equal_unbatched_and_respect_max_batch(redis_url: str, b
         for job, x in zip(jobs, xs):
             out = job.result(timeout_s=60)["y"]
             np.testing.assert_allclose(out, samples.mlp_reference(x), rtol=1e-5, atol=1e-5)
-            timing = job._meta["result"]["timing"]
-            batches.append(timing["batch"])
-            batch_samples.append(timing["batch_samples"])
+            timing = job._meta.timing
+            batches.append(timing.batch)
+            batch_samples.append(timing.batch_samples)
         assert max(batches) > 1, "60 queued jobs should have been batched"
         assert max(batch_samples) <= 4  # samples, not jobs: never more than max_batch
 
@@ -133,7 +134,7 @@ def test_bulk_submission_progress_and_reattach(redis_url: str, batch_worker: Wor
         np.testing.assert_allclose(y, samples.mlp_reference(x), rtol=1e-5, atol=1e-5)
         assert bulk.progress() == (16, 16)
         # a job is never split, and jobs of max_batch samples or more are never combined
-        assert all(j._meta["result"]["timing"]["batch_samples"] in (64, 1000 - 15 * 64) for j in bulk.jobs)
+        assert all(j._meta.timing.batch_samples in (64, 1000 - 15 * 64) for j in bulk.jobs)
     with Client(redis_url) as other:
         again = other.bulk(bulk.id)
         assert again.progress() == (16, 16)
@@ -163,7 +164,7 @@ def test_interactive_jobs_overtake_a_bulk_backlog(redis_url: str, batch_worker: 
 def _done_order(r: redis.Redis, jobs: list[Any]) -> list[str]:
     """Job ids in the order one worker answered them (``date_done`` of their result metas:
     one process's clock, so this is its completion order)."""
-    metas = {j.id: protocol.parse_meta(r.get(keys.result(j.id))) for j in jobs}
+    metas = {j.id: parse_meta(r.get(keys.result(j.id))) for j in jobs}
     return sorted(metas, key=lambda i: datetime.fromisoformat(metas[i]["date_done"]))
 
 

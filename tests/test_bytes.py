@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys, protocol
+from icow import keys
+from icow.celery_message import celery_message
 from icow.client import AsyncClient, Client
+from icow.envelope import job_envelope
 from icow.errors import InvalidInput, InvalidJob
 
 from .conftest import WorkerProcess
@@ -71,14 +73,14 @@ def test_badly_framed_bytes_data_gets_a_failure_naming_the_problem(
     client: Client, r: redis.Redis, count: int, data: bytes, message: str
 ) -> None:
     job_id = str(uuid.uuid4())
-    job = protocol.job_envelope(
+    job = job_envelope(
         job_id=job_id,
         model="text",
         version=None,
         inputs=[{"name": "x", "datatype": "BYTES", "shape": [count], "data": data}],
     )
     r.set(keys.state(job_id), b"queued", ex=60)
-    r.lpush(keys.queue("text"), protocol.celery_message(job, queue=keys.queue("text")))
+    r.lpush(keys.queue("text"), celery_message(job, queue=keys.queue("text")))
     with pytest.raises(InvalidJob, match=message):
         client.job(job_id).result(timeout_s=30)
     assert list(client.infer("text", {"x": np.array(["fine"])}, timeout_s=30)["y"]) == [b"fine"]

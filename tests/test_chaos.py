@@ -35,8 +35,10 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys, protocol
+from icow import keys
+from icow.celery_message import decode_message
 from icow.cli.fleet import LocalRedis, start_worker, stop_process
+from icow.result import failure_of, parse_meta
 from icow.workers import samples
 from icow.workers.heartbeat import live_workers
 
@@ -148,7 +150,7 @@ def held_by(r: redis.Redis, name: str) -> list[str]:
     ids = []
     for run in r.hkeys(keys.runs(name)):
         for raw in r.lrange(run, 0, -1):
-            msg = protocol.decode_message(raw)
+            msg = decode_message(raw)
             assert msg.job_id is not None
             ids.append(msg.job_id)
     return ids
@@ -228,7 +230,7 @@ def chaos(repo: Path, url: str, kills: int, seed: int) -> Figures:
         for job_id, meta in answers.items():
             if meta["status"] != "SUCCESS":
                 fig.wrong += 1
-                fig.examples.append(f"failed {job_id}: {protocol.failure_of(meta)}")
+                fig.examples.append(f"failed {job_id}: {failure_of(meta)}")
                 continue
             x = sent[job_id]
             y = rawjobs.output(r, meta)
@@ -237,7 +239,7 @@ def chaos(repo: Path, url: str, kills: int, seed: int) -> Figures:
                 fig.examples.append(f"wrong {job_id}: x={x} y={y.tolist()}")
         replies: dict[str, int] = {}
         for raw in r.lrange(reply_to, 0, -1):
-            task_id = protocol.parse_meta(raw)["task_id"]
+            task_id = parse_meta(raw)["task_id"]
             replies[task_id] = replies.get(task_id, 0) + 1
         assert set(replies) <= set(ids)
         fig.duplicate_answers = sum(n - 1 for n in replies.values() if n > 1)
@@ -320,7 +322,7 @@ def test_a_frozen_workers_jobs_are_answered_by_another_once(chaos_repo: Path, se
             assert time.monotonic() < deadline, "the thawed worker never finished its take"
             time.sleep(0.1)
         assert rawjobs.results(r, ids) == found  # the first answers stand
-        replies = [protocol.parse_meta(m)["task_id"] for m in r.lrange(reply_to, 0, -1)]
+        replies = [parse_meta(m)["task_id"] for m in r.lrange(reply_to, 0, -1)]
         assert sorted(replies) == sorted(ids)  # one answer per job reached the caller
         for job_id, x in zip(ids, xs):
             np.testing.assert_allclose(rawjobs.output(r, found[job_id]), x, rtol=1e-4)

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys, protocol
+from icow import keys
 from icow.cli.fleet import LocalRedis
 from icow.cli.tools import output_filename, write_outputs
+from icow.codec import packb
 from icow.errors import InvalidInput
 from icow.workers import samples
 from icow.workers.repository import Repository
@@ -157,11 +158,11 @@ def test_failures_print_readable_records(own_redis: LocalRedis) -> None:
     poison = {"id": "job-1", "error": "InternalError", "message": "poison job", "model": "mlp", "version": 2}
     poison |= {"worker": "w1@host", "deliveries": 3, "time": 1_790_000_060.0}
     for rec in (refused, poison):
-        r.set(keys.dead(str(rec["id"])), protocol.packb(rec))
+        r.set(keys.dead(str(rec["id"])), packb(rec))
         r.lpush(keys.DEAD, str(rec["id"]))
     meta = {"status": "FAILURE", "task_id": "job-1"}
     meta["result"] = {"exc_type": "InternalError", "exc_message": ["poison job"]}
-    r.set(keys.result("job-1"), protocol.packb(meta))
+    r.set(keys.result("job-1"), packb(meta))
     r.close()
 
     listed = icow("failures", "--redis", own_redis.url)

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import redis
 
-from icow import functions, keys, protocol
+from icow import functions, keys
 from icow.cli.fleet import LocalRedis
 from icow.client import _core
+from icow.codec import packb
 from icow.errors import BrokerFull, BrokerUnavailable, JobCancelled, JobTimeout, PermissionDenied
+from icow.result import failure_meta
 
 from .clients import KINDS, make_client
 from .simfleet import SimWorker
@@ -195,7 +197,7 @@ def test_the_client_user_cannot_forge_what_another_caller_receives(acl_server: t
     _, url = acl_server
     attacker = redis.Redis.from_url(url)
     victim_reply = keys.reply(uuid.uuid4().hex)
-    forged = protocol.packb(protocol.failure_meta("j1", error_type="InvalidJob", message="forged"))
+    forged = packb(failure_meta("j1", error_type="InvalidJob", message="forged"))
     try:
         for write in (
             lambda: attacker.rpush(victim_reply, forged),

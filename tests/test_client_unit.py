@@ -19,9 +19,11 @@ import pytest
 import redis.exceptions
 
 import icow.client
-from icow import keys, protocol
+from icow import keys
 from icow.client import Client, _core, _wait
 from icow.client._wait import ReadKeys, ReadReplies, ReplyBox
+from icow.codec import packb, unpackb
+from icow.envelope import job_id_for_token
 from icow.errors import (
     BrokerFull,
     BrokerUnavailable,
@@ -32,6 +34,8 @@ from icow.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
+from icow.result import Result, failure_meta, success_meta
+from icow.result import of as result_of
 
 from .conftest import run_python
 
@@ -40,12 +44,12 @@ CLOSED = "redis://127.0.0.1:1/0"  # nothing listens: any I/O would fail
 
 def meta(job_id: str, status: str = "SUCCESS") -> dict[str, Any]:
     if status == "SUCCESS":
-        return protocol.success_meta(job_id, model="m", version=1, outputs=[], worker="w", timing={})
-    return protocol.failure_meta(job_id, error_type="JobCancelled", message="cancelled")
+        return success_meta(job_id, model="m", version=1, outputs=[], worker="w", timing={})
+    return failure_meta(job_id, error_type="JobCancelled", message="cancelled")
 
 
 def packed(job_id: str, status: str = "SUCCESS") -> bytes:
-    return protocol.packb(meta(job_id, status))
+    return packb(meta(job_id, status))
 
 
 # -- surface and imports
@@ -152,9 +156,9 @@ def options(**kw: Any) -> _core.Options:
 def test_a_job_gets_an_id_made_from_its_cancel_token_and_names_our_reply_list() -> None:
     reply = keys.reply("ab" * 16)
     job = _core.prepare(_core.Target("mlp"), {"x": np.zeros((1, 4), np.float32)}, options=options(), reply_to=reply)
-    assert job.cancel_token is not None and protocol.job_id_for_token(job.cancel_token) == job.job_id
+    assert job.cancel_token is not None and job_id_for_token(job.cancel_token) == job.job_id
     envelope = json.loads(job.message)
-    [[sent], _, _] = protocol.unpackb(base64.b64decode(envelope["body"]))
+    [[sent], _, _] = unpackb(base64.b64decode(envelope["body"]))
     assert envelope["headers"]["id"] == sent["id"] == job.job_id and sent["reply_to"] == reply
     assert envelope["properties"]["delivery_info"]["routing_key"] == "icow:q:mlp"
     custom = _core.prepare(
@@ -239,20 +243,20 @@ def test_status_from_the_result_and_state_keys(result: Any, state: Any, status: 
 
 def test_reply_entries_are_routed_by_task_id_and_garbage_is_dropped() -> None:
     box = ReplyBox(keys.reply("01" * 16), stash_max=3)
-    cancel = protocol.packb({"status": "CANCEL", "task_id": "cancel:j1", "result": 1})
-    got = box.deliver([packed("j1"), cancel, b"\xc1 not msgpack", protocol.packb({"status": "SUCCESS"})])
+    cancel = packb({"status": "CANCEL", "task_id": "cancel:j1", "result": 1})
+    got = box.deliver([packed("j1"), cancel, b"\xc1 not msgpack", packb({"status": "SUCCESS"})])
     assert got == {"j1", _core.cancel_key("j1")}  # a cancel answer is routed by its status
     assert list(box.take({_core.cancel_key("j1")})) == [_core.cancel_key("j1")]
     assert _core.cancel_outcome(meta_of(cancel))
     custom = packed("cancel:j1")  # a job whose custom id reads like a cancel answer: its own entry
     assert box.deliver([custom, cancel]) == {"cancel:j1", _core.cancel_key("j1")}
-    assert box.take({"cancel:j1"})["cancel:j1"]["status"] == "SUCCESS"
-    assert box.take({_core.cancel_key("j1")})[_core.cancel_key("j1")]["status"] == "CANCEL"
+    assert box.take({"cancel:j1"})["cancel:j1"].status == "SUCCESS"
+    assert box.take({_core.cancel_key("j1")})[_core.cancel_key("j1")].status == "CANCEL"
     box.deliver([packed(f"k{i}") for i in range(5)])  # over the cap: the oldest go (their keys keep them)
     assert box.take({"j1", "k0", "k1", "k2", "k3", "k4"}).keys() == {"k2", "k3", "k4"}
 
 
-def meta_of(raw: bytes) -> dict[str, Any]:
+def meta_of(raw: bytes) -> Result:
     entry = _core.parse_entry(raw)
     assert entry is not None
     return entry[1]
@@ -334,15 +338,15 @@ def drive(steps: _wait.Steps, replies: list[Any]) -> tuple[list[Any], Any]:
 
 
 def test_wait_own_reads_the_reply_list_and_the_bell_then_the_keys_between_slices() -> None:
-    ops, result = drive(_wait.wait_own("j", None, None), [{}, [None, None], {"j": meta("j")}])
+    ops, result = drive(_wait.wait_own("j", None, None), [{}, [None, None], {"j": result_of(meta("j"))}])
     read, check, read2 = ops
     assert isinstance(read, ReadReplies) and read.wanted == {"j"} and read.bells == ("icow:bell:j",)
     assert check == ReadKeys(["celery-task-meta-j", "icow:state:j"]) and isinstance(read2, ReadReplies)
-    assert result["task_id"] == "j"
+    assert result.job_id == "j"
 
 
 def test_wait_own_finds_the_result_in_its_key_and_an_expired_one_is_job_not_found() -> None:
-    assert drive(_wait.wait_own("j", None, None), [{}, [packed("j"), b"done"]])[1]["task_id"] == "j"
+    assert drive(_wait.wait_own("j", None, None), [{}, [packed("j"), b"done"]])[1].job_id == "j"
     assert isinstance(drive(_wait.wait_own("j", None, None), [{}, [None, b"done"]])[1], JobNotFound)
 
 
@@ -359,15 +363,15 @@ def test_wait_other_subscribes_before_reading_the_keys() -> None:
     ops, result = drive(_wait.wait_other("j", None, None), [None, [None, None], None, [None, None], packed("j")])
     assert ops[0] == _wait.Subscribe(["celery-task-meta-j"])
     assert isinstance(ops[1], ReadKeys) and isinstance(ops[2], _wait.Listen) and isinstance(ops[3], ReadKeys)
-    assert result["task_id"] == "j"
+    assert result.job_id == "j"
 
 
 def test_cancel_asks_the_fleet_then_waits_for_its_answer_on_our_reply_list() -> None:
     token = "ab" * 16
-    job_id = protocol.job_id_for_token(token)
+    job_id = job_id_for_token(token)
     reply = keys.reply("03" * 16)
     answer = {"status": "CANCEL", "task_id": f"cancel:{job_id}", "result": -1}
-    ops, result = drive(_wait.cancel(job_id, token, reply, None, None), [1, {}, {_core.cancel_key(job_id): answer}])
+    ops, result = drive(_wait.cancel(job_id, token, reply, None, None), [1, {}, {_core.cancel_key(job_id): result_of(answer)}])
     assert ops[0] == _wait.Call("icow_cancel_request", [keys.CANCELS], [token, reply])
     assert ops[1].wanted == {_core.cancel_key(job_id)} and result is False
     assert isinstance(drive(_wait.cancel(job_id, None, reply, None, None), [])[1], InvalidInput)
@@ -376,10 +380,10 @@ def test_cancel_asks_the_fleet_then_waits_for_its_answer_on_our_reply_list() -> 
 def test_as_completed_reads_replies_and_checks_the_keys_after_an_empty_slice() -> None:
     ops, _ = drive(
         _wait.as_completed(["a", "b", "c"], [], None, None),
-        [{"a": meta("a")}, {}, [None, b"done", packed("c"), b"done"]],
+        [{"a": result_of(meta("a"))}, {}, [None, b"done", packed("c"), b"done"]],
     )
     finished = [op for op in ops if isinstance(op, _wait.Finished)]
-    assert [(f.job_id, type(f.error).__name__ if f.error else f.meta["task_id"]) for f in finished] == [
+    assert [(f.job_id, type(f.error).__name__ if f.error else f.meta.job_id) for f in finished] == [
         ("a", "a"),
         ("b", "JobNotFound"),
         ("c", "c"),
@@ -498,10 +502,10 @@ def test_the_thread_router_files_a_reply_before_it_wakes_the_other_waiters() -> 
         fake.push(packed("b"))
         b.join(30)
         assert not b.is_alive(), "B slept through a read with its reply in the box (lost wakeup)"
-        assert got["b"]["b"]["task_id"] == "b" and "waiter-b" not in fake.readers
+        assert got["b"]["b"].job_id == "b" and "waiter-b" not in fake.readers
         fake.push(packed("a"))
         a.join(30)
-        assert got["a"]["a"]["task_id"] == "a"
+        assert got["a"]["a"].job_id == "a"
     finally:
         fake.close()
         a.join(5)
@@ -540,10 +544,10 @@ async def test_the_coroutine_router_has_one_reader_and_wakes_each_waiter_with_it
         b = asyncio.ensure_future(router.wait({"b"}, ("icow:bell:b",), 3600.0))
         await asyncio.sleep(0.01)
         queue.put_nowait(packed("b"))
-        assert (await asyncio.wait_for(b, 10))["b"]["task_id"] == "b"
+        assert (await asyncio.wait_for(b, 10))["b"].job_id == "b"
         assert not a.done()
         queue.put_nowait(packed("a"))
-        assert (await asyncio.wait_for(a, 10))["a"]["task_id"] == "a"
+        assert (await asyncio.wait_for(a, 10))["a"].job_id == "a"
         assert reads <= 3  # one reader task, whatever the number of waiters
     finally:
         await router.close()

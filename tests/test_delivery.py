@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys, protocol
+from icow import keys
 from icow.client import Client
+from icow.codec import unpackb
 from icow.errors import InternalError, JobCancelled, JobExpired
 from icow.workers import samples
 
@@ -51,7 +52,7 @@ def rows_for(client: Client, seconds: float) -> int:
     """How many rows make a `slow` job last about ``seconds`` on this machine."""
     job = client.submit("slow", {"x": np.ones((200, 1024), np.float32)})
     job.result(timeout_s=60)
-    per_row = job._meta["result"]["timing"]["compute_s"] / 200
+    per_row = job._meta.timing.compute_s / 200
     return max(200, int(seconds / per_row))
 
 
@@ -74,7 +75,7 @@ def test_a_killed_workers_job_is_redone_within_seconds(redis_url: str, start, r:
         y = job.result(timeout_s=60)["y"]
         recovered_s = time.monotonic() - killed_at
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-4)  # identity matrices
-        assert job._meta["result"]["worker"] == b.name
+        assert job._meta.worker == b.name
         assert recovered_s < LEASE_S + 3 + 10  # lease + reaper sweep + the re-run itself
         assert int(r.get(keys.tries(job.id))) == 2  # delivered twice: the killed run and this one
         assert r.hlen(keys.runs(b.name)) == 0  # acked: nothing left in flight
@@ -148,7 +149,7 @@ def test_a_poison_job_is_dead_lettered_not_retried_forever(redis_url: str, start
             w = start(f"poison-{i}")
         with pytest.raises(InternalError, match="poison job"):
             job.result(timeout_s=60)
-        record = protocol.unpackb(r.get(keys.dead(job.id)))
+        record = unpackb(r.get(keys.dead(job.id)))
         assert record["deliveries"] == 4 and record["error"] == "InternalError"
         assert job.id in [i.decode() for i in r.lrange(keys.DEAD, 0, 50)]
 

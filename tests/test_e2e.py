@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys, protocol
+from icow import keys
 from icow.client import AsyncClient, Client
+from icow.codec import packb
 from icow.errors import InvalidJob, JobNotFound, JobTimeout, ModelNotFound
 from icow.workers import samples
 
@@ -215,10 +216,10 @@ def _envelope(job_id: str, body: bytes, task: str = "icow.infer") -> dict:
     ("body", "task", "message"),
     [
         (b"\xc1\xc1 not msgpack", "icow.infer", "could not be decoded"),
-        (protocol.packb([[{"v": 1, "model": "mlp"}], {}, {}]), "icow.infer", "job id|inputs|created"),
-        (protocol.packb([["just a string"], {}, {}]), "icow.infer", "job must be a map"),
-        (protocol.packb([[{"v": 99}], {}, {}]), "icow.infer", "protocol version"),
-        (protocol.packb([[], {}, {}]), "icow.other", "unknown task"),
+        (packb([[{"v": 1, "model": "mlp"}], {}, {}]), "icow.infer", "job id|inputs|created"),
+        (packb([["just a string"], {}, {}]), "icow.infer", "job must be a map"),
+        (packb([[{"v": 99}], {}, {}]), "icow.infer", "protocol version"),
+        (packb([[], {}, {}]), "icow.other", "unknown task"),
     ],
 )
 def test_corrupt_messages_get_a_failure_result(

@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 import redis
 
-from icow import functions, keys, protocol
+from icow import functions, keys
 from icow.cli.fleet import free_port, stop_process
 from icow.client import Client
+from icow.codec import unpackb
 from icow.errors import InvalidJob, ModelNotFound
 from icow.workers import samples
 from icow.workers.heartbeat import live_workers
@@ -95,7 +96,7 @@ def test_a_model_with_a_map_or_sequence_output_fails_only_its_own_jobs(
             # The metadata lists the output as unsupported, never as a datatype ICOW does not have.
             info = c.model(zipm)
             assert [(t.name, t.datatype) for t in info.outputs] == [("label", "INT64")]
-            meta = protocol.unpackb(r.hget(keys.model(zipm), "1"))
+            meta = unpackb(r.hget(keys.model(zipm), "1"))
             assert meta["unsupported_outputs"] == [{"name": "probabilities", "type": "seq(map(int64,tensor(float)))"}]
             assert w.proc.poll() is None
         finally:

@@ -47,8 +47,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icow import keys, protocol
+from icow import keys
+from icow.celery_message import CONTENT_TYPE, decode_message
 from icow.cli.fleet import LocalRedis
+from icow.codec import packb, unpackb
+from icow.result import failure_of
 from icow.workers import samples
 
 from . import rawjobs
@@ -127,7 +130,7 @@ def valid_envelope(x: np.ndarray, job_id: str, *, version: int | None = None) ->
     return env
 
 
-def with_body(env: dict[str, Any], body: bytes, content_type: str | None = protocol.CONTENT_TYPE) -> dict[str, Any]:
+def with_body(env: dict[str, Any], body: bytes, content_type: str | None = CONTENT_TYPE) -> dict[str, Any]:
     env["body"] = base64.b64encode(body).decode()
     if content_type is None:
         env.pop("content-type", None)
@@ -232,7 +235,7 @@ def hostile(rng: random.Random, n: int) -> Case:
     if kind == "deep body":
         depth = rng.choice([500, 100_000])
         if rng.random() < 0.5:
-            body, ct = b"\x91" * depth + b"\xc0", protocol.CONTENT_TYPE
+            body, ct = b"\x91" * depth + b"\xc0", CONTENT_TYPE
         else:
             body, ct = deep_json(depth).encode(), "application/json"
         return Case(kind, dumps(with_body(env, body, ct)), lst, job_id, frozenset({"InvalidJob"}))
@@ -282,7 +285,7 @@ def hostile(rng: random.Random, n: int) -> Case:
         env = valid_envelope(x, job_id, version=2)
         return Case(kind, dumps(env), LISTS[3], job_id, frozenset({"InvalidJob"}))
     assert kind == "mutated job"
-    env = with_body(env, protocol.packb([[mutated_job(rng, job_of(env))], {}, {}]))
+    env = with_body(env, packb([[mutated_job(rng, job_of(env))], {}, {}]))
     return Case(kind, dumps(env), lst, job_id, REFUSALS | {"SUCCESS"})
 
 
@@ -326,7 +329,7 @@ def valid(rng: random.Random, n: int) -> Case:
         job["inputs"] = [{**t, "data": base64.b64encode(t["data"]).decode()} for t in job["inputs"]]
         env = with_body(env, json.dumps([[job], {}, {}]).encode(), "application/json")
     elif form == 5:  # the job as the keyword argument ``job``
-        env = with_body(env, protocol.packb([[], {"job": job_of(env)}, {}]))
+        env = with_body(env, packb([[], {"job": job_of(env)}, {}]))
     return Case("valid", dumps(env), lst, job_id, frozenset({"SUCCESS"}), x)
 
 
@@ -343,7 +346,7 @@ def big(rng: random.Random, n: int, size: int) -> Case:
         return Case("big", dumps(env), rng.choice(LISTS[:4]), job_id, frozenset({"InvalidJob", "SUCCESS"}))
     job = job_of(env)
     job["inputs"][0]["data"] = b"\0" * (filler * 3 // 4 - 64)  # body first: no id in the prefix
-    env = with_body(env, protocol.packb([[job], {}, {}]))
+    env = with_body(env, packb([[job], {}, {}]))
     answered = None if len(dumps(env)) > MAX_MESSAGE_BYTES else job_id
     return Case("big", dumps(env), rng.choice(LISTS), answered, frozenset({"InvalidJob"}))
 
@@ -365,7 +368,7 @@ envelopes = st.fixed_dictionaries(
     {},
     optional={
         "body": st.text(max_size=40) | st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
-        "content-type": st.sampled_from([protocol.CONTENT_TYPE, "application/json", *map(str, CONTENT_TYPES)]),
+        "content-type": st.sampled_from([CONTENT_TYPE, "application/json", *map(str, CONTENT_TYPES)]),
         "headers": st.dictionaries(
             st.sampled_from(["id", "task", "eta", "expires", "compression", "x"]),
             st.none() | st.text(max_size=20) | st.integers() | st.floats() | st.lists(st.integers(), max_size=3),
@@ -381,7 +384,7 @@ envelopes = st.fixed_dictionaries(
 @settings(max_examples=400, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(st.binary(max_size=300) | envelopes.map(lambda e: json.dumps(e).encode()))
 def test_decode_message_never_raises(raw: bytes) -> None:
-    msg = protocol.decode_message(raw, max_bytes=1024)
+    msg = decode_message(raw, max_bytes=1024)
     assert msg.job_id is None or keys.JOB_ID_RE.match(msg.job_id)
     assert msg.job_id is None or msg.error is not None or msg.job is not None
 
@@ -390,7 +393,7 @@ def test_the_corpus_decodes_without_raising_and_as_expected() -> None:
     """The decoder alone, on every kind of the corpus: the id is usable exactly when the test
     below expects an answer, and only valid jobs decode without an error."""
     for case in corpus(len(KINDS) * 12, seed=7, n_big=0):
-        msg = protocol.decode_message(case.data, max_bytes=MAX_MESSAGE_BYTES)
+        msg = decode_message(case.data, max_bytes=MAX_MESSAGE_BYTES)
         assert msg.job_id == case.job_id, case
         if case.kind == "valid":
             assert msg.error is None, (case, msg.error)
@@ -460,11 +463,11 @@ def throw(fleet: tuple[LocalRedis, WorkerProcess], cases: list[Case], timeout_s:
         if c.job_id is None:
             continue
         meta = answers[c.job_id]
-        outcome = "SUCCESS" if meta["status"] == "SUCCESS" else protocol.failure_of(meta)[0]
+        outcome = "SUCCESS" if meta["status"] == "SUCCESS" else failure_of(meta)[0]
         outcomes.setdefault(c.kind, {}).setdefault(outcome, 0)
         outcomes[c.kind][outcome] += 1
         if outcome not in c.expect:
-            wrong.append((c.kind, c.job_id, protocol.failure_of(meta) if outcome != "SUCCESS" else "SUCCESS"))
+            wrong.append((c.kind, c.job_id, failure_of(meta) if outcome != "SUCCESS" else "SUCCESS"))
         elif c.x is not None:
             y = rawjobs.output(r, meta)
             np.testing.assert_allclose(y, 2 * c.x, err_msg=f"valid job {c.job_id}")
@@ -475,12 +478,12 @@ def throw(fleet: tuple[LocalRedis, WorkerProcess], cases: list[Case], timeout_s:
     failed = sum(
         1
         for meta in answers.values()
-        if meta["status"] != "SUCCESS" and protocol.failure_of(meta)[0] not in ("JobExpired", "JobCancelled")
+        if meta["status"] != "SUCCESS" and failure_of(meta)[0] not in ("JobExpired", "JobCancelled")
     )
     assert r.llen(keys.DEAD) == min(keys.DEAD_MAX, dead_before + unusable + failed)
     newest = r.lrange(keys.DEAD, 0, 50)
     for dead_id in newest:
-        record = protocol.unpackb(r.get(keys.dead(dead_id.decode())))
+        record = unpackb(r.get(keys.dead(dead_id.decode())))
         assert record["error"] and record["message"], record
     r.close()
     assert hwm_kib < RSS_BOUND_MIB * 1024, f"peak RSS {hwm_kib // 1024} MiB (bound {RSS_BOUND_MIB} MiB)"
@@ -526,8 +529,8 @@ def test_expires_and_eta(fuzz_fleet: tuple[LocalRedis, WorkerProcess]) -> None:
     while len(found := rawjobs.results(r, list(outcomes.values()))) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     got = {name: found[i] for name, i in outcomes.items()}
-    assert protocol.failure_of(got["expired"])[0] == "JobExpired"
-    error, message = protocol.failure_of(got["later"])
+    assert failure_of(got["expired"])[0] == "JobExpired"
+    error, message = failure_of(got["later"])
     assert error == "InvalidJob" and "eta" in message
     np.testing.assert_allclose(rawjobs.output(r, got["open"]), 2 * x)
     np.testing.assert_allclose(rawjobs.output(r, got["due"]), 2 * x)
@@ -551,7 +554,7 @@ def test_pickle_is_never_unpickled(fuzz_fleet: tuple[LocalRedis, WorkerProcess],
     deadline = time.monotonic() + 30
     while not (found := rawjobs.results(r, [job_id])) and time.monotonic() < deadline:
         time.sleep(0.05)
-    error, message = protocol.failure_of(found[job_id])
+    error, message = failure_of(found[job_id])
     assert error == "InvalidJob" and "content type" in message
     assert not marker.exists()
     assert worker.proc.poll() is None

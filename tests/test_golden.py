@@ -12,9 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from icow import keys, protocol, tensor
+from icow import keys, tensor
+from icow.celery_message import celery_message
 from icow.client import _core
+from icow.codec import packb, unpackb
+from icow.envelope import job_envelope, job_id_for_token, parse_job
 from icow.errors import REMOTE_ERRORS, InvalidInput
+from icow.result import cancel_outcome, failure_meta, parse_meta, success_meta
+from icow.result import read as read_result
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -73,7 +78,7 @@ def test_there_are_vectors_of_every_kind() -> None:
 @pytest.mark.parametrize(("name", "meaning"), JOBS, ids=_ids(JOBS))
 def test_our_encoder_reproduces_the_job_bytes(name: str, meaning: dict[str, Any]) -> None:
     job = meaning["job"]
-    assert protocol.job_id_for_token(meaning["token"]) == job["id"]
+    assert job_id_for_token(meaning["token"]) == job["id"]
     wire, blobs = [], {}
     for t in job["inputs"]:
         encoded = tensor.encode(t["name"], _array(t))
@@ -85,7 +90,7 @@ def test_our_encoder_reproduces_the_job_bytes(name: str, meaning: dict[str, Any]
         else:
             assert encoded["data"].hex() == t["data_hex"]
         wire.append(encoded)
-    envelope = protocol.job_envelope(
+    envelope = job_envelope(
         job_id=job["id"],
         model=job["model"],
         version=job["version"],
@@ -96,9 +101,9 @@ def test_our_encoder_reproduces_the_job_bytes(name: str, meaning: dict[str, Any]
         deadline=job["deadline"],
         created=job["created"],
     )
-    assert protocol.packb(envelope) == _file(meaning["files"]["job"])
+    assert packb(envelope) == _file(meaning["files"]["job"])
     assert meaning["queue"] == keys.queue(job["model"], job["version"])  # pinned: icow:q:<m>@<v>
-    message = protocol.celery_message(
+    message = celery_message(
         envelope, queue=meaning["queue"], priority=meaning["priority"], delivery_tag=meaning["delivery_tag"]
     )
     assert message == _file(meaning["files"]["message"])
@@ -111,9 +116,9 @@ def test_our_decoder_reads_the_job_bytes(name: str, meaning: dict[str, Any]) -> 
     message = json.loads(_file(meaning["files"]["message"]))
     assert message["headers"]["task"] == "icow.infer"
     assert message["properties"]["delivery_info"]["routing_key"] == meaning["queue"]
-    args, kwargs, _embed = protocol.unpackb(base64.b64decode(message["body"]))
-    assert kwargs == {} and protocol.packb(args[0]) == _file(meaning["files"]["job"])
-    parsed = protocol.parse_job(args[0], task_id=message["headers"]["id"])
+    args, kwargs, _embed = unpackb(base64.b64decode(message["body"]))
+    assert kwargs == {} and packb(args[0]) == _file(meaning["files"]["job"])
+    parsed = parse_job(args[0], task_id=message["headers"]["id"])
     blobs = {ref: _file(f) for ref, f in meaning["blobs"].items()}
     for t, want in zip(parsed["inputs"], meaning["job"]["inputs"]):
         data = blobs[t["ref"]] if "ref" in t else t["data"]
@@ -127,12 +132,14 @@ def test_our_decoder_reads_the_job_bytes(name: str, meaning: dict[str, Any]) -> 
 
 @pytest.mark.parametrize(("name", "meaning"), RESULTS, ids=_ids(RESULTS))
 def test_our_decoder_reads_the_result_bytes(name: str, meaning: dict[str, Any]) -> None:
-    meta = protocol.parse_meta(_file(meaning["files"]["result"]))
+    meta = parse_meta(_file(meaning["files"]["result"]))
     assert meta["task_id"] == meaning["meta"]["task_id"] and keys.result(meta["task_id"]) == meaning["key"]
-    if meta["status"] == "SUCCESS":
+    res = read_result(_file(meaning["files"]["result"]))
+    assert res.job_id == meta["task_id"] and res.model == meaning["meta"]["result"]["model"]
+    if res.ok:
         blobs = {ref: _file(f) for ref, f in meaning["blobs"].items()}
-        assert _core.output_refs(meta) == list(blobs)
-        outputs = _core.decode_result(meta, blobs)
+        assert _core.output_refs(res) == list(blobs)
+        outputs = _core.decode_result(res, blobs)
         for want in meaning["meta"]["result"]["outputs"]:
             np.testing.assert_array_equal(outputs[want["name"]], _array(want))
             assert outputs[want["name"]].shape == tuple(want["shape"])
@@ -140,7 +147,7 @@ def test_our_decoder_reads_the_result_bytes(name: str, meaning: dict[str, Any]) 
     else:
         err = meaning["error"]
         with pytest.raises(REMOTE_ERRORS[err["type"]]) as info:
-            _core.decode_result(meta)
+            _core.decode_result(res)
         assert info.value.message == err["message"] and info.value.job_id == meta["task_id"]
 
 
@@ -157,7 +164,7 @@ def test_our_encoder_reproduces_the_result_bytes(name: str, meaning: dict[str, A
                 assert _file(meaning["blobs"][t["ref"]]) == encoded.pop("data")
                 encoded["ref"] = keys.output_blob(want["task_id"], i)
             wire.append(encoded)
-        meta = protocol.success_meta(
+        meta = success_meta(
             want["task_id"],
             model=res["model"],
             version=res["version"],
@@ -166,7 +173,7 @@ def test_our_encoder_reproduces_the_result_bytes(name: str, meaning: dict[str, A
             timing=res["timing"],
         )
     else:
-        meta = protocol.failure_meta(
+        meta = failure_meta(
             want["task_id"],
             error_type=res["exc_type"],
             message=res["exc_message"][0],
@@ -175,7 +182,7 @@ def test_our_encoder_reproduces_the_result_bytes(name: str, meaning: dict[str, A
             worker=res["worker"],
         )
     meta["date_done"] = want["date_done"]
-    assert protocol.packb(meta) == _file(meaning["files"]["result"])
+    assert packb(meta) == _file(meaning["files"]["result"])
 
 
 def test_the_json_form_decodes_to_the_same_job() -> None:
@@ -183,7 +190,7 @@ def test_the_json_form_decodes_to_the_same_job() -> None:
     message = json.loads(_file(meaning["files"]["message"]))
     assert message["content-type"] == "application/json"
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    parsed = protocol.parse_job(args[0], task_id=message["headers"]["id"], json_form=True)
+    parsed = parse_job(args[0], task_id=message["headers"]["id"], json_form=True)
     (want,) = meaning["inputs"]
     assert parsed["inputs"][0]["data"] == bytes.fromhex(want["data_hex"])
     np.testing.assert_array_equal(tensor.decode(parsed["inputs"][0]), _array(want))
@@ -208,7 +215,7 @@ def test_the_json_form_refuses_bad_base64_and_wrong_sizes(data: object, message:
     }
     job["inputs"][0]["data"] = data  # type: ignore[index]
     with pytest.raises(InvalidInput, match=message):
-        protocol.parse_job(job, task_id="j1", json_form=True)
+        parse_job(job, task_id="j1", json_form=True)
 
 
 def test_model_metadata_value() -> None:
@@ -216,7 +223,7 @@ def test_model_metadata_value() -> None:
     raw = {meaning["field"].encode(): _file(meaning["files"]["model"])}
     info = _core.model_info("multi", raw, None)
     assert info.version == 1 and [t.datatype for t in info.outputs] == ["FP32", "INT64", "BOOL", "FP16"]
-    assert protocol.unpackb(raw[b"1"]) == meaning["meta"]
+    assert unpackb(raw[b"1"]) == meaning["meta"]
 
 
 def test_model_metadata_lists_outputs_that_are_not_tensors_apart() -> None:
@@ -224,7 +231,7 @@ def test_model_metadata_lists_outputs_that_are_not_tensors_apart() -> None:
     raw = {meaning["field"].encode(): _file(meaning["files"]["model"])}
     info = _core.model_info("classifier", raw, None)
     assert [(t.name, t.datatype) for t in info.outputs] == [("label", "INT64")]
-    meta = protocol.unpackb(raw[b"1"])
+    meta = unpackb(raw[b"1"])
     assert meta == meaning["meta"] and meta["unsupported_outputs"][0]["name"] == "probabilities"
 
 
@@ -254,7 +261,7 @@ def test_the_submit_call_reproduces_the_vector(name: str) -> None:
 
 def test_the_cancel_request_and_the_fleets_answer() -> None:
     request = json.loads(_file("cancel_request.json"))
-    assert protocol.job_id_for_token(request["token"]) == request["job_id"]
+    assert job_id_for_token(request["token"]) == request["job_id"]
     assert list(_core.cancel_request(request["job_id"], request["token"], request["args"][1])) == [
         request["keys"],
         request["args"],
@@ -269,7 +276,7 @@ def test_the_cancel_request_and_the_fleets_answer() -> None:
             _core.cancel_request(request["job_id"], case["args"][0], case["args"][1])
     outcome = json.loads(_file("reply_cancel_outcome.json"))
     raw = _file(outcome["files"]["entry"])
-    assert protocol.cancel_outcome(request["job_id"], 1) == raw
+    assert cancel_outcome(request["job_id"], 1) == raw
     assert outcome["entry"]["task_id"] == "cancel:" + request["job_id"]
     entry = _core.parse_entry(raw)
     assert entry is not None and entry[0] == _core.cancel_key(request["job_id"])  # routed by status CANCEL
@@ -282,7 +289,7 @@ def test_a_result_whose_custom_id_reads_like_a_cancel_answer_goes_to_its_own_wai
     request = json.loads(_file("cancel_request.json"))
     meta = json.loads(_file("result_mlp.json"))["meta"]
     custom = "cancel:" + request["job_id"]
-    raw = protocol.packb({**meta, "task_id": custom, "result": {**meta["result"], "id": custom, "outputs": []}})
+    raw = packb({**meta, "task_id": custom, "result": {**meta["result"], "id": custom, "outputs": []}})
     entry = _core.parse_entry(raw)
     assert entry is not None and entry[0] == custom != _core.cancel_key(request["job_id"])
 
@@ -301,6 +308,6 @@ def test_the_bulk_record_is_what_the_client_writes_and_reads() -> None:
 
 @pytest.mark.parametrize("case", json.loads(_file("invalid_jobs.json"))["cases"], ids=lambda c: c["doc"][:40])
 def test_workers_refuse_the_invalid_jobs(case: dict[str, Any]) -> None:
-    job = protocol.unpackb(bytes.fromhex(case["job_hex"]))
+    job = unpackb(bytes.fromhex(case["job_hex"]))
     with pytest.raises(InvalidInput, match=case["error"]):
-        protocol.parse_job(job, task_id=job["id"])
+        parse_job(job, task_id=job["id"])

@@ -20,7 +20,8 @@ import pytest
 import redis
 from celery import Celery
 
-from icow import keys, protocol, tensor
+from icow import keys, tensor
+from icow.celery_message import TASK_NAME
 from icow.client import Client
 from icow.errors import InvalidJob, JobExpired, ModelNotFound
 from icow.workers import samples
@@ -155,7 +156,7 @@ def test_celery_eta_and_countdown_are_refused_with_a_clear_message(celery_app: C
 
 def test_celery_remote_control_sees_icow_workers(celery_app: Celery, worker: WorkerProcess) -> None:
     inspect = celery_app.control.inspect(destination=[worker.name], timeout=5)
-    assert protocol.TASK_NAME in inspect.registered()[worker.name]
+    assert TASK_NAME in inspect.registered()[worker.name]
     assert celery_app.control.ping(destination=[worker.name], timeout=5) == [{worker.name: {"ok": "pong"}}]
     # Celery's consumer listens on its control queue only: ICOW's queues are taken by the intake.
     queues = {q["name"] for q in inspect.active_queues()[worker.name]}
@@ -174,7 +175,7 @@ def test_the_celery_command_line_sees_icow_workers(redis_url: str, worker: Worke
         return proc.stdout
 
     assert f"{worker.name}: OK" in celery("status", "--timeout", "5")
-    assert protocol.TASK_NAME in celery("inspect", "registered", "--timeout", "5", "-d", worker.name)
+    assert TASK_NAME in celery("inspect", "registered", "--timeout", "5", "-d", worker.name)
 
 
 def test_worker_events_for_flower(redis_url: str, tmp_path: Path) -> None:
@@ -209,7 +210,7 @@ def test_worker_events_for_flower(redis_url: str, tmp_path: Path) -> None:
             time.sleep(0.1)
         assert {"task-received", "task-started", "task-succeeded"} <= mine
         assert "worker-heartbeat" in beats
-        assert any(e.get("name") == protocol.TASK_NAME for e in seen if e["type"] == "task-received")
+        assert any(e.get("name") == TASK_NAME for e in seen if e["type"] == "task-received")
     finally:
         receivers[0].should_stop = True
         thread.join(5)

@@ -320,22 +320,22 @@ def test_the_digest_vectors_are_reproduced() -> None:
 
 
 def test_the_custom_id_job_vector_is_what_the_client_sends_and_icow_submit_answers(r: redis.Redis) -> None:
-    from icow import protocol
+    from icow.celery_message import celery_message
     from icow.client import _core
+    from icow.codec import packb
+    from icow.envelope import job_envelope
 
     v = _golden("job_custom_id.json")
     message = (GOLDEN / v["files"]["message"]).read_bytes()
     job = v["job"]
     [t] = job["inputs"]
     wire = {"name": t["name"], "datatype": t["datatype"], "shape": t["shape"], "data": bytes.fromhex(t["data_hex"])}
-    envelope = protocol.job_envelope(
+    envelope = job_envelope(
         job_id=job["id"], model=job["model"], version=None, inputs=[wire], result_ttl_s=job["ttl"],
         reply_to=job["reply_to"], created=job["created"],
     )  # fmt: skip
-    assert protocol.packb(envelope) == (GOLDEN / v["files"]["job"]).read_bytes()
-    assert message == protocol.celery_message(
-        envelope, queue=v["queue"], delivery_tag=v["delivery_tag"], digest=v["digest"]
-    )
+    assert packb(envelope) == (GOLDEN / v["files"]["job"]).read_bytes()
+    assert message == celery_message(envelope, queue=v["queue"], delivery_tag=v["delivery_tag"], digest=v["digest"])
     prepared = _core.PreparedJob(job["id"], None, message, {}, job["ttl"], v["digest"])
     fkeys, args = _core.submit_call(_core.Target(job["model"]), [prepared], True)
     want = [message if isinstance(a, dict) else a for a in v["submit"]["args"]]

@@ -15,9 +15,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from icow import keys, protocol, tensor
+from icow import keys, tensor
+from icow.celery_message import celery_message
 from icow.cli.fleet import free_port, stop_process
 from icow.client import Client
+from icow.envelope import job_envelope, new_job_id
 from icow.errors import InvalidJob
 from icow.workers.metrics import OTHER, WorkerMetrics
 from icow.workers.models import ModelManager
@@ -45,10 +47,8 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 
 def message(model: str, created: float, x: np.ndarray) -> bytes:
-    job = protocol.job_envelope(
-        job_id=protocol.new_job_id(), model=model, version=None, inputs=[tensor.encode("x", x)], created=created
-    )
-    return protocol.celery_message(job, queue=keys.queue(model))
+    job = job_envelope(job_id=new_job_id(), model=model, version=None, inputs=[tensor.encode("x", x)], created=created)
+    return celery_message(job, queue=keys.queue(model))
 
 
 # -- reading queues without consuming them

@@ -7,8 +7,12 @@ import msgpack
 import numpy as np
 import pytest
 
-from icow import keys, protocol, tensor
+from icow import keys, tensor
+from icow.celery_message import celery_message
+from icow.codec import packb, unpackb
+from icow.envelope import job_envelope, parse_job
 from icow.errors import InvalidInput
+from icow.result import failure_meta, failure_of, parse_meta, success_meta
 
 JOB_ID = "00000000-0000-4000-8000-000000000001"
 GOLDEN_JOB_HEX = (
@@ -21,7 +25,7 @@ GOLDEN_JOB_HEX = (
 
 
 def golden_job() -> dict:
-    return protocol.job_envelope(
+    return job_envelope(
         job_id=JOB_ID,
         model="mlp",
         version=None,
@@ -33,11 +37,11 @@ def golden_job() -> dict:
 
 
 def test_job_envelope_golden_bytes() -> None:
-    assert protocol.packb(golden_job()).hex() == GOLDEN_JOB_HEX
+    assert packb(golden_job()).hex() == GOLDEN_JOB_HEX
 
 
 def test_celery_message_is_what_a_celery_worker_consumes() -> None:
-    raw = protocol.celery_message(golden_job(), queue="icow:q:mlp", delivery_tag="tag-1")
+    raw = celery_message(golden_job(), queue="icow:q:mlp", delivery_tag="tag-1")
     env = json.loads(raw)
     assert env["content-type"] == "application/x-msgpack"
     assert env["content-encoding"] == "binary"
@@ -49,12 +53,12 @@ def test_celery_message_is_what_a_celery_worker_consumes() -> None:
     assert env["properties"]["delivery_tag"] == "tag-1"
     args, kwargs, embed = msgpack.unpackb(base64.b64decode(env["body"]), raw=False)
     assert kwargs == {} and embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    assert protocol.packb(args[0]).hex() == GOLDEN_JOB_HEX
+    assert packb(args[0]).hex() == GOLDEN_JOB_HEX
 
 
 def test_parse_job_accepts_the_golden_job() -> None:
-    job = protocol.unpackb(bytes.fromhex(GOLDEN_JOB_HEX))
-    parsed = protocol.parse_job(job, task_id=JOB_ID)
+    job = unpackb(bytes.fromhex(GOLDEN_JOB_HEX))
+    parsed = parse_job(job, task_id=JOB_ID)
     assert parsed["model"] == "mlp" and parsed["ttl"] == 60 and parsed["version"] is None
 
 
@@ -80,18 +84,18 @@ def test_parse_job_accepts_the_golden_job() -> None:
     ],
 )
 def test_parse_job_rejects_malformed_envelopes(change: dict, message: str) -> None:
-    job = {**protocol.unpackb(bytes.fromhex(GOLDEN_JOB_HEX)), **change}
+    job = {**unpackb(bytes.fromhex(GOLDEN_JOB_HEX)), **change}
     with pytest.raises(InvalidInput, match=message):
-        protocol.parse_job(job, task_id=JOB_ID)
+        parse_job(job, task_id=JOB_ID)
 
 
 def test_result_meta_is_celery_compatible() -> None:
-    ok = protocol.success_meta(JOB_ID, model="mlp", version=1, outputs=[], worker="w", timing={})
+    ok = success_meta(JOB_ID, model="mlp", version=1, outputs=[], worker="w", timing={})
     assert set(ok) == {"status", "result", "traceback", "children", "date_done", "task_id"}
-    bad = protocol.failure_meta(JOB_ID, error_type="InvalidJob", message="bad shape")
+    bad = failure_meta(JOB_ID, error_type="InvalidJob", message="bad shape")
     assert bad["status"] == "FAILURE"
     assert bad["result"]["exc_type"] == "InvalidJob" and bad["result"]["exc_message"] == ["bad shape"]
-    assert protocol.failure_of(protocol.parse_meta(protocol.packb(bad))) == ("InvalidJob", "bad shape")
+    assert failure_of(parse_meta(packb(bad))) == ("InvalidJob", "bad shape")
 
 
 def test_key_schema() -> None:

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys, protocol
+from icow import keys
 from icow.client import Client
+from icow.records import parse_kept
 from icow.workers import samples
 
 from .conftest import WorkerProcess
@@ -63,7 +64,7 @@ def kept(kept_worker: WorkerProcess, redis_url: str) -> list[bytes]:
 
 def test_the_last_n_answered_jobs_inputs_are_kept_with_their_ttl(kept: list[bytes], r: redis.Redis) -> None:
     assert len(kept) == KEEP
-    records = [protocol.parse_kept(raw) for raw in kept]  # newest first
+    records = [parse_kept(raw) for raw in kept]  # newest first
     newest = records[0]
     assert newest["model"] == MODEL and newest["version"] == 3 and newest["ttl"] == keys.DEFAULT_RESULT_TTL_S
     assert newest["inputs"][0]["shape"] == [40_000, 2] and len(newest["inputs"][0]["data"]) == 320_000  # claim-checked

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import redis
 
-from icow import functions, keys, protocol, settings
+from icow import functions, keys, settings
 from icow.cli.fleet import (
     LocalRedis,
     TlsFiles,
@@ -32,7 +32,10 @@ from icow.cli.fleet import (
     stop_process,
 )
 from icow.client import Client
+from icow.codec import packb
+from icow.envelope import new_job
 from icow.errors import BrokerUnavailable, InvalidInput
+from icow.result import failure_meta
 from icow.workers import samples, tls
 
 from .conftest import WorkerProcess, wait_ready
@@ -330,8 +333,8 @@ def test_the_client_user_cannot_write_results_through_the_workers_functions(
     """The functions run every command under the caller's own rules: a client calling the
     worker's answer or cancel function cannot write a result, state or reply."""
     _, _, client_url = acl_fleet
-    victim = protocol.new_job()[0]
-    meta = protocol.packb(protocol.failure_meta(victim, error_type="InternalError", message="forged"))
+    victim = new_job()[0]
+    meta = packb(failure_meta(victim, error_type="InternalError", message="forged"))
     r = redis.Redis.from_url(client_url)
     try:
         answer_keys = [keys.runs("x"), keys.result(victim), keys.state(victim), keys.reply("b" * 32)]
@@ -352,11 +355,11 @@ def test_a_cancel_request_needs_the_jobs_token(acl_fleet: tuple[LocalRedis, str,
     x = np.ones((1, 2), np.float32)
     with Client(client_url) as victim:
         with pytest.raises(InvalidInput, match="token"):  # the client checks the token itself
-            victim.job(victim.submit("scale", {"x": x}).id, cancel_token=protocol.new_job()[1])
+            victim.job(victim.submit("scale", {"x": x}).id, cancel_token=new_job()[1])
         job = victim.submit("scale", {"x": x}, priority=9)
         attacker = redis.Redis.from_url(client_url)  # the raw request, as any program could send it
         try:
-            attacker.fcall(functions.CANCEL_REQUEST, 1, keys.CANCELS, protocol.new_job()[1], keys.reply("c" * 32))
+            attacker.fcall(functions.CANCEL_REQUEST, 1, keys.CANCELS, new_job()[1], keys.reply("c" * 32))
         finally:
             attacker.close()
         assert float(job.result(timeout_s=30)["y"][0, 0]) == 2.0

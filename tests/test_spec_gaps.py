@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 import redis
 
-from icow import functions, keys, protocol
+from icow import functions, keys
 from icow.cli.fleet import LocalRedis
 from icow.client import _core, _wait
+from icow.codec import packb
+from icow.envelope import job_id_for_token
 from icow.errors import BrokerUnavailable, InvalidInput, JobCancelled
+from icow.result import failure_meta
 
 from .clients import KINDS, make_client
 from .conftest import WorkerProcess
@@ -71,7 +74,7 @@ def test_a_refused_cancel_request_raises_invalid_input_through_the_client(connec
     c = connect("sync")
     token = secrets.token_hex(16)
     deadline = _core.deadline_of(5)
-    steps = _wait.cancel(protocol.job_id_for_token(token), token, "icow:reply:not-hex", deadline, 5)
+    steps = _wait.cancel(job_id_for_token(token), token, "icow:reply:not-hex", deadline, 5)
     with pytest.raises(InvalidInput, match="reply list"):
         c._run(steps, "cancelling a job", deadline)
 
@@ -89,7 +92,7 @@ def test_cancelling_a_never_submitted_token_pre_empts_its_job(kind: str, connect
     at its claim (the cancel came first, it wins)."""
     c = connect(kind)
     token = secrets.token_hex(16)
-    job_id = protocol.job_id_for_token(token)
+    job_id = job_id_for_token(token)
     assert c.job(job_id, cancel_token=token).cancel(timeout_s=30) is True
     assert c.job(job_id).status() == "failed"
     with pytest.raises(JobCancelled):
@@ -149,8 +152,8 @@ def test_a_reply_list_keeps_its_newest_entries(r: redis.Redis, worker: WorkerPro
         args: list[Any] = [0, len(part), 60]
         for job_id in part:
             fkeys += [keys.result(job_id), keys.state(job_id), reply]
-            meta = protocol.failure_meta(job_id, error_type="InternalError", message="x", worker="bound-test")
-            args += [protocol.packb(meta), 60]
+            meta = failure_meta(job_id, error_type="InternalError", message="x", worker="bound-test")
+            args += [packb(meta), 60]
         assert r.fcall(functions.ANSWER, len(fkeys), *fkeys, *args) == [1] * len(part)
     assert r.llen(reply) == keys.REPLY_MAX
     first = _core.parse_entry(r.lindex(reply, 0))

@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import redis
 
-from icow import keys, protocol
+from icow import keys
 from icow.client import Client, Job
+from icow.codec import unpackb
 from icow.errors import ModelNotFound
+from icow.result import parse_meta
 from icow.workers import samples
 
 from .conftest import WorkerProcess
@@ -50,12 +52,12 @@ def live_versions(r: redis.Redis, model: str) -> set[int]:
 
 def beat_time(r: redis.Redis, worker: str) -> float:
     raw = r.get(keys.worker(worker))
-    return float(protocol.unpackb(raw)["time"]) if raw else 0.0
+    return float(unpackb(raw)["time"]) if raw else 0.0
 
 
 def ran_on(r: redis.Redis, job: Job) -> tuple[int, str]:
     """(version, worker) from the job's result meta, ``celery-task-meta-<id>``."""
-    meta = protocol.parse_meta(r.get(keys.result(job.id)))
+    meta = parse_meta(r.get(keys.result(job.id)))
     assert meta["status"] == "SUCCESS", meta
     return int(meta["result"]["version"]), str(meta["result"]["worker"])
 

@@ -3,7 +3,8 @@
     .venv/bin/python tests/golden/make_golden.py          # rewrite the files
     .venv/bin/python tests/golden/make_golden.py --check  # exit 1 if a file would change
 
-Every vector is built with icow.protocol and icow.tensor from fixed ids, times and delivery
+Every vector is built with the wire modules (icow.envelope, icow.celery_message, icow.result,
+icow.records, icow.codec) and icow.tensor from fixed ids, times and delivery
 tags, so the output is byte-for-byte reproducible. For each vector ``<name>.json`` says what
 the bytes mean, and the bytes themselves sit beside it:
 
@@ -38,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from icow import keys, protocol, tensor
+from icow import celery_message as celery
+from icow import codec, envelope, keys, result, tensor
 
 HERE = Path(__file__).resolve().parent
 CREATED = 1700000000.0
@@ -52,7 +54,7 @@ def token(n: int) -> str:
 
 
 def job_id(n: int) -> str:
-    return protocol.job_id_for_token(token(n))
+    return envelope.job_id_for_token(token(n))
 
 
 def input_key(n: int, i: int) -> str:
@@ -90,7 +92,7 @@ def job_vector(
     created: float = CREATED,
     deadline: float | None = None,
     priority: int = 0,
-    inline_max_bytes: int = protocol.DEFAULT_INLINE_MAX_BYTES,
+    inline_max_bytes: int = envelope.DEFAULT_INLINE_MAX_BYTES,
 ) -> dict[str, bytes]:
     jid = job_id(n)
     wire, meanings, blobs = [], [], {}
@@ -103,7 +105,7 @@ def job_vector(
             t["ref"] = ref
         wire.append(t)
         meanings.append(describe(t, array))
-    job = protocol.job_envelope(
+    job = envelope.job_envelope(
         job_id=jid,
         model=model,
         version=version,
@@ -116,8 +118,8 @@ def job_vector(
     )
     tag = f"golden-tag-{n:02d}"
     queue = keys.queue(model, version)
-    message = protocol.celery_message(job, queue=queue, priority=priority, delivery_tag=tag)
-    files = {f"{name}.job.msgpack": protocol.packb(job), f"{name}.message.json": message}
+    message = celery.celery_message(job, queue=queue, priority=priority, delivery_tag=tag)
+    files = {f"{name}.job.msgpack": codec.packb(job), f"{name}.message.json": message}
     blob_files = {}
     for i, (ref, data) in enumerate(blobs.items()):
         blob_files[ref] = f"{name}.blob-{i}.bin"
@@ -127,7 +129,7 @@ def job_vector(
         "doc": doc,
         "token": token(n),
         "job": {
-            "v": protocol.PROTOCOL_VERSION,
+            "v": codec.PROTOCOL_VERSION,
             "id": jid,
             "model": model,
             "version": version,
@@ -159,7 +161,7 @@ def result_vector(
     blobs: dict[str, bytes] | None = None,
 ) -> dict[str, bytes]:
     meta["date_done"] = DATE_DONE
-    files = {f"{name}.result.msgpack": protocol.packb(meta)}
+    files = {f"{name}.result.msgpack": codec.packb(meta)}
     blob_files = {}
     for i, (ref, data) in enumerate((blobs or {}).items()):
         blob_files[ref] = f"{name}.blob-{i}.bin"
@@ -176,7 +178,7 @@ def result_vector(
         "files": {"result": f"{name}.result.msgpack"},
     }
     if meta["status"] != "SUCCESS":
-        meaning["error"] = dict(zip(("type", "message"), protocol.failure_of(meta)))
+        meaning["error"] = dict(zip(("type", "message"), result.failure_of(meta)))
     files[f"{name}.json"] = _json(meaning)
     return files
 
@@ -205,7 +207,7 @@ def success(
 ) -> dict[str, bytes]:
     jid = job_id(n)
     wire, blobs = _outputs(jid, arrays, inline_max_bytes)
-    meta = protocol.success_meta(
+    meta = result.success_meta(
         jid,
         model=model,
         version=version,
@@ -218,7 +220,7 @@ def success(
 
 
 def failure(name: str, doc: str, n: int, error_type: str, message: str, model: str | None) -> dict[str, bytes]:
-    meta = protocol.failure_meta(
+    meta = result.failure_meta(
         job_id(n), error_type=error_type, message=message, model=model, version=None, worker="golden@host"
     )
     return result_vector(name, doc, n, meta)
@@ -229,7 +231,7 @@ def json_form(name: str, doc: str, n: int) -> dict[str, bytes]:
     jid = job_id(n)
     x = np.array([[0.5, -1.0, 2.0, 0.0]], np.float32)
     job = {
-        "v": protocol.PROTOCOL_VERSION,
+        "v": codec.PROTOCOL_VERSION,
         "id": jid,
         "model": "mlp",
         "version": None,
@@ -245,7 +247,7 @@ def json_form(name: str, doc: str, n: int) -> dict[str, bytes]:
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": {"lang": "js", "task": protocol.TASK_NAME, "id": jid, "root_id": jid},
+        "headers": {"lang": "js", "task": celery.TASK_NAME, "id": jid, "root_id": jid},
         "properties": {
             "correlation_id": jid,
             "reply_to": "",
@@ -313,7 +315,7 @@ def _model_vector(name: str, doc: str, meta: dict[str, Any]) -> dict[str, bytes]
         "meta": meta,
         "files": {"model": f"{name}.model.msgpack"},
     }
-    return {f"{name}.model.msgpack": protocol.packb(meta), f"{name}.json": _json(meaning)}
+    return {f"{name}.model.msgpack": codec.packb(meta), f"{name}.json": _json(meaning)}
 
 
 def submit_vector(name: str, doc: str, job_name: str, files: dict[str, bytes]) -> dict[str, bytes]:
@@ -387,11 +389,11 @@ def cancel_vectors(n: int) -> dict[str, bytes]:
             ]
         ],
     }
-    entry = protocol.cancel_outcome(jid, 1)
+    entry = result.cancel_outcome(jid, 1)
     outcome = {
         "kind": "cancel_outcome",
         "doc": "pushed onto the canceller's reply list: result 1 cancelled, 0 already finished, -1 already running",
-        "entry": protocol.unpackb(entry),
+        "entry": codec.unpackb(entry),
         "files": {"entry": "reply_cancel_outcome.entry.msgpack"},
     }
     return {
@@ -413,7 +415,7 @@ def bulk_record(name: str, doc: str) -> dict[str, bytes]:
         "record": record,
         "files": {"record": f"{name}.record.msgpack"},
     }
-    return {f"{name}.record.msgpack": protocol.packb(record), f"{name}.json": _json(meaning)}
+    return {f"{name}.record.msgpack": codec.packb(record), f"{name}.json": _json(meaning)}
 
 
 def invalid_jobs() -> dict[str, bytes]:
@@ -464,7 +466,7 @@ def invalid_jobs() -> dict[str, bytes]:
     meaning = {
         "kind": "invalid_jobs",
         "doc": "job envelopes a worker answers with InvalidJob (msgpack form); 'error' is a phrase of its message",
-        "cases": [{"doc": d, "error": e, "job_hex": protocol.packb(j).hex()} for d, e, j in cases],
+        "cases": [{"doc": d, "error": e, "job_hex": codec.packb(j).hex()} for d, e, j in cases],
     }
     return {"invalid_jobs.json": _json(meaning)}
 
@@ -522,12 +524,12 @@ def custom_id_vectors() -> dict[str, bytes]:
     digest = job_digest("mlp", None, None, [hashed])
     t = tensor.encode("x", x)
     t["data"] = bytes(t["data"])
-    job = protocol.job_envelope(
+    job = envelope.job_envelope(
         job_id=jid, model="mlp", version=None, inputs=[t], result_ttl_s=ttl, reply_to=REPLY, created=CREATED
     )
     queue = keys.queue("mlp", None)
-    message = protocol.celery_message(job, queue=queue, delivery_tag="golden-tag-custom", digest=digest)
-    files["job_custom_id.job.msgpack"] = protocol.packb(job)
+    message = celery.celery_message(job, queue=queue, delivery_tag="golden-tag-custom", digest=digest)
+    files["job_custom_id.job.msgpack"] = codec.packb(job)
     files["job_custom_id.message.json"] = message
     files["job_custom_id.json"] = _json(
         {
