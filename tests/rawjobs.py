@@ -1,5 +1,5 @@
 """Jobs built and read the raw way, as docs/PROTOCOL.md describes them: a kombu envelope made by
-icow.protocol, queued with ``FCALL icow_submit`` (or a plain ``LPUSH``, as a hostile producer
+icow.envelope and icow.celery_message, queued with ``FCALL icow_submit`` (or a plain ``LPUSH``, as a hostile producer
 would), answered under ``celery-task-meta-<id>`` and on the caller's reply list. The intake
 tests use this instead of icow.client so that they exercise only the worker side.
 """

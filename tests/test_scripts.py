@@ -13,9 +13,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from icow import functions, keys, protocol
+from icow import functions, keys
+from icow.celery_message import created_from_message
 from icow.cli.fleet import LocalRedis
+from icow.codec import unpackb
 from icow.errors import BrokerUnavailable
+from icow.result import failure_meta
 from icow.workers.broker import Answer, Broker
 from icow.workers.queues import queue_states
 from tests.rawjobs import job_message, submit
@@ -129,9 +132,9 @@ def test_the_worker_reloads_a_lost_library_at_take_claim_and_answer(r: redis.Red
     assert r.get(keys.state(job_id)) == b"running"
 
     lost(r)
-    meta = protocol.failure_meta(job_id, error_type="InternalError", message="test", worker=WORKER)
+    meta = failure_meta(job_id, error_type="InternalError", message="test", worker=WORKER)
     assert broker.answer([Answer(job_id, meta, 600)], acks=take.runs) == [True]
-    assert protocol.unpackb(r.get(keys.result(job_id)))["status"] == "FAILURE"
+    assert unpackb(r.get(keys.result(job_id)))["status"] == "FAILURE"
     assert not r.exists(take.run)
 
 
@@ -141,6 +144,6 @@ def test_queue_states_peek_with_the_library(r: redis.Redis) -> None:
     assert submit(r, "m", [message, message]) == 2
     r.sadd(keys.MODELS, "m")
     lost(r)  # icow_peek is in the library: a worker user reloads it
-    [state] = queue_states(r, ["m"], now=protocol.created_from_message(message) + 5)
+    [state] = queue_states(r, ["m"], now=created_from_message(message) + 5)
     assert state.backlog == 2
     assert state.oldest_age_s == pytest.approx(5, abs=0.01)
