@@ -1,10 +1,11 @@
 """Waiting, I/O-free: generators that say which Redis call to make next, and the reply box.
 
-A wait is a generator that yields an *operation* (a small frozen dataclass below), receives the
-operation's reply, and returns the result meta (or raises JobTimeout / JobNotFound).
+A wait is a generator that yields an *operation* (icow.client._ops), receives the
+operation's reply, and returns the result (or raises JobTimeout / JobNotFound).
 ``as_completed`` also yields :class:`Finished` events, which the driver hands to its caller.
 The sync and asyncio clients run the same generators; only how an operation is carried out
-differs (threads sharing one reply list, or one reader task per event loop).
+differs (threads sharing one reply list, or one reader task per event loop: the reply readers
+of icow.client._reader_sync and icow.client._reader_aio).
 
 Where a client learns of a result (docs/PROTOCOL.md §10):
 
@@ -18,79 +19,22 @@ Where a client learns of a result (docs/PROTOCOL.md §10):
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Generator, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeAlias
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 from icow import keys
-from icow.client import _core
-from icow.errors import IcowError, JobNotFound, JobTimeout
+from icow.client._cancel import cancel_key, cancel_outcome, cancel_request
+from icow.client._deadlines import SLICE_S, remaining, slice_for
+from icow.client._ops import Call, Finished, Listen, ReadKeys, ReadReplies, Ready, Run, Steps, Subscribe
+from icow.client._results import parse_entry, settled
+from icow.errors import JobNotFound, JobTimeout
 from icow.result import Result
-
-# -- operations: what the driver is asked to do next, and what it sends back
-
-
-@dataclass(frozen=True)
-class ReadReplies:
-    """Wait on the client's reply list (and ``bells``) until a reply for one of ``wanted``
-    arrives or ``slice_s`` passes. Reply: ``{task id: meta}`` of those that arrived (maybe {}).
-    ``deadline``: the whole wait's, which bounds the read's socket time."""
-
-    wanted: Collection[str]
-    bells: tuple[str, ...]
-    slice_s: float
-    deadline: float | None
-
-
-@dataclass(frozen=True)
-class ReadKeys:
-    """``MGET keys``. Reply: the values, in order."""
-
-    keys: list[str]
-
-
-@dataclass(frozen=True)
-class Subscribe:
-    """``SUBSCRIBE channels`` on the wait's own pub/sub connection, and wait until Redis has
-    confirmed every one. Reply: None."""
-
-    channels: list[str]
-
-
-@dataclass(frozen=True)
-class Listen:
-    """The next message on the wait's pub/sub connection. Reply: its data, or None when
-    ``slice_s`` passes first."""
-
-    slice_s: float
-
-
-@dataclass(frozen=True)
-class Call:
-    """``FCALL name`` (installing the library when missing and allowed). Reply: its reply."""
-
-    name: str
-    keys: list[str]
-    args: list[Any]
-
-
-Operation: TypeAlias = ReadReplies | ReadKeys | Subscribe | Listen | Call
-
-
-@dataclass(frozen=True)
-class Finished:
-    """Not an operation: ``as_completed`` reports a job as finished, with its meta or the
-    error its ``result()`` raises (JobNotFound when its result has expired)."""
-
-    job_id: str
-    meta: Result | None = None
-    error: IcowError | None = None
-
-
-Steps: TypeAlias = Generator[Operation | Finished, Any, Any]
 
 MGET_MAX = 10_000  # keys per MGET
 SUBSCRIBE_MAX = 1_000  # channels per SUBSCRIBE
+BELLS_MAX = 64  # bell keys watched in one read, besides the reply list
+STASH_MAX = 10_000  # replies kept for waiters that have not asked yet (the keys keep them all)
+DRAIN_MAX = 1000  # replies taken in one round trip once one has arrived
 
 
 def _timeout(what: str, timeout_s: float | None) -> JobTimeout:
@@ -104,34 +48,34 @@ def wait_own(job_id: str, deadline: float | None, timeout_s: float | None) -> St
     """The result meta of a job this client submitted (its replies come to our list)."""
     bells = (keys.bell(job_id),)
     while True:
-        if deadline is not None and _core.remaining(deadline) == 0:
+        if deadline is not None and remaining(deadline) == 0:
             raise _timeout(f"job {job_id} not finished", timeout_s)
-        got = yield ReadReplies({job_id}, bells, _core.slice_for(deadline), deadline)
+        got = yield ReadReplies({job_id}, bells, slice_for(deadline), deadline)
         if job_id in got:
             return got[job_id]
         # A slice passed: the keys are the source of truth (a reply taken by another process's
         # reader, a lost connection, or a cancel whose bell another waiter took).
         raw, state = yield ReadKeys([keys.result(job_id), keys.state(job_id)])
-        meta = _core.settled(job_id, raw, state)
+        meta = settled(job_id, raw, state)
         if meta is not None:
             return meta
 
 
 def wait_other(job_id: str, deadline: float | None, timeout_s: float | None) -> Steps:
     """The result meta of a job re-attached by id: subscribe, then read, then listen; the keys
-    again after every :data:`~icow.client._core.SLICE_S` without the answer."""
+    again after every :data:`~icow.client._deadlines.SLICE_S` without the answer."""
     yield Subscribe([keys.result_channel(job_id)])
     while True:
         raw, state = yield ReadKeys([keys.result(job_id), keys.state(job_id)])
-        meta = _core.settled(job_id, raw, state)
+        meta = settled(job_id, raw, state)
         if meta is not None:
             return meta
         due = _Due()
         while True:
-            if deadline is not None and _core.remaining(deadline) == 0:
+            if deadline is not None and remaining(deadline) == 0:
                 raise _timeout(f"job {job_id} not finished", timeout_s)
             data = yield Listen(due.slice(deadline))
-            entry = None if data is None else _core.parse_entry(data)
+            entry = None if data is None else parse_entry(data)
             if entry is not None and entry[0] == job_id:
                 return entry[1]
             if data is None or due.now():
@@ -139,19 +83,19 @@ def wait_other(job_id: str, deadline: float | None, timeout_s: float | None) -> 
 
 
 class _Due:
-    """When the keys are next read: :data:`~icow.client._core.SLICE_S` after the last read,
+    """When the keys are next read: :data:`~icow.client._deadlines.SLICE_S` after the last read,
     however many replies (for other jobs) arrive meanwhile (docs/PROTOCOL.md §10). A read is
     bounded by it, so an empty read means it has come, too."""
 
     def __init__(self) -> None:
-        self.at = time.monotonic() + _core.SLICE_S
+        self.at = time.monotonic() + SLICE_S
 
     def now(self) -> bool:
         return time.monotonic() >= self.at
 
     def slice(self, deadline: float | None) -> float:
         """The next blocking read: up to the check, and within the deadline."""
-        return max(0.0, min(_core.slice_for(deadline), self.at - time.monotonic()))
+        return max(0.0, min(slice_for(deadline), self.at - time.monotonic()))
 
 
 def cancel(
@@ -163,18 +107,18 @@ def cancel(
     ttl_s: int | None = None,
 ) -> Steps:
     """Ask the fleet to cancel a job and wait for its answer on our reply list."""
-    fkeys, args = _core.cancel_request(job_id, token, reply_key, ttl_s)
+    fkeys, args = cancel_request(job_id, token, reply_key, ttl_s)
     yield Call("icow_cancel_request", fkeys, args)
-    answer = _core.cancel_key(job_id)
+    answer = cancel_key(job_id)
     while True:
-        if deadline is not None and _core.remaining(deadline) == 0:
+        if deadline is not None and remaining(deadline) == 0:
             raise JobTimeout(
                 f"no worker answered the request to cancel job {job_id} within {timeout_s} s "
                 "(is a worker serving its model alive?)"
             )
-        got = yield ReadReplies({answer}, (), _core.slice_for(deadline), deadline)
+        got = yield ReadReplies({answer}, (), slice_for(deadline), deadline)
         if answer in got:
-            return _core.cancel_outcome(got[answer])
+            return cancel_outcome(got[answer])
 
 
 # -- many jobs
@@ -183,7 +127,7 @@ def cancel(
 def as_completed(own: Sequence[str], other: Sequence[str], deadline: float | None, timeout_s: float | None) -> Steps:
     """Report each job as :class:`Finished` as soon as it is. ``own``: jobs this client
     submitted; ``other``: jobs re-attached by id. The keys of every job still waited for are
-    read every :data:`~icow.client._core.SLICE_S` (time-based: also while replies for some of
+    read every :data:`~icow.client._deadlines.SLICE_S` (time-based: also while replies for some of
     them keep arriving). Raises JobTimeout at the deadline."""
     waiting_own, waiting_other = set(own), set(other)
     for i in range(0, len(other), SUBSCRIBE_MAX):
@@ -196,7 +140,7 @@ def as_completed(own: Sequence[str], other: Sequence[str], deadline: float | Non
                 values = yield ReadKeys([k for j in ids for k in (keys.result(j), keys.state(j))])
                 for n, job_id in enumerate(ids):
                     try:
-                        meta = _core.settled(job_id, values[2 * n], values[2 * n + 1])
+                        meta = settled(job_id, values[2 * n], values[2 * n + 1])
                     except JobNotFound as gone:
                         yield Finished(job_id, error=gone)
                     else:
@@ -208,11 +152,11 @@ def as_completed(own: Sequence[str], other: Sequence[str], deadline: float | Non
             check = False
             due = _Due()
             continue
-        if deadline is not None and _core.remaining(deadline) == 0:
+        if deadline is not None and remaining(deadline) == 0:
             raise _timeout(f"{len(waiting_own) + len(waiting_other)} jobs not finished", timeout_s)
         if waiting_other:
             data = yield Listen(due.slice(deadline))
-            entry = None if data is None else _core.parse_entry(data)
+            entry = None if data is None else parse_entry(data)
             if entry is not None and entry[0] in waiting_other:
                 job_id, meta = entry
                 waiting_other.discard(job_id)
@@ -239,7 +183,7 @@ class ReplyBox:
     it; and which bell keys the waiters want watched. Not thread-safe: the sync client holds
     its lock around every call, the asyncio client calls it between awaits."""
 
-    def __init__(self, reply_key: str, *, stash_max: int = _core.STASH_MAX, bells_max: int = _core.BELLS_MAX):
+    def __init__(self, reply_key: str, *, stash_max: int = STASH_MAX, bells_max: int = BELLS_MAX):
         self.reply_key = reply_key
         self._stash: dict[str, Result] = {}
         self._bells: dict[str, int] = {}
@@ -268,7 +212,7 @@ class ReplyBox:
         are dropped (their results stay in their keys)."""
         got = set()
         for raw in raws:
-            entry = _core.parse_entry(raw)
+            entry = parse_entry(raw)
             if entry is None:
                 continue
             self._stash[entry[0]] = entry[1]
@@ -284,3 +228,31 @@ class ReplyBox:
         else:
             hits = [k for k in wanted if k in self._stash]
         return {k: self._stash.pop(k) for k in hits}
+
+
+def completed(jobs: Iterable[Any], deadline: float | None, timeout_s: float | None) -> Steps:
+    """``client.as_completed``: the handles of ``jobs``, reported :class:`Ready` (settled) as
+    they finish; those already settled at once. Handles sharing an id are waited for once."""
+    handles: dict[str, list[Any]] = {}
+    own: list[str] = []
+    other: list[str] = []
+    for job in jobs:
+        if job._meta is not None or job._error is not None:
+            yield Ready((job,))
+        elif job.id in handles:
+            handles[job.id].append(job)
+        else:
+            handles[job.id] = [job]
+            (own if job._own else other).append(job.id)
+    run = Run(as_completed(own, other, deadline, timeout_s))
+    for op in run:
+        if isinstance(op, Finished):
+            found = handles.pop(op.job_id, [])
+            for job in found:
+                job._settle(op.meta, op.error)
+            yield Ready(tuple(found))
+            continue
+        try:
+            run.reply = yield op
+        except Exception as exc:
+            run.error = exc
