@@ -1,6 +1,6 @@
-"""What Client and AsyncClient, Job and AsyncJob share without doing I/O: construction,
-options, identity, job preparation and the state a handle keeps. The two drivers subclass
-these and add only their Redis calls."""
+"""What Client and AsyncClient share without doing I/O: construction, options, identity, job
+preparation, and the plans of their calls (icow.client._ops), built from the sans-I/O core.
+The two shells subclass it and add only their Redis calls: each public method runs a plan."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from icow import keys
-from icow.client import _core
-from icow.client._core import JobStatus
-from icow.client._info import JobInfo, info_of
+from icow.client import _core, _submit
+from icow.client._job import JobBase
+from icow.client._ops import Steps
 from icow.client._wait import ReplyBox
-from icow.errors import ClientClosed, IcowError
-from icow.result import Result
+from icow.errors import ClientClosed
 
 
 class ClientBase:
-    """Options, the client's identity and reply list, and job preparation."""
+    """Options, the client's identity and reply list, job preparation and the calls' plans.
+    ``_Job``: the shell's handle class."""
+
+    _Job: type[JobBase]
 
     def __init__(
         self,
@@ -90,51 +92,73 @@ class ClientBase:
                 inline_max_bytes=inline_max_bytes,
             )
 
+    def _deadline(self) -> float | None:
+        """The deadline of a call that takes no timeout of its own (``timeout_s``)."""
+        return _core.deadline_of(self.options.timeout_s)
 
-class JobBase:
-    """What a job handle knows without asking Redis: its id, model, cancel token, and its
-    outcome once seen. ``own``: this client submitted it, so its result comes to our reply list."""
+    def _handle(self, target: _core.Target) -> _submit.Handle:
+        def make(job: _core.PreparedJob, own: bool) -> Any:
+            return self._Job(self, job.job_id, target.model, cancel_token=job.cancel_token, own=own, ttl_s=job.ttl_s)
 
-    def __init__(
+        return make
+
+    # -- plans of the public calls (the shells run them)
+
+    def _submit_plan(
         self,
-        client: Any,
-        job_id: str,
-        model: str | None = None,
-        *,
-        cancel_token: str | None = None,
-        own: bool = False,
-        ttl_s: int | None = None,
-    ):
-        self._client = client
-        self.id = job_id
-        self.model = model
-        self.cancel_token = cancel_token
-        self._own = own
-        self._ttl_s = ttl_s  # the result TTL it was submitted with (a cancel passes it on), if known
-        self._meta: Result | None = None
-        self._error: IcowError | None = None
+        model: str,
+        inputs: Mapping[str, Any],
+        version: int | None,
+        outputs: Sequence[str] | None,
+        priority: int,
+        deadline_s: float | None,
+        result_ttl_s: int | None,
+        job_id: str | None,
+        durable: bool | None,
+        deadline: float | None = None,
+    ) -> Steps:
+        """``submit``: one job queued, its handle (``deadline``: the call's, else the client's)."""
+        target = _core.Target(model, version, priority, durable)
+        [job] = self._prepare(
+            target, [inputs], outputs=outputs, deadline_s=deadline_s, result_ttl_s=result_ttl_s, job_id=job_id
+        )
+        return (yield from _submit.one(target, job, self._handle(target), deadline or self._deadline()))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(id={self.id!r}, model={self.model!r})"
+    def _many_plan(
+        self,
+        target: _core.Target,
+        batch: Iterable[Mapping[str, Any]],
+        outputs: Sequence[str] | None,
+        deadline_s: float | None,
+        result_ttl_s: int | None,
+        chunk: int,
+        inline_max_bytes: int | None = None,
+    ) -> Steps:
+        """``submit_many`` (and a bulk's jobs): handles of the jobs queued, in order."""
+        prepared = self._prepare(
+            target,
+            batch,
+            outputs=outputs,
+            deadline_s=deadline_s,
+            result_ttl_s=result_ttl_s,
+            inline_max_bytes=inline_max_bytes,
+        )
+        return (yield from _submit.many(target, prepared, chunk, self._handle(target), self.options))
 
-    def _settle(self, meta: Result | None = None, error: IcowError | None = None) -> None:
-        self._meta, self._error = meta, error
-
-    def _known_status(self) -> JobStatus | None:
-        if self._error is not None:
-            raise self._error
-        return None if self._meta is None else _core.status_of_meta(self._meta)
-
-    def info(self) -> JobInfo:
-        """How the finished job ran: the version that ran, the worker, its timings (a frozen
-        :class:`icow.client.JobInfo`). There once ``result()`` has returned (or raised the job's
-        error), ``status()`` read it finished or ``as_completed`` yielded it; NoResultYet before.
-        No Redis call."""
-        if self._error is not None:
-            raise self._error
-        return info_of(self.id, self._meta)
-
-    def _known_meta(self) -> Result | None:
-        if self._error is not None:
-            raise self._error
-        return self._meta
+    def _infer_plan(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        version: int | None,
+        outputs: Sequence[str] | None,
+        timeout_s: float | None,
+        priority: int,
+    ) -> Steps:
+        """``infer``: submit, then wait; the job expires unstarted after ``timeout_s``, and the
+        whole call, submission included, ends by then."""
+        _core.check_timeout(timeout_s)
+        deadline = _core.deadline_of(timeout_s)
+        job = yield from self._submit_plan(
+            model, inputs, version, outputs, priority, timeout_s or None, None, None, None, deadline
+        )
+        return (yield from job._result_plan(_core.remaining(deadline)))

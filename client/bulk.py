@@ -16,11 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from icow import records
+from icow import keys, records
+from icow.client._deadlines import deadline_of
+from icow.client._ops import Command, Steps, Within, one
+from icow.client._prepare import Target
+from icow.client._submit import SUBMIT_CHUNK, chunked
+from icow.client._wait import MGET_MAX
 from icow.envelope import new_job_id
 from icow.errors import InvalidInput, JobNotFound
 
 if TYPE_CHECKING:
+    from icow.client._base import ClientBase
     from icow.client.aio import AsyncClient, AsyncJob
     from icow.client.sync import Client, Job
 
@@ -69,6 +75,44 @@ def parse_record(bulk_id: str, raw: Any) -> tuple[str, list[str], int]:
     return records.parse_bulk(raw)
 
 
+# -- plans (the clients run them)
+
+
+def submitting(
+    client: ClientBase,
+    bulk_class: type,
+    target: Target,
+    inputs: Mapping[str, Any],
+    samples_per_job: int,
+    outputs: Sequence[str] | None,
+    result_ttl_s: int | None,
+) -> Steps:
+    """``client.submit_bulk``: the chunks queued as jobs (every chunk under its own key), then
+    the bulk's record; its handle."""
+    plan = Plan.of(inputs, samples_per_job, result_ttl_s or client.options.result_ttl_s)
+    jobs = yield from client._many_plan(target, plan.chunks, outputs, None, result_ttl_s, SUBMIT_CHUNK, 0)
+    record = Command("set", (keys.bulk(plan.bulk_id), plan.record(target.model, jobs)), {"ex": plan.ttl_s})
+    yield Within(one(record), "recording a bulk", client._deadline())
+    return bulk_class(client, plan.bulk_id, target.model, jobs, plan.samples)
+
+
+def attaching(client: ClientBase, bulk_class: type, bulk_id: str) -> Steps:
+    """``client.bulk(id)``: a bulk re-attached by id, from its record."""
+    keys.check_job_id(bulk_id)
+    raw = yield Command("get", (keys.bulk(bulk_id),))
+    model, job_ids, samples = parse_record(bulk_id, raw)
+    return bulk_class(client, bulk_id, model, [client._Job(client, i, model) for i in job_ids], samples)
+
+
+def counting(client: Any, job_ids: list[str]) -> Steps:
+    """How many of ``job_ids`` have a result: one EXISTS per 10,000 jobs."""
+    done = 0
+    for part in chunked(iter(job_ids), MGET_MAX):
+        exists = one(Command("exists", tuple(keys.result(j) for j in part)))
+        done += int((yield Within(exists, "counting finished jobs", deadline_of(client.options.timeout_s))))
+    return done
+
+
 def concatenate(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Every output of the jobs' results, concatenated in sample order."""
     if not parts:
@@ -88,7 +132,7 @@ class Bulk:
 
     def progress(self) -> tuple[int, int]:
         """(jobs finished, jobs in all), in one round trip per 10,000 jobs."""
-        return self.client._count_finished([j.id for j in self.jobs]), len(self.jobs)
+        return self.client._run(counting(self.client, [j.id for j in self.jobs])), len(self.jobs)
 
     def as_completed(self, timeout_s: float | None = None) -> Iterator[Job]:
         """Yield the bulk's jobs as they finish."""
@@ -112,7 +156,7 @@ class AsyncBulk:
     samples: int
 
     async def progress(self) -> tuple[int, int]:
-        return await self.client._count_finished([j.id for j in self.jobs]), len(self.jobs)
+        return await self.client._run(counting(self.client, [j.id for j in self.jobs])), len(self.jobs)
 
     def as_completed(self, timeout_s: float | None = None) -> AsyncIterator[AsyncJob]:
         return self.client.as_completed(self.jobs, timeout_s=timeout_s)

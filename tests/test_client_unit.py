@@ -478,7 +478,7 @@ def test_the_thread_router_files_a_reply_before_it_wakes_the_other_waiters() -> 
     B before filing (issue 11: "wakes the others, then stashes") lets B start an hour-long read
     while its reply is on its way to the box, and B never returns. A correct router has
     filed B's reply before anyone can wake, so B finds it and never reads."""
-    from icow.client.sync import _Router
+    from icow.client._reader_sync import Router as _Router
 
     fake = FakeReplyList()
 
@@ -513,7 +513,7 @@ def test_the_thread_router_files_a_reply_before_it_wakes_the_other_waiters() -> 
 
 
 def test_the_thread_router_returns_empty_when_the_slice_passes() -> None:
-    from icow.client.sync import _Router
+    from icow.client._reader_sync import Router as _Router
 
     box = ReplyBox(keys.reply("05" * 16))
     router = _Router(box, lambda keys_, timeout, deadline: time.sleep(timeout), lambda deadline: [])
@@ -522,7 +522,7 @@ def test_the_thread_router_returns_empty_when_the_slice_passes() -> None:
 
 
 async def test_the_coroutine_router_has_one_reader_and_wakes_each_waiter_with_its_reply() -> None:
-    from icow.client.aio import _AsyncRouter
+    from icow.client._reader_aio import AsyncRouter as _AsyncRouter
 
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     reads = 0
