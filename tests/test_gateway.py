@@ -114,6 +114,16 @@ def test_model_metadata_and_readiness(http: Any, grpc: Any) -> None:
     assert not grpc.is_model_ready("nobody-serves-this")
 
 
+def test_model_config_for_perf_analyzer(http: Any, grpc: Any) -> None:
+    config = http.get_model_config("mlp")
+    assert config["max_batch_size"] == 0 and config["input"] == [
+        {"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}
+    ]
+    g = grpc.get_model_config("text").config
+    assert g.max_batch_size == 0 and g.input[0].name == "x" and g.input[0].data_type == 13  # TYPE_STRING
+    assert list(g.output[0].dims) == [-1]
+
+
 # -- inference
 
 

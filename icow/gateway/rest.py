@@ -91,6 +91,9 @@ def make_app(gw: Gateway, metrics: Metrics, *, token: str | None = None, max_bod
     async def model_metadata(request: web.Request) -> web.Response:
         return _json(await gw.model_metadata(request.match_info["model"], request.match_info.get("version")))
 
+    async def model_config(request: web.Request) -> web.Response:
+        return _json(await gw.model_config(request.match_info["model"], request.match_info.get("version")))
+
     async def model_ready(request: web.Request) -> web.Response:
         await gw.model_ready(request.match_info["model"], request.match_info.get("version"))
         return web.Response(status=200)
@@ -142,6 +145,7 @@ def make_app(gw: Gateway, metrics: Metrics, *, token: str | None = None, max_bod
         versioned = "_version" if "version" in prefix else ""
         r.add_get(prefix, model_metadata, name=f"model_metadata{versioned}")
         r.add_get(prefix + "/ready", model_ready, name=f"model_ready{versioned}")
+        r.add_get(prefix + "/config", model_config, name=f"model_config{versioned}")
         r.add_post(prefix + "/infer", infer, name=f"infer{versioned}")
         r.add_post(prefix + "/jobs", submit_job, name=f"jobs{versioned}")
     r.add_get("/v2/jobs/{job_id}", get_job, name="job")

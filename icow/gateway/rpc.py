@@ -142,6 +142,20 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._serve("model_metadata", request.name, context, work)
 
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        async def work() -> Any:
+            doc = await self.gw.model_config(request.name, request.version)
+            config = pb.ModelConfig(
+                name=doc["name"], platform=doc["platform"], backend=doc["backend"], max_batch_size=0
+            )
+            for t in doc["input"]:
+                config.input.add(name=t["name"], data_type=pb.DataType.Value(t["data_type"]), dims=t["dims"])
+            for t in doc["output"]:
+                config.output.add(name=t["name"], data_type=pb.DataType.Value(t["data_type"]), dims=t["dims"])
+            return pb.ModelConfigResponse(config=config)
+
+        return await self._serve("model_config", request.name, context, work)
+
     async def ModelReady(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             try:

@@ -50,6 +50,11 @@ def classify(exc: BaseException) -> tuple[int, str]:
     return 500, "INTERNAL"
 
 
+def config_type(datatype: str) -> str:
+    """Triton's model-config DataType name of an Open Inference Protocol datatype."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
 def version_of(text: str | None) -> int | None:
     """A model version from a URL or request: empty is the latest; BadRequest if not a number."""
     if not text:
@@ -92,6 +97,22 @@ class Gateway:
             "platform": PLATFORM,
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.inputs],
             "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in info.outputs],
+        }
+
+    async def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        """Triton's model configuration (its model_config.proto fields, JSON names) of the tensors."""
+        meta = await self.model_metadata(name, version)
+
+        def tensors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{"name": t["name"], "data_type": config_type(t["datatype"]), "dims": t["shape"]} for t in items]
+
+        return {
+            "name": meta["name"],
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": 0,
+            "input": tensors(meta["inputs"]),
+            "output": tensors(meta["outputs"]),
         }
 
     async def model_ready(self, name: str, version: str | None) -> bool:
