@@ -31,7 +31,7 @@ from icow.client._options import (
     new_client_id,
 )
 from icow.client._prepare import DURABLE_WAIT_S, PreparedJob, Target, prepare
-from icow.client._redis_errors import INVALID_PREFIX, broker_error, is_acl_denial, surfaced
+from icow.client._redis_errors import INVALID_PREFIX, broker_error, is_acl_denial, surfaced, surfacing
 from icow.client._results import (
     JobStatus,
     Outputs,
@@ -115,5 +115,6 @@ __all__ = [
     "submit_call",
     "submit_outcome",
     "surfaced",
+    "surfacing",
     "text",
 ]

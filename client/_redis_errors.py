@@ -1,8 +1,12 @@
 """The mapping of Redis failures to ICOW errors, I/O-free: every Redis call of a client surfaces
 its failure through :func:`broker_error`, in the shells' ``_io`` or, for an error a pipeline
-returned as a value, in the plan that reads it (:func:`surfaced`)."""
+returned as a value, in the plan that reads it (:func:`surfaced`); the shells' ``_io`` through
+:func:`surfacing`."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis.exceptions
 
@@ -12,13 +16,26 @@ from icow.errors import BrokerFull, BrokerUnavailable, IcowError, InvalidInput, 
 INVALID_PREFIX = "ICOW_INVALID "  # how icow_cancel_request refuses a malformed argument
 
 
+@contextmanager
+def surfacing(what: str) -> Iterator[None]:
+    """Surface every Redis failure raised inside as its ICOW error (the shells' ``_io``)."""
+    try:
+        yield
+    except Exception as exc:
+        error = broker_error(exc, what)
+        if error is None:
+            raise
+        raise error from exc
+
+
 def surfaced(exc: BaseException, what: str) -> BaseException:
     """What to raise for ``exc``: a Redis failure as its ICOW error (chained to it), anything
     else as it is."""
     error = broker_error(exc, what)
     if error is None:
         return exc
-    error.__cause__ = exc
+    error.__cause__ = exc  # as ``raise error from exc``
+    error.__suppress_context__ = True
     return error
 
 

@@ -217,14 +217,9 @@ class AsyncClient(ClientBase):
         """Bound the Redis commands inside by the call's deadline, and surface every Redis
         failure as an ICOW error. ClientClosed after ``close()``."""
         self._check_open()
-        try:
+        with _core.surfacing(what):
             async with asyncio.timeout(_core.io_limit(deadline, blocking_s, self.options.timeout_s)):
                 yield
-        except Exception as exc:
-            error = _core.broker_error(exc, what)
-            if error is None:
-                raise
-            raise error from exc
 
     async def _queue(self, op: _ops.QueueJobs) -> Any:
         return await self._run(_core.queue(op.target, op.jobs, self.options, op.deadline), op.what, op.deadline)

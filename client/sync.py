@@ -228,12 +228,8 @@ class Client(ClientBase):
         self._check_open()
         token = LIMIT.set(time.monotonic() + _core.io_limit(deadline, blocking_s, self.options.timeout_s))
         try:
-            yield
-        except Exception as exc:
-            error = _core.broker_error(exc, what)
-            if error is None:
-                raise
-            raise error from exc
+            with _core.surfacing(what):
+                yield
         finally:
             LIMIT.reset(token)
 
