@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import redis
 
-from icow import keys
+from icow import keys, result
 from icow.cli.fleet import LocalRedis
-from icow.client import Client
+from icow.client import Client, _core
 from icow.result import failure_of, parse_meta
 from icow.workers import samples
 from icow.workers.heartbeat import live_workers
@@ -192,7 +192,9 @@ def collect(url: str, sent: list[tuple[str, int, float]], report: Report, timeou
                 report.failed += 1
                 report.examples.append(f"failed {job_id}: {failure_of(meta)}")
                 continue
-            y = c._decode(meta)["y"]
+            answer = result.of(meta)
+            refs = _core.output_refs(answer)  # outputs stored under their own keys, if any
+            y = _core.decode_result(answer, dict(zip(refs, c._r.mget(refs))) if refs else {})["y"]
             if y.shape == (1, 2) and float(y[0, 0]) == float(y[0, 1]) == 2.0 * x:
                 report.succeeded += 1
             else:
