@@ -15,6 +15,12 @@ answer: must be 0), wrong, duplicate answers (a job answered twice on its reply 
 0), runs started twice (``icow:tries:<id>`` > 1: claimed, killed, claimed again), redelivered
 (messages that were in a killed worker's in-flight list).
 
+Every answered job's reply must be on its caller's reply list exactly once. The jobs come from
+one caller per :data:`JOBS_PER_CALLER` jobs, each with its own reply list, so that no list
+reaches the reply list bound (``keys.REPLY_MAX`` newest entries, docs/PROTOCOL.md §11.2): every
+push stays countable at the end (a trimmed entry is no loss, its result stays under its key,
+but a trimmed list could hide a duplicate).
+
 CI runs ``ICOW_CHAOS_KILLS`` (default 25) kills; the 200-kill run is marked slow.
 """
 
@@ -51,6 +57,8 @@ KILLS_SLOW = 200
 WORKERS = 3
 BACKLOG = 60  # jobs kept waiting in the queue while the kills go on
 CHUNK = 20
+JOBS_PER_CALLER = 1000  # a new reply list every 1000 jobs: far under keys.REPLY_MAX, never trimmed
+assert JOBS_PER_CALLER % CHUNK == 0 and JOBS_PER_CALLER < keys.REPLY_MAX
 
 
 def busy_scale(path: Path, width: int = 512, layers: int = 64) -> Path:
@@ -156,20 +164,25 @@ def held_by(r: redis.Redis, name: str) -> list[str]:
     return ids
 
 
-def feed(url: str, stop: threading.Event, sent: dict[str, float], reply_to: str) -> None:
-    """Keep about BACKLOG jobs waiting until ``stop``; job n has x = [n, -n/2]."""
+def feed(url: str, stop: threading.Event, sent: dict[str, float], reply_of: dict[str, str]) -> None:
+    """Keep about BACKLOG jobs waiting until ``stop``; job n has x = [n, -n/2] and the reply
+    list of caller n // JOBS_PER_CALLER (``reply_of``: job id -> its reply list)."""
     r = redis.Redis.from_url(url)
     q = keys.queue("scale")
     n = 0
+    reply_to = rawjobs.new_reply_list()
     while not stop.is_set():
         if r.llen(q) >= BACKLOG:
             time.sleep(0.005)
             continue
+        if n and n % JOBS_PER_CALLER == 0:
+            reply_to = rawjobs.new_reply_list()  # the next caller
         messages = []
         for _ in range(CHUNK):
             x = np.array([[n, -n / 2]], np.float32)
             job_id, m = rawjobs.job_message("scale", x, reply_to=reply_to)
             sent[job_id] = float(n)
+            reply_of[job_id] = reply_to
             messages.append(m)
             n += 1
         assert rawjobs.submit(r, "scale", messages) == CHUNK
@@ -180,12 +193,12 @@ def chaos(repo: Path, url: str, kills: int, seed: int) -> Figures:
     rng = random.Random(seed)
     fig = Figures()
     r = redis.Redis.from_url(url)
-    reply_to = rawjobs.new_reply_list()
     sent: dict[str, float] = {}
+    reply_of: dict[str, str] = {}
     redelivered: set[str] = set()
     fleet = Fleet(repo, url, WORKERS)
     stop = threading.Event()
-    feeder = threading.Thread(target=feed, args=(url, stop, sent, reply_to), daemon=True)
+    feeder = threading.Thread(target=feed, args=(url, stop, sent, reply_of), daemon=True)
     t0 = time.monotonic()
     try:
         deadline = time.monotonic() + 120
@@ -238,12 +251,15 @@ def chaos(repo: Path, url: str, kills: int, seed: int) -> Figures:
                 fig.wrong += 1
                 fig.examples.append(f"wrong {job_id}: x={x} y={y.tolist()}")
         replies: dict[str, int] = {}
-        for raw in r.lrange(reply_to, 0, -1):
-            task_id = parse_meta(raw)["task_id"]
-            replies[task_id] = replies.get(task_id, 0) + 1
-        assert set(replies) <= set(ids)
+        for reply_to in sorted(set(reply_of.values())):
+            entries = r.lrange(reply_to, 0, -1)
+            assert len(entries) < keys.REPLY_MAX  # never trimmed: every push is counted here
+            for raw in entries:
+                task_id = parse_meta(raw)["task_id"]
+                assert reply_of.get(task_id) == reply_to, f"{task_id}'s reply reached another caller"
+                replies[task_id] = replies.get(task_id, 0) + 1
         fig.duplicate_answers = sum(n - 1 for n in replies.values() if n > 1)
-        assert len(replies) == len(answers), "an answered job's reply never reached its caller"
+        assert set(replies) == set(answers), "an answered job's reply never reached its caller"
         tries = [int(t) for t in r.mget([keys.tries(i) for i in ids]) if t is not None]
         fig.runs_started_twice = sum(1 for t in tries if t > 1)
         fig.redelivered = len(redelivered)
