@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from icow import envelope, keys, settings, tensor
+from icow import connection, envelope, keys, settings, tensor
 from icow.client._deadlines import MARGIN_S
 from icow.errors import InvalidInput
 
@@ -64,7 +64,7 @@ def env_arguments(kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "result_ttl_s": s.result_ttl_s,
         "inline_max_bytes": s.inline_max_bytes,
         "max_tensor_bytes": s.max_tensor_bytes,
-        **settings.tls_files(s.redis_url, s),  # ICOW_REDIS_CA, ICOW_REDIS_CERT, ICOW_REDIS_KEY
+        **connection.tls_options(s.redis_url, s),  # ICOW_REDIS_CA, ICOW_REDIS_CERT, ICOW_REDIS_KEY
     }
     out.update(kwargs)
     return s.redis_url, out

@@ -37,6 +37,7 @@ no primary to give (between the primary's death and the promotion), commands fai
 ``BrokerUnavailable`` as for any outage.
 
 Durable writes: :func:`wait_replicas` (Redis ``WAIT``) and :func:`require_replicas`.
+TLS: :func:`tls_options` (redis-py) and :func:`celery_ssl` (kombu), from icow/tls.py.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ import redis.asyncio.sentinel
 import redis.sentinel
 
 from icow.errors import BrokerUnavailable, IcowError, InvalidInput, NotDurable, PermissionDenied
+from icow.tls import celery_ssl as celery_ssl  # TLS (icow/tls.py): verified, CA from URL or settings
+from icow.tls import is_tls as is_tls
+from icow.tls import tls_options as tls_options
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
@@ -112,11 +116,6 @@ class SentinelTarget:
 
 def is_sentinel(url: str) -> bool:
     return urlsplit(url).scheme in SENTINEL_SCHEMES
-
-
-def is_tls(url: str) -> bool:
-    """``rediss://`` or ``rediss+sentinel://``."""
-    return urlsplit(url).scheme in ("rediss", "rediss+sentinel")
 
 
 def _host_port(item: str, url: str) -> tuple[str, int]:
@@ -316,7 +315,7 @@ def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     one ``sentinel://[user:password@]host:port/db`` per sentinel, joined by ``;`` (the password
     is the primary's), with ``master_name`` and ``sentinel_kwargs`` (the sentinels' credentials
     and timeouts) as transport options. For ``rediss+sentinel`` also set Celery's
-    ``broker_use_ssl`` (``icow.workers.tls.ssl_options``): kombu then speaks TLS to the primary.
+    ``broker_use_ssl`` (:func:`celery_ssl`): kombu then speaks TLS to the primary.
     """
     if not is_sentinel(url):
         return url, {}

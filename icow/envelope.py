@@ -24,9 +24,8 @@ from typing import Any, TypedDict
 from icow import keys, tensor
 from icow.codec import PROTOCOL_VERSION
 from icow.errors import InvalidInput
+from icow.settings import DEFAULT_INLINE_MAX_BYTES as DEFAULT_INLINE_MAX_BYTES  # ICOW_INLINE_MAX_BYTES
 
-# Tensors larger than this travel under their own key (claim check), not inside the message.
-DEFAULT_INLINE_MAX_BYTES = 256 * 1024
 # Redis refuses bulk strings over 512 MB (proto-max-bulk-len); stay clearly below.
 DEFAULT_MAX_JOB_BYTES = 480 * 1024 * 1024
 

@@ -60,6 +60,8 @@ from __future__ import annotations
 import re
 
 from icow.errors import InvalidInput
+from icow.settings import DEFAULT_LEASE_S as DEFAULT_LEASE_S  # ICOW_LEASE_S's default
+from icow.settings import DEFAULT_RESULT_TTL_S as DEFAULT_RESULT_TTL_S  # ICOW_RESULT_TTL_S's default
 
 PREFIX = "icow:"
 QUEUE_PREFIX = PREFIX + "q:"
@@ -76,7 +78,6 @@ RECENT_FAILURES = PREFIX + "failures"
 RECENT_FAILURES_MAX = 200
 RESCAN_INTERVAL_S = 5.0  # how often a worker rescans its model repository for new versions
 
-DEFAULT_RESULT_TTL_S = 24 * 3600
 MAX_RESULT_TTL_S = 30 * 24 * 3600
 DONE_EXTRA_TTL_S = 7 * 24 * 3600  # ``done`` outlives the result: "expired" is told from "queued"
 BELL_TTL_S = 60
@@ -87,7 +88,6 @@ INPUT_TTL_S = 24 * 3600  # claim-checked inputs of a job nobody takes expire aft
 KOMBU_PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 VERSION_SEP = "@"
-DEFAULT_LEASE_S = 15  # a dead (or frozen) worker's jobs are taken again after this
 TRIES_TTL_S = 600
 DEAD = PREFIX + "dead"
 DEAD_TTL_S = 7 * 24 * 3600

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from icow.errors import InvalidInput, PayloadTooLarge
+from icow.settings import DEFAULT_MAX_TENSOR_BYTES as DEFAULT_MAX_TENSOR_BYTES  # ICOW_MAX_TENSOR_BYTES
 
 # Open Inference Protocol datatype name -> little-endian numpy dtype.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -44,7 +45,6 @@ ALL_DATATYPES = (*DATATYPES, BYTES)
 _BY_KIND_SIZE = {(dt.kind, dt.itemsize): name for name, dt in DATATYPES.items()}
 
 MAX_RANK = 16
-DEFAULT_MAX_TENSOR_BYTES = 256 * 1024 * 1024
 _LEN = struct.Struct("<I")
 
 

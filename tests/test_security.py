@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import redis
 
-from icow import functions, keys, settings
+from icow import connection, functions, keys, settings
 from icow.cli.fleet import (
     LocalRedis,
     TlsFiles,
@@ -36,7 +36,7 @@ from icow.codec import packb
 from icow.envelope import new_job
 from icow.errors import BrokerUnavailable, InvalidInput
 from icow.result import failure_meta
-from icow.workers import samples, tls
+from icow.workers import samples
 
 from .conftest import WorkerProcess, wait_ready
 
@@ -475,25 +475,33 @@ def test_a_worker_takes_its_ca_from_icow_redis_ca(
 
 def test_worker_ssl_options_verify_by_default(tmp_path: Path) -> None:
     none = settings.Settings()
-    assert tls.ssl_options("redis://h:6379/0", none) is None
-    assert tls.ssl_options("rediss://h:6379/0", none) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    assert tls.ssl_options("rediss://h/0?ssl_ca_certs=/ca.pem", none) == {
+    assert connection.celery_ssl("redis://h:6379/0", none) is None
+    assert connection.celery_ssl("rediss://h:6379/0", none) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert connection.celery_ssl("rediss://h/0?ssl_ca_certs=/ca.pem", none) == {
         "ssl_cert_reqs": ssl.CERT_REQUIRED,
         "ssl_ca_certs": "/ca.pem",
     }
     from_env = settings.from_env({"ICOW_REDIS_CA": "/env-ca.pem", "ICOW_REDIS_CERT": "/c.pem", "ICOW_REDIS_KEY": "/k"})
-    assert tls.ssl_options("rediss://h/0", from_env) == {
+    assert connection.celery_ssl("rediss://h/0", from_env) == {
         "ssl_cert_reqs": ssl.CERT_REQUIRED,
         "ssl_ca_certs": "/env-ca.pem",
         "ssl_certfile": "/c.pem",
         "ssl_keyfile": "/k",
     }
-    assert tls.redis_options("rediss://h/0?ssl_ca_certs=/url-ca.pem", from_env) == {
+    assert connection.tls_options("rediss://h/0?ssl_ca_certs=/url-ca.pem", from_env) == {
         "ssl_certfile": "/c.pem",
         "ssl_keyfile": "/k",
     }
-    assert tls.redis_options("redis://h/0", from_env) == {}
-    assert tls.ssl_options("rediss://h/0?ssl_cert_reqs=none", none) == {"ssl_cert_reqs": ssl.CERT_NONE}
+    assert connection.tls_options("redis://h/0", from_env) == {}
+    assert connection.celery_ssl("rediss://h/0?ssl_cert_reqs=none", none) == {"ssl_cert_reqs": ssl.CERT_NONE}
+    assert connection.celery_ssl("rediss://h/0?ssl_cert_reqs=CERT_OPTIONAL", none) == {
+        "ssl_cert_reqs": ssl.CERT_OPTIONAL
+    }
+    with pytest.raises(InvalidInput, match="ssl_cert_reqs"):
+        connection.celery_ssl("rediss://h/0?ssl_cert_reqs=maybe", none)
+    # no settings handed in: only what the URL says (nothing is read from the environment here)
+    assert connection.tls_options("rediss://h/0", None) == {}
+    assert connection.celery_ssl("rediss://h/0", None) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 @pytest.mark.parametrize("bad", ["mlp\n", "mlp\r\n", "ml p", "../x", ""])

@@ -205,12 +205,12 @@ def test_rediss_sentinel_urls_verify_the_server_like_rediss() -> None:
     import ssl
 
     from icow import settings
-    from icow.workers import tls
 
     url = "rediss+sentinel://:pw@s1,s2/icow/0?ssl_ca_certs=/ca.pem"
-    assert tls.ssl_options(url) == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
     env = settings.Settings(redis_ca="/env-ca.pem")
-    assert settings.tls_files("rediss+sentinel://s1/icow", env) == {"ssl_ca_certs": "/env-ca.pem"}
+    assert connection.celery_ssl(url, None) == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
+    assert connection.celery_ssl(url, env) == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
+    assert connection.tls_options("rediss+sentinel://s1/icow", env) == {"ssl_ca_certs": "/env-ca.pem"}
     target = connection.parse_sentinel(url)
     assert target.redis_options()["ssl"] is True
     assert target.sentinel_options({})["ssl_ca_certs"] == "/ca.pem"

@@ -7,7 +7,10 @@ decoders. ICOW's intake (workers/broker.py, workers/runner.py) runs in a thread 
 :class:`IntakeStep`; Celery's consumer only listens on the control queue ``icow:celery``.
 docs/RELIABILITY.md says why a bootstep rather than a kombu transport.
 
-``celery -A icow.workers.app inspect registered`` lists ``icow.infer``.
+``celery -A icow.workers.app inspect registered`` lists ``icow.infer``: in that process the
+app's broker comes from ``ICOW_REDIS_URL``, read when Celery first loads the app's
+configuration (its start-up); ``icow worker`` hands its own URL and settings in
+(:func:`use_broker`) and reads nothing here.
 """
 
 from __future__ import annotations
@@ -20,17 +23,14 @@ from celery import Celery, bootsteps
 
 from icow import connection, keys, settings
 from icow.celery_message import TASK_NAME
+from icow.settings import Settings
 
 log = logging.getLogger("icow.worker")
 
 CONTROL_QUEUE = keys.PREFIX + "celery"
 
-_BROKER = connection.celery_broker(settings.from_env().redis_url or "redis://127.0.0.1:6379/0")
 app = Celery("icow", set_as_current=False)
 app.conf.update(
-    # `celery -A icow.workers.app inspect ...` with ICOW_REDIS_URL, also redis+sentinel:// URLs
-    broker_url=_BROKER[0],
-    broker_transport_options=_BROKER[1],
     result_backend=None,  # results are written by icow.workers.broker, once per job id
     # The worker sends no tasks; this is the serializer of Celery's remote-control replies, and
     # JSON lets stock `celery inspect`, `celery status` and Flower read them.
@@ -45,6 +45,30 @@ app.conf.update(
     worker_send_task_events=False,
     task_send_sent_event=False,
 )
+
+
+_given: list[str] = []  # the broker URL handed in by use_broker (icow worker)
+
+
+def use_broker(celery_app: Celery, url: str, s: Settings) -> None:
+    """Point the app at ICOW's Redis ``url``: a Sentinel URL becomes kombu's ``sentinel://``,
+    and a ``rediss://`` server is verified with the CA and certificate of the URL or ``s``."""
+    _given.append(url)
+    broker, options = connection.celery_broker(url)
+    celery_app.conf.update(  # written, not read: safe before the configuration is loaded
+        broker_url=broker,
+        broker_transport_options=options,
+        broker_use_ssl=connection.celery_ssl(url, s),  # kombu alone would not verify (CERT_NONE)
+    )
+
+
+@app.on_configure.connect
+def _broker_from_env(sender: Celery, **_: Any) -> None:
+    """``celery -A icow.workers.app ...``: the process's start-up; its broker from ICOW_REDIS_URL
+    (also redis+sentinel:// and rediss:// URLs)."""
+    if not _given:
+        s = settings.from_env()
+        use_broker(sender, s.redis_url or "redis://127.0.0.1:6379/0", s)
 
 
 class IntakeStep(bootsteps.StartStopStep):

@@ -33,7 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from icow import connection, keys
-from icow.workers import tls
+from icow.settings import Settings
 from icow.workers.heartbeat import failed_models, live_workers
 from icow.workers.queues import published_models, queue_states
 
@@ -85,9 +85,10 @@ class FleetCollector(Collector):
         return [backlog, age, per_model, fleet, failures]
 
 
-def run_exporter(redis_url: str, port: int, addr: str = "0.0.0.0") -> int:
-    """Serve the fleet metrics on ``addr:port`` until SIGTERM/SIGINT."""
-    r = connection.connect(redis_url, socket_connect_timeout=5, socket_timeout=10, **tls.redis_options(redis_url))
+def run_exporter(redis_url: str, port: int, addr: str = "0.0.0.0", *, s: Settings | None = None) -> int:
+    """Serve the fleet metrics on ``addr:port`` until SIGTERM/SIGINT (``s``: the ICOW_REDIS_* TLS files)."""
+    tls = connection.tls_options(redis_url, s)
+    r = connection.connect(redis_url, socket_connect_timeout=5, socket_timeout=10, **tls)
     registry = CollectorRegistry()
     registry.register(FleetCollector(r))
     server: Any

@@ -6,11 +6,12 @@ import dataclasses
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
 
-from icow import keys, settings
+from icow import keys
 from icow.codec import packb
 from icow.errors import ModelNotFound
 from icow.workers.repository import ModelEntry, Repository
@@ -25,11 +26,23 @@ class ModelManager:
     Preloaded models are loaded by :meth:`start`; others on first use.
     """
 
-    def __init__(self, repo: Repository, *, only: set[str] | None = None, device: int = 0, threads: int = 0):
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        only: set[str] | None = None,
+        device: int = 0,
+        threads: int = 0,
+        max_queue: int = 0,
+        ort_spin: bool = False,
+        ort_verbose: bool = False,
+    ):
         self.repo = repo
         self.only = only
         self.device = device
         self.threads = threads
+        self.default_max_queue = max_queue  # ICOW_MAX_QUEUE: the fleet default backlog limit
+        self.ort_spin, self.ort_verbose = ort_spin, ort_verbose  # ICOW_ORT_SPIN, ICOW_ORT_VERBOSE
         self.entries: dict[str, ModelEntry] = repo.scan(only)
         self._sessions: dict[tuple[str, int], OnnxModel] = {}
         self._lock = threading.Lock()
@@ -53,7 +66,7 @@ class ModelManager:
                     if entry.config.preload:
                         self.get(name, v)
                     else:  # the file must at least load
-                        OnnxModel(name, v, entry.file(v), providers=("cpu",), threads=1).unload()
+                        self._cpu_model(name, v, entry.file(v)).unload()
                     good.append(v)
                 except Exception as exc:
                     self.mark_failed(name, v, exc)
@@ -99,6 +112,10 @@ class ModelManager:
             return model
         return self.load(entry, v)
 
+    def _cpu_model(self, name: str, v: int, path: Path) -> OnnxModel:
+        """A one-thread CPU session (to read a model's metadata)."""
+        return OnnxModel(name, v, path, providers=("cpu",), threads=1, spin=self.ort_spin, ort_verbose=self.ort_verbose)
+
     def load(self, entry: ModelEntry, v: int) -> OnnxModel:
         """The session of ``entry`` version ``v``, created now unless it exists."""
         name = entry.name
@@ -114,6 +131,8 @@ class ModelManager:
                     device=self.device,
                     threads=entry.config.threads or self.threads,
                     gpu=entry.config.gpu,
+                    spin=self.ort_spin,
+                    ort_verbose=self.ort_verbose,
                 )
                 self.load_times_s[(name, v)] = time.perf_counter() - t0
                 log.info("loaded %s v%s in %.3f s on %s", name, v, self.load_times_s[(name, v)], model.providers[0])
@@ -155,7 +174,7 @@ class ModelManager:
                 if model is None:
                     # Not preloaded: read the signature on the CPU and let the session go.
                     try:
-                        model = OnnxModel(entry.name, v, entry.file(v), providers=("cpu",), threads=1)
+                        model = self._cpu_model(entry.name, v, entry.file(v))
                     except Exception as exc:
                         self.mark_failed(entry.name, v, exc)
                         continue
@@ -173,7 +192,7 @@ class ModelManager:
         own = self.entry(name).config.max_queue
         if own:
             return own
-        return settings.from_env().max_queue if default is None else default
+        return self.default_max_queue if default is None else default
 
     def publish(self, r: redis.Redis, *, default_max_queue: int | None = None) -> None:
         """Write every served model's metadata and backlog limit where clients read them

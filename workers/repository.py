@@ -115,7 +115,8 @@ class ModelEntry:
 
 class Repository:
     """Reads a model repository (a folder or ``s3://bucket/prefix``). Cheap to rescan; holds no
-    sessions. ``cache_dir`` (S3 only) defaults to ``ICOW_CACHE_DIR`` or the user's cache folder."""
+    sessions. ``cache_dir`` (S3 only): the worker passes ``ICOW_CACHE_DIR`` (its settings);
+    default the user's cache folder (icow.settings.user_cache_dir)."""
 
     def __init__(self, root: str | Path, *, cache_dir: str | Path | None = None):
         self.store: Store = open_store(root, cache_dir=cache_dir)

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from icow import settings
 from icow.errors import InvalidInput
 
 log = logging.getLogger("icow.runtime")
@@ -142,7 +141,7 @@ def _dims(shape: Any) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (shape or ()))
 
 
-def _import_ort() -> Any:
+def _import_ort(verbose: bool = False) -> Any:
     import onnxruntime as ort
 
     from icow import ort_build
@@ -151,7 +150,7 @@ def _import_ort() -> Any:
 
     # onnxruntime-gpu logs an error line for every CUDA load attempt on a host without CUDA;
     # the worker checks and reports the provider that really runs instead.
-    if not settings.from_env().ort_verbose:
+    if not verbose:  # ICOW_ORT_VERBOSE
         ort.set_default_logger_severity(4)
     return ort
 
@@ -169,8 +168,10 @@ class OnnxModel:
         device: int = 0,
         threads: int = 0,
         gpu: GpuOptions | None = None,
+        spin: bool = False,  # ICOW_ORT_SPIN: let idle onnxruntime threads spin
+        ort_verbose: bool = False,  # ICOW_ORT_VERBOSE: keep onnxruntime's own log lines
     ):
-        ort = _import_ort()
+        ort = _import_ort(ort_verbose)
         self.name = name
         self.version = version
         self.path = path
@@ -178,7 +179,7 @@ class OnnxModel:
         if threads > 0:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        if not settings.from_env().ort_spin:
+        if not spin:
             # onnxruntime's idle threads spin by default; on a host shared with Redis and other
             # workers that burns the cores they need (ICOW_ORT_SPIN=1 restores spinning).
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -106,7 +106,7 @@ class S3Store:
         self.client = client if client is not None else make_client()
         self.endpoint = str(self.client.meta.endpoint_url)
         self.where = S3_SCHEME + "/".join(p for p in (self.bucket, self.prefix) if p)
-        cache = Path(cache_dir or settings.from_env().cache_dir)
+        cache = Path(cache_dir or settings.user_cache_dir())  # the worker hands down ICOW_CACHE_DIR
         host = urlsplit(self.endpoint).netloc
         self.root = (cache / "s3" / _safe(host) / self.bucket).joinpath(*self.prefix.split("/")).resolve()
         self._objects: dict[str, tuple[str, int]] = {}  # key under the prefix -> (ETag, size), last listing

@@ -6,14 +6,14 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from celery import signals
 
 from icow import connection, keys
 from icow.errors import InvalidInput
-from icow.workers import tls
+from icow.settings import Settings
 from icow.workers.broker import Broker
 from icow.workers.failboard import FailureBoard
 from icow.workers.followup import FollowUps
@@ -46,6 +46,9 @@ class WorkerOptions:
     heartbeat_ttl_s: int = keys.HEARTBEAT_TTL_S
     lease_s: float = keys.DEFAULT_LEASE_S  # a killed worker's jobs are redone after this (renewed while alive)
     max_message_bytes: int = 64 * 1024 * 1024  # larger queue messages are refused unread
+    # The process's ICOW_* settings (read once by `icow worker`): the TLS files, ICOW_MAX_QUEUE,
+    # ICOW_CACHE_DIR, ICOW_ORT_SPIN, ICOW_ORT_VERBOSE. The fields above win over them.
+    settings: Settings = field(default_factory=Settings)
 
 
 def hostname(name: str | None = None) -> str:
@@ -116,7 +119,17 @@ def run_worker(opts: WorkerOptions) -> int:
     """Serve until shut down (SIGTERM/SIGINT: warm shutdown). Returns the exit code."""
     from icow.workers import app as app_module
 
-    manager = ModelManager(Repository(opts.repo), only=opts.models, device=opts.device, threads=opts.threads)
+    s = opts.settings
+    app_module.use_broker(app_module.app, opts.redis_url, s)  # before anything reads the app's configuration
+    manager = ModelManager(
+        Repository(opts.repo, cache_dir=s.cache_dir or None),
+        only=opts.models,
+        device=opts.device,
+        threads=opts.threads,
+        max_queue=s.max_queue,
+        ort_spin=s.ort_spin,
+        ort_verbose=s.ort_verbose,
+    )
     if not manager.names and not manager.repo.failed:  # a model refused at config is reported
         wanted = f" among {sorted(opts.models)}" if opts.models else ""
         raise InvalidInput(f"no models{wanted} in repository {opts.repo}")
@@ -129,7 +142,7 @@ def run_worker(opts: WorkerOptions) -> int:
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
-        **tls.redis_options(opts.redis_url),
+        **connection.tls_options(opts.redis_url, s),
     )
     broker = Broker(r, name, lease_s=opts.lease_s, max_message_bytes=opts.max_message_bytes)
     board = FailureBoard(r, name)
@@ -198,9 +211,6 @@ def run_worker(opts: WorkerOptions) -> int:
 
     signals.worker_ready.connect(_ready, weak=False)
     app = app_module.app
-    app.conf.broker_url, transport_options = connection.celery_broker(opts.redis_url)  # sentinel:// for kombu
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
-    app.conf.broker_use_ssl = tls.ssl_options(opts.redis_url)  # verify the server (kombu would not)
     worker = app.Worker(
         hostname=name,
         pool="solo",

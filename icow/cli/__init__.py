@@ -18,19 +18,15 @@ WORKER_EXTRA_MODULES = frozenset(
 )
 
 
-def _redis_url(args: argparse.Namespace) -> str | None:
-    return args.redis or settings.from_env().redis_url
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     from icow.workers.serve import WorkerOptions, run_worker
 
-    s = settings.from_env()
-    url = _redis_url(args)
+    s: settings.Settings = args.settings
+    url = args.redis or s.redis_url
     if args.check:  # a healthcheck of the worker named --name (default: this host's workers)
         from icow.cli.ops import cmd_health
 
-        return cmd_health(argparse.Namespace(redis=url, worker=args.name, host=None, quiet=False))
+        return cmd_health(argparse.Namespace(redis=url, worker=args.name, host=None, quiet=False, settings=s))
     repo = args.repo or s.repo
     if not repo:
         raise IcowError("give --repo DIR or s3://bucket/prefix (or set ICOW_REPO)")
@@ -53,6 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             rescan_s=args.rescan,
             heartbeat_ttl_s=args.heartbeat_ttl,
             lease_s=s.lease_s if args.lease is None else args.lease,
+            settings=s,
             **({} if args.max_message_bytes is None else {"max_message_bytes": args.max_message_bytes}),
         )
     )
@@ -131,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "worker":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        # The ICOW_* settings, read once here (the process's start-up) and handed to the command.
+        args.settings = settings.from_env()
         return int(args.func(args) or 0)
     except IcowError as exc:
         print(error_line(exc), file=sys.stderr)

@@ -18,10 +18,8 @@ from icow import acl, connection, functions, settings
 from icow.errors import IcowError
 
 
-def _connect(url: str) -> Any:
-    return connection.connect(
-        url, socket_connect_timeout=5, socket_timeout=10, **settings.tls_files(url, settings.from_env())
-    )
+def _connect(url: str, s: settings.Settings) -> Any:
+    return connection.connect(url, socket_connect_timeout=5, socket_timeout=10, **connection.tls_options(url, s))
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
@@ -29,7 +27,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
     go and how to apply them on stderr."""
     setinfo = False
     if args.redis:  # fit the rules to that server (CLIENT SETINFO is Redis >= 7.2 / Valkey)
-        r = _connect(args.redis)
+        r = _connect(args.redis, args.settings)
         try:
             setinfo = acl.knows_client_setinfo(r)
         except redis.exceptions.RedisError as exc:
@@ -51,10 +49,10 @@ def cmd_acl(args: argparse.Namespace) -> int:
 def cmd_admin(args: argparse.Namespace) -> int:
     if args.action == "acl":
         return cmd_acl(args)
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    r = _connect(url)
+    r = _connect(url, args.settings)
     try:
         loaded = functions.install(r)
     finally:

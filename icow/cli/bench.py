@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from icow import settings, tensor
+from icow import tensor
 from icow.errors import IcowError, InvalidInput
 
 
@@ -83,7 +83,7 @@ async def sweep_one(url: str, model: str, inputs: dict[str, np.ndarray], c: int,
 def cmd_bench(args: argparse.Namespace) -> int:
     from icow.client import Client
 
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
     rng = np.random.default_rng(0)

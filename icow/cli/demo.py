@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icow import ort_build, settings
+from icow import ort_build
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -20,7 +20,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from icow.workers import samples
     from icow.workers.heartbeat import live_workers
 
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     ok = True
     with tempfile.TemporaryDirectory(prefix="icow-demo-") as tmp:
         repo = samples.sample_repository(Path(tmp) / "repo")
@@ -104,7 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from icow.cli.fleet import LocalFleet
     from icow.workers import samples
 
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     data_dir = None if args.ephemeral else Path(args.data_dir)
     with tempfile.TemporaryDirectory(prefix="icow-up-") as tmp:
         repo = args.repo or str(samples.sample_repository(Path(tmp) / "repo"))

@@ -17,18 +17,17 @@ from typing import Any
 
 import redis
 
-from icow import connection, keys, settings
+from icow import connection, keys
 from icow.errors import IcowError, JobNotFound
 from icow.records import parse_record
 from icow.result import read as read_result
-from icow.workers import tls
 
 
 def _redis(args: argparse.Namespace) -> redis.Redis:
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    return connection.connect(url, socket_connect_timeout=5, **tls.redis_options(url))
+    return connection.connect(url, socket_connect_timeout=5, **connection.tls_options(url, args.settings))
 
 
 def dead_letters(r: redis.Redis, limit: int) -> list[dict[str, Any]]:

@@ -11,13 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from icow import connection, keys, settings
+from icow import connection, keys
 from icow.errors import BrokerUnavailable, IcowError, InvalidInput
-from icow.workers import tls
 
 
 def _url(args: argparse.Namespace) -> str:
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
     return str(url)
@@ -52,7 +51,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     import redis
 
     url = _url(args)
-    r = connection.connect(url, socket_connect_timeout=3, socket_timeout=5, **tls.redis_options(url))
+    r = connection.connect(
+        url, socket_connect_timeout=3, socket_timeout=5, **connection.tls_options(url, args.settings)
+    )
     try:
         ok, reason = check_worker(r, args.worker, args.host)
     except redis.exceptions.RedisError as exc:
@@ -70,7 +71,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     from icow.workers.exporter import run_exporter
 
     logging.getLogger("icow").setLevel(logging.INFO)
-    return run_exporter(_url(args), args.port, args.addr)
+    return run_exporter(_url(args), args.port, args.addr, s=args.settings)
 
 
 def _check_push(file: str | Path, name: str) -> Path:
@@ -119,23 +120,25 @@ def push_model(file: str | Path, repo: str | Path, name: str, version: int | Non
     return final / MODEL_FILE
 
 
-def push_model_s3(file: str | Path, repo: str, name: str, version: int | None = None) -> str:
+def push_model_s3(
+    file: str | Path, repo: str, name: str, version: int | None = None, *, cache_dir: str | None = None
+) -> str:
     """Upload an ONNX file as a new version of an ``s3://bucket/prefix`` repository (model
     first, its manifest last; see workers/s3store.py). Returns the object's URL."""
     from icow.workers.s3store import S3Store
 
     src = _check_push(file, name)
-    return S3Store(repo).push(src, name, version)
+    return S3Store(repo, cache_dir=cache_dir).push(src, name, version)
 
 
 def cmd_models_push(args: argparse.Namespace) -> int:
     from icow.workers.store import is_s3_url
 
-    repo = args.repo or settings.from_env().repo
+    repo = args.repo or args.settings.repo
     if not repo:
         raise IcowError("give --repo DIR or s3://bucket/prefix (or set ICOW_REPO)")
     if is_s3_url(repo):
-        where: str | Path = push_model_s3(args.file, repo, args.name, args.version)
+        where: str | Path = push_model_s3(args.file, repo, args.name, args.version, cache_dir=args.settings.cache_dir)
     else:
         where = push_model(args.file, repo, args.name, args.version)
     print(f"pushed {where}; workers serving {repo} pick it up at their next rescan")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from icow import connection, keys, settings, tensor
+from icow import connection, keys, tensor
 from icow.errors import IcowError
 from icow.records import parse_kept
 from icow.result import Result
@@ -274,12 +274,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import redis
 
     from icow.client import Client
-    from icow.workers import tls
 
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    r = connection.connect(url, socket_connect_timeout=5, socket_timeout=30, **tls.redis_options(url))
+    r = connection.connect(
+        url, socket_connect_timeout=5, socket_timeout=30, **connection.tls_options(url, args.settings)
+    )
     try:
         with Client(url) as client:
             report = replay(r, client, args)

@@ -13,10 +13,9 @@ import re
 import time
 from typing import Any
 
-from icow import connection, keys, settings
+from icow import connection, keys
 from icow.errors import IcowError
 from icow.records import parse_record
-from icow.workers import tls
 
 
 def _text(v: Any) -> str:
@@ -215,10 +214,12 @@ def render(doc: dict[str, Any], width: int = 80) -> Any:
 def cmd_status(args: argparse.Namespace) -> int:
     import redis
 
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
-    r = connection.connect(url, socket_connect_timeout=5, socket_timeout=10, **tls.redis_options(url))
+    r = connection.connect(
+        url, socket_connect_timeout=5, socket_timeout=10, **connection.tls_options(url, args.settings)
+    )
     try:
         if args.json:
             print(json.dumps(fleet_status(r, failures=args.failures), default=str, indent=2))

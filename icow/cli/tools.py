@@ -10,14 +10,13 @@ from urllib.parse import quote
 
 import numpy as np
 
-from icow import settings
 from icow.errors import IcowError, InvalidInput
 
 
 def _client(args: argparse.Namespace) -> Any:
     from icow.client import Client
 
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
     return Client(url)
@@ -111,7 +110,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not args.name or not args.push_name:
             raise InvalidInput("icow models push FILE --name MODEL [--version V] --repo DIR|s3://BUCKET/PREFIX")
         return cmd_models_push(
-            argparse.Namespace(file=args.name, name=args.push_name, version=args.version, repo=args.repo)
+            argparse.Namespace(
+                file=args.name, name=args.push_name, version=args.version, repo=args.repo, settings=args.settings
+            )
         )
     with _client(args) as client:
         if args.action == "show":

@@ -6,12 +6,11 @@ import argparse
 import os
 from typing import Any
 
-from icow import settings
 from icow.errors import IcowError
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    url = args.redis or settings.from_env().redis_url
+    url = args.redis or args.settings.redis_url
     if not url:
         raise IcowError("give --redis URL (or set ICOW_REDIS_URL)")
     try:
