@@ -101,7 +101,7 @@ class AsyncPubSub:
             if self._ps is None:
                 self._ps = c._r.pubsub(ignore_subscribe_messages=False)
             await self._ps.subscribe(*channels)
-            pending = len(channels)  # wait for every confirmation (see the sync client)
+            pending = len(channels)  # wait for every confirmation (see _reader_sync.PubSub)
             while pending:
                 msg = await self._ps.get_message(timeout=None)
                 if msg is None:

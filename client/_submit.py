@@ -117,7 +117,7 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def not_durable(exc: NotDurable, handles: list[Any]) -> NotDurable:
     """What a submit call raises when its jobs were queued but no replica acknowledged them:
-    ``exc`` (from ``_queue``) with the handles of every job the call queued."""
+    ``exc`` (from :func:`queue`) with the handles of every job the call queued."""
     return connection.not_durable(exc.acknowledged, exc.replicas, [h.id for h in handles], handles)
 
 
