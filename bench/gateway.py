@@ -45,7 +45,7 @@ import numpy as np
 import onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 model_path, http_port, grpc_port, metrics_port, threads = sys.argv[1], *map(int, sys.argv[2:6])
 opts = ort.SessionOptions()
@@ -59,7 +59,8 @@ def infer(x):
 
 
 config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
-with Triton(config=config) as triton:
+# perf_analyzer reads the statistics endpoint, which PyTriton restricts to a token by default
+with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
     triton.bind(
         model_name="mlp",
         infer_func=infer,
