@@ -20,6 +20,82 @@ from icow.workers.heartbeat import live_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# -- unit / integration: every test is one or the other (pyproject.toml registers the markers).
+# A test is `integration` when it, or any fixture it uses (directly or through other fixtures),
+# starts something real: a redis-server, a worker or fleet, a Sentinel, another process. The
+# rest are `unit` (`pytest -m unit` runs in seconds, no server).
+_REAL = (
+    "LocalRedis(",
+    "WorkerProcess(",
+    "start_worker(",
+    "LocalFleet(",
+    "redis_server",
+    "run_python(",
+    "subprocess.",
+    "Popen(",
+    "multiprocessing",
+    "S3Server(",
+)
+_real_cache: dict[object, bool] = {}
+_helper_cache: dict[object, tuple[str, ...]] = {}
+
+
+def _starts_something(fn: object) -> bool:
+    import inspect
+
+    if fn not in _real_cache:
+        try:
+            source = inspect.getsource(fn)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            source = ""
+        _real_cache[fn] = any(sign in source for sign in _REAL)
+    return _real_cache[fn]
+
+
+def _helpers(module: object) -> tuple[str, ...]:
+    """Names of the module's own and imported helpers (functions, classes) that start
+    something, followed two calls deep: a test calling one of them is an integration test."""
+    import inspect
+
+    if module not in _helper_cache:
+        found: set[str] = set()
+        members = [(n, o) for n, o in vars(module).items() if inspect.isfunction(o) or inspect.isclass(o)]
+        members = [(n, o) for n, o in members if (getattr(o, "__module__", "") or "").startswith(("tests", "icow.cli"))]
+        for _ in range(2):
+            signs = (*_REAL, *(f"{n}(" for n in found))
+            for name, obj in members:
+                try:
+                    source = inspect.getsource(obj)
+                except (OSError, TypeError):
+                    continue
+                if any(sign in source for sign in signs):
+                    found.add(name)
+        _helper_cache[module] = tuple(f"{n}(" for n in sorted(found))
+    return _helper_cache[module]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import inspect
+
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        funcs = [getattr(item, "function", None)]
+        if fixtures is not None:
+            funcs += [d.func for defs in fixtures.name2fixturedefs.values() for d in defs]
+        signs = _helpers(getattr(item, "module", None))
+        real = False
+        for f in funcs:
+            if f is None:
+                continue
+            try:
+                source = inspect.getsource(f)
+            except (OSError, TypeError):
+                source = ""
+            if _starts_something(f) or any(sign in source for sign in signs):
+                real = True
+                break
+        item.add_marker(pytest.mark.integration if real else pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[LocalRedis]:
