@@ -371,7 +371,9 @@ def test_cancel_asks_the_fleet_then_waits_for_its_answer_on_our_reply_list() -> 
     job_id = job_id_for_token(token)
     reply = keys.reply("03" * 16)
     answer = {"status": "CANCEL", "task_id": f"cancel:{job_id}", "result": -1}
-    ops, result = drive(_wait.cancel(job_id, token, reply, None, None), [1, {}, {_core.cancel_key(job_id): result_of(answer)}])
+    ops, result = drive(
+        _wait.cancel(job_id, token, reply, None, None), [1, {}, {_core.cancel_key(job_id): result_of(answer)}]
+    )
     assert ops[0] == _wait.Call("icow_cancel_request", [keys.CANCELS], [token, reply])
     assert ops[1].wanted == {_core.cancel_key(job_id)} and result is False
     assert isinstance(drive(_wait.cancel(job_id, None, reply, None, None), [])[1], InvalidInput)
