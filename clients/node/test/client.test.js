@@ -48,13 +48,16 @@ test('submit queues a Celery message through icow_submit; the id is the one its 
   const job = await client.submit(MODEL, x(1, 2));
   assert.match(job.cancelToken, /^[0-9a-f]{32}$/);
   assert.equal(job.id, jobIdForToken(job.cancelToken));
-  const [{ job: sent, envelope }] = await worker.take(Q);
+  const taken = await worker.take(Q);
+  const [{ job: sent, envelope }] = taken;
   assert.equal(sent.id, job.id);
   assert.equal(sent.reply_to, client.replyList);
   assert.match(client.replyList, /^icow:reply:[0-9a-f]{32}$/);
   assert.equal(envelope.headers.task, 'icow.infer');
   assert.equal(envelope.properties.delivery_info.routing_key, Q);
-  assert.equal(await job.status(), 'running'); // the take claimed it (its id comes first in the message)
+  assert.equal(await job.status(), 'queued'); // taken, not yet claimed
+  await worker.claim(taken);
+  assert.equal(await job.status(), 'running'); // icow_claim marks it running before it runs
 });
 
 test('the job id derivation is byte-for-byte icow.protocol.job_id_for_token', () => {

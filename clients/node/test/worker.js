@@ -53,10 +53,10 @@ export class FakeWorker {
     const lists = keys.queueLists(queueName);
     const run = `icow:run:${this.name}:${++this.takes}`;
     const k = [`icow:runs:${this.name}`, 'icow:leases', run, ...lists, ...lists.map(() => keys.wake(queueName))];
-    // ARGV: worker, lease ms, lists, largest whole message, 'running' TTL, tries TTL, per list: most
-    const out = await this.conn.fcallBuffer('icow_take', k.length, ...k, this.name, LEASE_MS, lists.length, 1 << 30, 86400, 600, ...lists.map(() => want));
+    // ARGV: worker, lease ms, lists, largest whole message, per list: most (icow_claim marks them running)
+    const out = await this.conn.fcallBuffer('icow_take', k.length, ...k, this.name, LEASE_MS, lists.length, 1 << 30, ...lists.map(() => want));
     const jobs = out.slice(1).map((entry) => {
-      // [message, answered, deliveries, id] when the take claimed it (ICOW's clients put the id first)
+      // a message, or [length, first 512 bytes] when it is larger than the cap
       const raw = Array.isArray(entry) ? entry[0] : entry;
       const envelope = JSON.parse(raw.toString('utf8'));
       const [[job]] = msgpackDecode(Buffer.from(envelope.body, 'base64'));
