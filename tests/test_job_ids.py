@@ -7,6 +7,7 @@ both clients are run against the simulated fleet (tests/simfleet.py) and a real 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -319,12 +320,16 @@ def test_the_digest_vectors_are_reproduced() -> None:
         assert digest.job_digest(case["model"], case["version"], case["outputs"], tensors[::-1]) == case["digest"]
 
 
-def test_the_custom_id_job_vector_is_what_the_client_sends_and_icow_submit_answers(r: redis.Redis) -> None:
+def test_the_custom_id_job_vector_is_what_the_client_sends_and_icow_submit_answers(redis_url: str) -> None:
+    """On a database of its own: the vector's keys (``mlp``'s live set, limits, queues) are those
+    of the shared worker on database 0, which this test must not touch."""
     from icow.celery_message import celery_message
     from icow.client import _core
     from icow.codec import packb
     from icow.envelope import job_envelope
 
+    r = redis.Redis.from_url(re.sub(r"/\d+$", "", redis_url) + "/9")  # the URL names db 0
+    r.flushdb()
     v = _golden("job_custom_id.json")
     message = (GOLDEN / v["files"]["message"]).read_bytes()
     job = v["job"]
@@ -351,4 +356,5 @@ def test_the_custom_id_job_vector_is_what_the_client_sends_and_icow_submit_answe
         other = [*want[:-2], "0" * 64, want[-1]]
         assert functions.call(r, functions.SUBMIT, fkeys, other) == replies["again_with_other_inputs"]
     finally:
-        r.delete(*fkeys, keys.live("mlp"))
+        r.flushdb()
+        r.close()
